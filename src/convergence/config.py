@@ -1,0 +1,141 @@
+"""Structured configs (registered with Hydra's ConfigStore) and their validation.
+
+Hydra checks types; :func:`validate` checks meaning and raises ConvergenceError with one
+sentence naming the bad value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from convergence.errors import ConvergenceError
+
+
+@dataclass
+class PromptConfig:
+    text: str = MISSING
+    #: topic label (analytic model: picks the mixture weights; everywhere: groups results)
+    topic: str = MISSING
+    #: the prompt's own seed (the guide gives one per prompt)
+    seed: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    #: registry name: "analytic" (embedded, default) or "diffusers"
+    name: str = "analytic"
+    #: hub id or local folder (diffusers)
+    path: Optional[str] = None
+    #: "auto" picks cuda, then mps, then cpu
+    device: str = "auto"
+    #: "auto" = fp16 on CUDA, fp32 elsewhere; or float32 / float16 / bfloat16
+    dtype: str = "auto"
+    variant: Optional[str] = None
+    #: load .bin/.ckpt pickles (unsafe); safetensors only by default
+    allow_pickle: bool = False
+    local_files_only: bool = True
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    #: for diffusers models: use the k-diffusion sampler ("k-diffusion") or the diffusers
+    #: scheduler ("diffusers") when a sampler name exists in both
+    sampler_backend: str = "k-diffusion"
+
+
+@dataclass
+class AnalysisConfig:
+    """Thresholds and choices of the analysis (see README: "Key points")."""
+
+    metric: str = "rmse"
+    metrics: list[str] = field(default_factory=lambda: ["rmse", "psnr", "ssim", "haarpsi", "gmsd", "flip"])
+    reference: str = "highest"
+    indicative: float = 0.05
+    coherent: float = 0.02
+    converged: float = 0.005
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReportConfig:
+    max_grid_columns: int = 12
+    thumbnail: int = 96
+    mark_keypoints: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    #: study name: results go to <results_dir>/<name>/
+    name: str = "default"
+    description: str = ""
+    prompts: list[PromptConfig] = field(default_factory=list)
+    #: seeds for every prompt; null = each prompt's own seed, + (seeds_per_prompt - 1) more
+    seeds: Optional[list[int]] = None
+    seeds_per_prompt: int = 1
+    samplers: list[str] = field(default_factory=list)
+    #: schedules axis; "native" = each sampler's home schedule
+    schedules: list[str] = field(default_factory=lambda: ["native"])
+    steps: list[int] = field(default_factory=list)
+    cfg: list[float] = field(default_factory=lambda: [7.5])
+    width: int = 64
+    height: int = 64
+    batch_size: int = 16
+    #: extra keyword options passed to samplers (e.g. rtol for dpm_adaptive)
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    results_dir: str = "results"
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+
+
+def to_config(cfg: DictConfig | dict) -> Config:
+    """Hydra's DictConfig (or a plain dict, for tests) -> a validated Config."""
+    base = OmegaConf.structured(Config)
+    merged = OmegaConf.merge(base, cfg)
+    obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(obj)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
+        raise ConvergenceError(f"study name {cfg.name!r} must be a plain folder name")
+    if not cfg.prompts:
+        raise ConvergenceError("the sweep has no prompts (prompts=[] is empty)")
+    for p in cfg.prompts:
+        if not str(p.text).strip():
+            raise ConvergenceError(f"prompt with topic {p.topic!r} has empty text")
+    if cfg.seeds is not None and len(cfg.seeds) == 0:
+        raise ConvergenceError("the sweep has no seeds (seeds=[] is empty); give at least one seed")
+    if cfg.seeds is None:
+        missing = [p.text for p in cfg.prompts if p.seed is None]
+        if missing:
+            raise ConvergenceError(f"no seeds given and prompt {missing[0]!r} has no seed of its own")
+    if cfg.seeds_per_prompt < 1:
+        raise ConvergenceError(f"seeds_per_prompt must be >= 1, got {cfg.seeds_per_prompt}")
+    if not cfg.samplers:
+        raise ConvergenceError("the sweep has no samplers (samplers=[] is empty)")
+    if not cfg.steps:
+        raise ConvergenceError("the sweep has no step counts (steps=[] is empty)")
+    bad = [s for s in cfg.steps if s < 1]
+    if bad:
+        raise ConvergenceError(f"steps must be >= 1, got {bad[0]}")
+    if not cfg.cfg or any(c <= 0 for c in cfg.cfg):
+        raise ConvergenceError(f"cfg scales must be > 0, got {list(cfg.cfg)}")
+    if not cfg.schedules:
+        raise ConvergenceError("the sweep has no schedules (schedules=[] is empty)")
+    if cfg.batch_size < 1:
+        raise ConvergenceError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    for label, v in (("width", cfg.width), ("height", cfg.height)):
+        if v < 8 or v % 8:
+            raise ConvergenceError(f"{label}={v} is not a positive multiple of 8")

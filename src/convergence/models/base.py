@@ -1,0 +1,152 @@
+"""The one interface between models and samplers (k-diffusion style).
+
+A sampler only ever sees ``denoised = denoiser(x, sigma, **extra_args)``. Models
+implement :class:`Model`; :class:`GuidedDenoiser` adds classifier-free guidance as
+one batched call and :class:`CountingDenoiser` counts and times every call, so NFE is
+measured rather than looked up.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from convergence.errors import ConvergenceError
+
+
+@dataclass
+class Conditioning:
+    """Per-row conditioning for a batch: ``cond`` for the prompts, ``uncond`` for CFG.
+
+    Both are whatever the model understands (topic log-weights for the analytic model,
+    text embeddings for diffusers); ``extra`` carries model-specific tensors.
+    """
+
+    cond: Any
+    uncond: Any
+    extra: dict | None = None
+
+
+class Model(ABC):
+    """A diffusion model seen as a denoiser D(x, sigma, cond) in its own space."""
+
+    #: short identity used in cell hashes and the store
+    name: str = "model"
+    #: the noise levels the model was trained on; schedules are built inside them
+    sigma_min: float
+    sigma_max: float
+    #: VP models expose their discrete training schedule (DDIM/PLMS and diffusers
+    #: schedulers need it); ``None`` for purely continuous models
+    alphas_cumprod: torch.Tensor | None = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """Everything that changes the model's outputs (goes into each cell hash)."""
+
+    @abstractmethod
+    def check_size(self, width: int, height: int) -> None:
+        """Raise ConvergenceError if the model cannot make images of this size."""
+
+    @abstractmethod
+    def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
+        """Shape of one sample (without batch) in model space."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str], topics: list[str]) -> Conditioning:
+        """Conditioning for a batch, computed once per batch, never per step."""
+
+    @abstractmethod
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        """E[x0 | x_sigma, cond] for a batch (``sigma`` has one entry per row)."""
+
+    @abstractmethod
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """Model-space samples -> uint8 RGB images of shape (B, H, W, 3)."""
+
+    def initial_noise(self, seeds: list[int], width: int, height: int) -> torch.Tensor:
+        """Unit-variance noise, one CPU generator per cell, so images do not depend on
+        the device or on which other cells share the batch."""
+        shape = self.latent_shape(width, height)
+        rows = [
+            torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s)),
+                        dtype=torch.float32)
+            for s in seeds
+        ]
+        return torch.stack(rows).to(self.device, self.dtype)
+
+    def cat_cond(self, a: Any, b: Any) -> Any:
+        """Concatenate two conditionings along the batch (for the batched CFG call)."""
+        if isinstance(a, dict):
+            return {k: self.cat_cond(a[k], b[k]) for k in a}
+        return torch.cat([a, b])
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance as one batched model call (cond and uncond rows)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.rows_evaluated = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, conditioning: Conditioning,
+                 cfg_scale: float = 1.0) -> torch.Tensor:
+        sigma = sigma.to(x.dtype)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        if cfg_scale == 1.0:
+            self.rows_evaluated += x.shape[0]
+            return self.model.denoise(x, sigma, conditioning.cond)
+        both = self.model.cat_cond(conditioning.cond, conditioning.uncond)
+        self.rows_evaluated += 2 * x.shape[0]
+        out = self.model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
+        cond_out, uncond_out = out.chunk(2)
+        return uncond_out + (cond_out - uncond_out) * cfg_scale
+
+
+class CountingDenoiser:
+    """Counts denoiser calls (NFE per image, k-diffusion sense) and their time.
+
+    ``calls`` is the NFE of every image in the batch; ``rows_evaluated`` is the work
+    actually done (a CFG call evaluates two rows per image).
+    """
+
+    def __init__(self, inner: GuidedDenoiser, check_finite: bool = True):
+        self.inner = inner
+        self.calls = 0
+        self.model_seconds = 0.0
+        self.check_finite = check_finite
+        self.sigmas_seen: list[float] = []
+
+    @property
+    def rows_evaluated(self) -> int:
+        return self.inner.rows_evaluated
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
+        start = time.perf_counter()
+        out = self.inner(x, sigma, **extra_args)
+        if out.device.type != "cpu":
+            torch.cuda.synchronize() if out.device.type == "cuda" else None
+        self.model_seconds += time.perf_counter() - start
+        self.calls += 1
+        s = sigma.flatten()[0] if sigma.ndim else sigma
+        self.sigmas_seen.append(float(s))
+        if self.check_finite and not torch.isfinite(out).all():
+            bad = (~torch.isfinite(out.flatten(1))).any(1).nonzero().flatten().tolist()
+            raise NonFiniteSample(bad, float(s))
+        return out
+
+
+class NonFiniteSample(ConvergenceError):
+    """NaN or inf appeared in the model output; the runner names the cells."""
+
+    def __init__(self, rows: list[int], sigma: float):
+        self.rows = rows
+        self.sigma = sigma
+        super().__init__(f"NaN/inf in the denoiser output at sigma={sigma:.4g} (batch rows {rows})")

@@ -1,0 +1,96 @@
+"""Expand a study into cells, each with a stable content hash, and group them into
+batches that share one sigma schedule (same sampler, schedule, steps, cfg, size) so a
+batch runs prompts and seeds side by side."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from itertools import product
+
+from convergence.config import Config
+from convergence.samplers.registry import resolve_sampler
+from convergence.samplers.schedules import schedule_names
+
+#: bump when a change to the harness alters images for the same cell
+HASH_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    model_hash: str
+    topic: str
+    prompt: str
+    seed: int
+    sampler: str
+    schedule: str
+    steps: int
+    cfg: float
+    width: int
+    height: int
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps({"v": HASH_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @property
+    def batch_key(self) -> tuple:
+        return (self.sampler, self.schedule, self.steps, self.cfg, self.width, self.height)
+
+    @property
+    def group_key(self) -> tuple:
+        """Cells differing only in steps form one convergence curve."""
+        return (self.model, self.topic, self.prompt, self.seed, self.sampler, self.schedule,
+                self.cfg)
+
+
+def fingerprint_hash(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prompt_seeds(cfg: Config) -> list[tuple]:
+    """(prompt, seed) pairs of the sweep."""
+    pairs = []
+    for p in cfg.prompts:
+        if cfg.seeds is not None:
+            seeds = list(cfg.seeds)
+        else:
+            seeds = [int(p.seed) + i for i in range(cfg.seeds_per_prompt)]
+        pairs += [(p, s) for s in seeds]
+    return pairs
+
+
+def expand(cfg: Config, model_name: str, model_fingerprint: dict) -> list[Cell]:
+    """All cells of the study (deduplicated, in a stable order)."""
+    mh = fingerprint_hash(model_fingerprint)
+    known_schedules = set(schedule_names())
+    for s in cfg.schedules:
+        if s not in known_schedules:
+            from convergence.errors import ConvergenceError
+            raise ConvergenceError(f"unknown schedule {s!r}; known: {', '.join(sorted(known_schedules))}")
+    cells: dict[str, Cell] = {}
+    for sampler_name, schedule, cfg_scale in product(cfg.samplers, cfg.schedules, cfg.cfg):
+        resolved = resolve_sampler(sampler_name)
+        sched = resolved.schedule or schedule
+        if sched == "native":
+            sched = resolved.spec.native_schedule
+        for (prompt, seed), steps in product(prompt_seeds(cfg), cfg.steps):
+            cell = Cell(model_name, mh, prompt.topic, prompt.text, int(seed),
+                        resolved.spec.name, sched, int(steps), float(cfg_scale),
+                        cfg.width, cfg.height)
+            cells.setdefault(cell.hash, cell)
+    return list(cells.values())
+
+
+def batches(cells: list[Cell], batch_size: int) -> list[list[Cell]]:
+    """Group cells that share a sigma schedule, then chunk to ``batch_size``."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.batch_key, []).append(c)
+    out = []
+    for group in groups.values():
+        out += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    return out

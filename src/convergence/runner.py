@@ -1,0 +1,131 @@
+"""Execute cells: one batched sampler run per group of cells that share sigmas, with
+NFE counting, timing, resume from the store and a progress bar."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from convergence.config import Config
+from convergence.errors import ConvergenceError
+from convergence.models import build_model
+from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
+from convergence.plan import Cell, batches, expand
+from convergence.samplers.noise import CellNoise
+from convergence.samplers.registry import SamplingContext, resolve_sampler
+from convergence.samplers.schedules import get_sigmas
+from convergence.store import Store
+
+
+@dataclass
+class BatchResult:
+    samples: torch.Tensor       # final samples in model space
+    images: np.ndarray          # uint8 (B, H, W, 3)
+    nfe: int                    # denoiser calls per image
+    model_evals: float          # rows evaluated per image (CFG doubles it)
+    seconds: float              # wall time of the batch
+    model_seconds: float        # of which inside the model
+
+
+def describe(cell: Cell) -> str:
+    return (f"cell {cell.hash} (sampler={cell.sampler}, schedule={cell.schedule}, "
+            f"steps={cell.steps}, seed={cell.seed}, topic={cell.topic}, cfg={cell.cfg})")
+
+
+def sample_batch(model: Model, cells: list[Cell], options: dict | None = None) -> BatchResult:
+    """Run one batch of cells that share sampler, schedule, steps, cfg and size."""
+    first = cells[0]
+    assert all(c.batch_key == first.batch_key for c in cells), "cells of a batch must share sigmas"
+    spec = resolve_sampler(first.sampler).spec
+    sigma_dtype = torch.float32 if model.dtype in (torch.float16, torch.bfloat16) else model.dtype
+    sigmas = get_sigmas(model, first.schedule, first.steps).to(model.device, sigma_dtype)
+    seeds = [c.seed for c in cells]
+    x = model.initial_noise(seeds, first.width, first.height) * sigmas[0].to(model.dtype)
+    counter = CountingDenoiser(GuidedDenoiser(model))
+    start = time.perf_counter()
+    with torch.no_grad():
+        cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
+        extra_args = {"conditioning": cond, "cfg_scale": first.cfg}
+        ctx = SamplingContext(noise=CellNoise(seeds), steps=first.steps,
+                              alphas_cumprod=model.alphas_cumprod, options=dict(options or {}))
+        try:
+            out = spec.fn(counter, x, sigmas, extra_args, ctx)
+        except NonFiniteSample as e:
+            raise ConvergenceError(f"NaN/inf in the sample at sigma={e.sigma:.4g} for "
+                                   + "; ".join(describe(cells[r]) for r in e.rows)) from None
+        bad = (~torch.isfinite(out.flatten(1))).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise ConvergenceError("NaN/inf in the final sample of "
+                                   + "; ".join(describe(cells[r]) for r in bad))
+        images = model.decode(out)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return BatchResult(out.detach().cpu(), images, counter.calls,
+                       counter.rows_evaluated / len(cells), seconds, counter.model_seconds)
+
+
+def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
+    """fp32 for the analytic model, fp16 is enough for latents (README: Store)."""
+    dtype = np.float32 if model.name == "analytic" else np.float16
+    return sample.to(torch.float32).numpy().astype(dtype)
+
+
+@dataclass
+class RunSummary:
+    store: Store
+    cells: list[Cell]
+    ran: int
+    skipped: int
+    seconds: float
+
+
+def study_root(cfg: Config) -> Path:
+    return Path(cfg.results_dir) / cfg.name
+
+
+def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
+    """Plan the study, skip cells already in the store, run the rest batch by batch.
+
+    Each finished batch is stored before the next starts, so an interrupted run resumes
+    where it stopped and gives the same images as an uninterrupted one."""
+    model = model or build_model(cfg.model, cfg.width, cfg.height)
+    cells = expand(cfg, model.name, model.fingerprint())
+    store = Store(study_root(cfg))
+    done = store.done_hashes()
+    todo = [c for c in cells if c.hash not in done]
+    store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
+                                    "n_cells": len(cells)})
+    start = time.perf_counter()
+    plan = batches(todo, cfg.batch_size)
+    with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
+              disable=not cfg.progress) as bar:
+        for batch in plan:
+            res = sample_batch(model, batch, cfg.sampler_options)
+            rows = []
+            for i, cell in enumerate(batch):
+                store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
+                store.write_image(cell.hash, res.images[i])
+                rows.append({
+                    "hash": cell.hash, **cell.__dict__, "nfe": res.nfe,
+                    "model_evals": res.model_evals,
+                    "seconds": res.seconds / len(batch),
+                    "model_seconds": res.model_seconds / len(batch),
+                    "batch_size": len(batch), "device": str(model.device),
+                    "image": str(store.image_path(cell.hash).relative_to(store.root)),
+                    "sample": str(store.sample_path(cell.hash).relative_to(store.root)),
+                })
+            store.append_rows(rows)
+            bar.update(len(batch))
+    return RunSummary(store, cells, len(todo), len(cells) - len(todo),
+                      time.perf_counter() - start)
+
+
+def _plain(cfg: Config) -> dict:
+    from dataclasses import asdict
+    return asdict(cfg)

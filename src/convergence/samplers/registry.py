@@ -1,0 +1,125 @@
+"""Sampler registry: every sampler is one plain function with one signature.
+
+``fn(model, x, sigmas, extra_args, ctx) -> x_final`` where ``model`` is the counting
+denoiser (``model(x, sigma, **extra_args)``), ``x`` is the initial noise already scaled
+by ``sigmas[0]``, and ``ctx`` (:class:`SamplingContext`) carries what some samplers need
+besides sigmas: per-cell noise, the model's discrete schedule, the step count.
+
+Names from InvokeAI (K_LMS), A1111 ("DPM++ 2M Karras"), ComfyUI (dpmpp_2m) and
+diffusers class names resolve through :func:`resolve_sampler`; adding a sampler is one
+decorated function (or an entry point in the ``convergence.samplers`` group).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import torch
+
+from convergence.errors import ConvergenceError
+from convergence.samplers.noise import CellNoise
+
+
+@dataclass
+class SamplingContext:
+    """Everything a sampler may need besides the denoiser, x and sigmas."""
+
+    noise: CellNoise
+    steps: int
+    alphas_cumprod: torch.Tensor | None = None
+    options: dict = field(default_factory=dict)
+
+
+SamplerFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    fn: SamplerFn
+    family: str
+    stochastic: bool
+    native_schedule: str
+    aliases: tuple[str, ...] = ()
+    #: schedule implied by an alias such as "DPM++ 2M Karras" (None: from the sweep)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ResolvedSampler:
+    spec: SamplerSpec
+    schedule: str | None  # schedule named inside the alias (A1111 style), if any
+
+
+_REGISTRY: dict[str, SamplerSpec] = {}
+_ALIASES: dict[str, tuple[str, str | None]] = {}
+_PLUGINS_LOADED = False
+
+
+def _key(name: str) -> str:
+    """Normalise a user-typed name: case, spaces, dashes, '+' and underscores."""
+    return re.sub(r"[\s_\-]+", "", name.strip().lower()).replace("+", "p")
+
+
+def register_sampler(name: str, *, family: str, stochastic: bool = False,
+                     native_schedule: str = "discrete", aliases: tuple[str, ...] = (),
+                     scheduled_aliases: dict[str, str] | None = None,
+                     description: str = "") -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator: register ``fn`` under ``name`` and its aliases.
+
+    ``scheduled_aliases`` maps names that also fix the schedule (A1111's
+    "DPM++ 2M Karras") to that schedule.
+    """
+
+    def deco(fn: SamplerFn) -> SamplerFn:
+        if name in _REGISTRY:
+            raise ValueError(f"sampler {name!r} registered twice")
+        spec = SamplerSpec(name, fn, family, stochastic, native_schedule, tuple(aliases),
+                           description or (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = spec
+        for alias in (name, *aliases):
+            _ALIASES.setdefault(_key(alias), (name, None))
+        for alias, sched in (scheduled_aliases or {}).items():
+            _ALIASES.setdefault(_key(alias), (name, sched))
+        return fn
+
+    return deco
+
+
+def _load_builtin_and_plugins() -> None:
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from convergence.samplers import compvis, kdiffusion  # noqa: F401  (registers)
+    try:
+        from convergence.samplers import diffusers_schedulers  # noqa: F401
+    except ImportError:
+        pass
+    for ep in entry_points(group="convergence.samplers"):
+        ep.load()
+
+
+def available_samplers() -> dict[str, SamplerSpec]:
+    _load_builtin_and_plugins()
+    return dict(_REGISTRY)
+
+
+def resolve_sampler(name: str) -> ResolvedSampler:
+    """Resolve any known spelling of a sampler, or fail listing close matches."""
+    _load_builtin_and_plugins()
+    hit = _ALIASES.get(_key(str(name)))
+    if hit is None:
+        names = sorted(set(_REGISTRY) | {a for s in _REGISTRY.values() for a in s.aliases})
+        close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
+        close += [n for n in difflib.get_close_matches(_key(str(name)), [_key(x) for x in names],
+                                                      n=3, cutoff=0.6)
+                  if n not in close and n in names]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConvergenceError(f"unknown sampler {name!r}{hint} (run `convergence samplers` for the list)")
+    sampler, schedule = hit
+    return ResolvedSampler(_REGISTRY[sampler], schedule)
