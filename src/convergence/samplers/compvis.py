@@ -17,7 +17,7 @@ def _eps(model, x, sigma, extra_args):
 
 
 @register_sampler("ddim", family="compvis", native_schedule="ddim_uniform",
-                  aliases=("DDIM", "DDIMScheduler"))
+                  aliases=("DDIM",))
 @torch.no_grad()
 def sample_ddim(model, x, sigmas, extra_args, ctx, callback=None):
     """DDIM, deterministic (eta = 0): 1 NFE/step."""

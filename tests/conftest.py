@@ -1,0 +1,64 @@
+"""Shared fixtures: a small analytic model, a study config builder and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def model32():
+    """The analytic model at 32x32 (fast; the default study uses 64x64)."""
+    from convergence.models.analytic import AnalyticModel
+    return AnalyticModel(32, 32)
+
+
+def make_config(tmp_path: Path, **overrides):
+    """A validated Config for a small study writing under ``tmp_path``."""
+    from convergence.config import to_config
+    base = {
+        "name": "t",
+        "results_dir": str(tmp_path / "results"),
+        "prompts": [
+            {"topic": "food", "seed": 4053222918, "text": "a hamburger with a bowl of french fries"},
+            {"topic": "people", "seed": 2131956332, "text": "Ultra realistic photo"},
+        ],
+        "seeds_per_prompt": 2,
+        "samplers": ["euler", "heun"],
+        "steps": [4, 8],
+        "cfg": [7.5],
+        "width": 32,
+        "height": 32,
+        "batch_size": 8,
+        "progress": False,
+    }
+    base.update(overrides)
+    return to_config(base)
+
+
+@pytest.fixture
+def study_config(tmp_path):
+    def build(**overrides):
+        return make_config(tmp_path, **overrides)
+    return build
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``convergence ARGS`` in a subprocess, as a user would."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "convergence.cli", *args], cwd=cwd or REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
