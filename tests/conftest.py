@@ -15,6 +15,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # the analytic model's matrices are small; threads only add contention on 2 cores
+    import torch
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def model32():
     """The analytic model at 32x32 (fast; the default study uses 64x64)."""

@@ -61,7 +61,12 @@ def _hydra_app(task: Callable):
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(dcfg: DictConfig) -> None:
         try:
-            task(to_config(dcfg))
+            cfg = to_config(dcfg)
+            if cfg.model.name == "analytic":
+                # its matrices are small: one thread is as fast, and immune to contention
+                import torch
+                torch.set_num_threads(1)
+            task(cfg)
         except ConvergenceError as e:
             fail(str(e))
 

@@ -124,11 +124,18 @@ class AnalyticModel(Model):
         sig = sigmas_from_alphas_cumprod(self.alphas_cumprod)
         self.sigma_min, self.sigma_max = float(sig[0]), float(sig[-1])
         self.pictures = [p for t in TOPIC_PICTURES.values() for p in t]
+        self.topics = dict(TOPIC_PICTURES)
         comps = [_component(p, width, height, self.spec) for p in self.pictures]
-        self.mu = torch.tensor(np.stack([c[0] for c in comps]))            # (K, d)
-        self.U = torch.tensor(np.stack([c[1] for c in comps]))             # (K, d, r)
-        self.lam = torch.tensor(np.stack([c[2] for c in comps]))           # (K, r)
-        self.s2 = self.spec.isotropic_std ** 2
+        self.set_components(np.stack([c[0] for c in comps]), np.stack([c[1] for c in comps]),
+                            np.stack([c[2] for c in comps]), self.spec.isotropic_std ** 2)
+
+    def set_components(self, mu: np.ndarray, U: np.ndarray, lam: np.ndarray, s2: float) -> None:
+        """Install mixture components: means (K, d), orthonormal bases (K, d, r), low-rank
+        variances (K, r) and the isotropic variance s2 (tests use small synthetic ones)."""
+        self.mu = torch.as_tensor(mu, dtype=torch.float64)
+        self.U = torch.as_tensor(U, dtype=torch.float64)
+        self.lam = torch.as_tensor(lam, dtype=torch.float64)
+        self.s2 = float(s2)
         K, d, r = self.U.shape
         self.d, self.r = d, r
         self.U_all = self.U.permute(1, 0, 2).reshape(d, K * r)            # (d, K*r)
@@ -156,10 +163,10 @@ class AnalyticModel(Model):
         """Mixture log-weights for a topic (uniform over all pictures for ``None``)."""
         if topic is None:
             return torch.zeros(len(self.pictures), dtype=torch.float64)
-        if topic not in TOPIC_PICTURES:
+        if topic not in self.topics:
             raise ConvergenceError(
-                f"unknown topic {topic!r} for the analytic model; known: {', '.join(TOPIC_PICTURES)}")
-        on = set(TOPIC_PICTURES[topic])
+                f"unknown topic {topic!r} for the analytic model; known: {', '.join(self.topics)}")
+        on = set(self.topics[topic])
         return torch.tensor([0.0 if p in on else OFF_TOPIC_LOG_WEIGHT for p in self.pictures],
                             dtype=torch.float64)
 
