@@ -60,9 +60,22 @@ class AnalysisConfig:
 
 @dataclass
 class ReportConfig:
+    """What `convergence report` draws (see docs/report.md)."""
+
+    #: wider sweeps are split into several grid tiles (a page-width PNG stays readable)
     max_grid_columns: int = 12
-    thumbnail: int = 96
+    #: taller sweeps (many samplers) are split likewise
+    max_grid_rows: int = 16
+    #: grid cell size in pixels: larger images are downscaled, smaller ones enlarged by
+    #: whole pixels only (64 px -> 128 px)
+    thumbnail: int = 128
+    #: frame the indicative / coherent / converged cells on the grids
     mark_keypoints: bool = True
+    #: distance drawn and tabulated; null = the analysis' metric
+    metric: Optional[str] = None
+    #: batch workflow: N candidates at the indicative step, k refined to convergence
+    batch_candidates: int = 100
+    batch_refined: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
 

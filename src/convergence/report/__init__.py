@@ -1,0 +1,155 @@
+"""The report: labelled grids, distance curves, the guide's TL;DR tables and one
+self-contained HTML page under ``results/<study>/report/``.
+
+It only reads the store and the analysis outputs (``convergence analyze``), so it can be
+re-rendered in seconds and every number on the page is also in a CSV beside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+
+from convergence.config import Config, ReportConfig
+from convergence.errors import ConvergenceError
+from convergence.report.curves import curve_figure, write_curves
+from convergence.report.data import StudyData, load_study
+from convergence.report.grids import grid_specs, grid_tiles, render_grid, write_grids
+from convergence.report.html import render
+from convergence.report.tables import (
+    _fmt_num,
+    _fmt_steps,
+    batch_headline,
+    batch_workflow,
+    cheapest_table,
+    claims_table,
+    keypoint_tables,
+    rates_table,
+    speed_table,
+)
+
+__all__ = ["write_report", "build_report", "load_study", "StudyData", "curve_figure",
+           "grid_specs", "grid_tiles", "render_grid", "keypoint_tables", "speed_table",
+           "cheapest_table", "batch_workflow"]
+
+#: largest width (CSS px) an image is shown at; bigger PNGs are scaled down by the browser
+PAGE_WIDTH = 1260
+
+
+def check_report_config(rc: ReportConfig) -> None:
+    """Reject settings that would draw nothing or nonsense, naming the value."""
+    if rc.thumbnail < 16:
+        raise ConvergenceError(f"report.thumbnail must be >= 16 pixels, got {rc.thumbnail}")
+    if rc.max_grid_columns < 1 or rc.max_grid_rows < 1:
+        raise ConvergenceError("report.max_grid_columns and report.max_grid_rows must be >= 1")
+    if rc.batch_candidates < 1 or not 0 <= rc.batch_refined <= rc.batch_candidates:
+        raise ConvergenceError(f"batch workflow needs N >= 1 and 0 <= k <= N, got "
+                               f"N={rc.batch_candidates}, k={rc.batch_refined}")
+
+
+def write_report(cfg: Config) -> Path:
+    """`convergence report`: render results/<study>/report/index.html; returns its path."""
+    return build_report(Path(cfg.results_dir) / cfg.name, cfg.report)
+
+
+def build_report(root: Path | str, rc: ReportConfig | None = None,
+                 out_dir: Path | str | None = None) -> Path:
+    """Render the report of the study stored in ``root`` into ``out_dir`` (root/report)."""
+    rc = rc or ReportConfig()
+    check_report_config(rc)
+    study = load_study(root, rc.metric)
+    out = Path(out_dir) if out_dir else study.root / "report"
+    for sub in ("grids", "figures", "tables"):  # no stale files from an earlier, larger study
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+
+    kp_tables = keypoint_tables(study)
+    speed = speed_table(study)
+    cheapest = cheapest_table(study)
+    batch = batch_workflow(study, rc.batch_candidates, rc.batch_refined)
+    rates = rates_table(study)
+    claims = claims_table(study)
+    tables = [*kp_tables, speed, cheapest, batch, *(t for t in (rates, claims) if t is not None)]
+    for t in tables:
+        t.data.to_csv(out / "tables" / f"{t.key}.csv", index=False)
+    study.cells.drop(columns=[c for c in ("sample",) if c in study.cells]).to_csv(
+        out / "tables" / "cells.csv", index=False)
+
+    curves = [{"label": label, "png": rel(png, out), "svg": rel(svg, out),
+               "width": min(PAGE_WIDTH, Image.open(png).width)}
+              for label, png, svg in write_curves(study, out / "figures")]
+    grids = _grid_context(study, write_grids(study, out / "grids", thumb=rc.thumbnail,
+                                             max_columns=rc.max_grid_columns,
+                                             max_rows=rc.max_grid_rows, mark=rc.mark_keypoints), out)
+    page = render(
+        name=study.name, description=study.study.get("config", {}).get("description", ""),
+        summary=_summary(study), metric=study.metric, reference=_reference(study),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
+        speed=speed, batch=batch, rates=rates, curves=curves, grids=grids,
+        batch_best=_batch_best(batch), n=rc.batch_candidates, k=rc.batch_refined,
+        verdict_col=list(claims.shown.columns).index("verdict") if claims is not None
+        and "verdict" in claims.shown.columns else -1,
+        files=sorted(rel(p, out) for p in out.rglob("*") if p.is_file() and p.name != "index.html"))
+    index = out / "index.html"
+    tmp = index.with_suffix(".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(index)
+    return index
+
+
+def rel(path: Path, base: Path) -> str:
+    return path.relative_to(base).as_posix()
+
+
+def _grid_context(study: StudyData, written, out: Path) -> list[dict]:
+    """Grids grouped by topic: the first seed shown, the others folded away."""
+    by_topic: dict[str, dict] = {}
+    for spec, paths in written:
+        t = by_topic.setdefault(spec.topic, {"topic": spec.topic, "prompts": [], "first": [],
+                                             "more": [], "key": (spec.seed, spec.cfg)})
+        if spec.prompt not in t["prompts"]:
+            t["prompts"].append(spec.prompt)
+        entries = [{"src": rel(p, out), "seed": spec.seed, "cfg": f"{spec.cfg:g}",
+                    "width": min(PAGE_WIDTH, Image.open(p).width)} for p in paths]
+        (t["first"] if (spec.seed, spec.cfg) == t["key"] else t["more"]).extend(entries)
+    return [by_topic[t] for t in study.topics if t in by_topic]
+
+
+def _summary(study: StudyData) -> str:
+    c = study.cells
+    steps = ", ".join(str(s) for s in sorted(c["steps"].unique()))
+    model = str(c["model"].iloc[0]) if "model" in c and len(c) else "?"
+    return (f"{len(c)} cells · model {model} · {c['topic'].nunique()} topics · "
+            f"{c['seed'].nunique()} seeds · {c['sampler'].nunique()} samplers · steps {steps} · "
+            f"cfg {', '.join(f'{v:g}' for v in sorted(c['cfg'].unique()))} · "
+            f"{int(c['width'].iloc[0])}×{int(c['height'].iloc[0])} px")
+
+
+def _reference(study: StudyData) -> str:
+    for df in (study.keypoints, study.distances):
+        if "reference" in df and df["reference"].notna().any():
+            return ", ".join(sorted(df["reference"].dropna().astype(str).unique()))
+    return "?"
+
+
+def _warnings(study: StudyData) -> list[str]:
+    w = list(study.notes)
+    if study.stale:
+        w.append(f"{', '.join(study.stale)} are older than cells.parquet: the store changed after "
+                 "the analysis; run `convergence analyze` again for up-to-date key points.")
+    missing = [n for n, v in (("rates.csv", study.rates), ("claims.csv", study.claims)) if v is None]
+    if missing:
+        w.append(f"{', '.join(missing)} not found: those sections are left out.")
+    return w
+
+
+def _batch_best(batch) -> list[dict]:
+    best = batch_headline(batch)
+    return [{"topic": r.topic, "sampler": r.sampler, "ind": _fmt_steps(r.indicative_steps),
+             "conv": _fmt_steps(r.converged_steps), "A": _fmt_num(r.A_seconds),
+             "B": _fmt_num(r.B_seconds), "sp_s": _fmt_num(r.speedup_seconds, 2) + "×",
+             "sp_n": _fmt_num(r.speedup_nfe, 2) + "×"} for r in best.itertuples()]

@@ -1,0 +1,148 @@
+"""Distance-to-reference curves versus steps, NFE and seconds, one line per sampler.
+
+Steps flatter samplers that call the model several times per step (the ComfyUI note), so
+every figure shows the same curves against NFE and wall time beside steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from convergence.report.data import POINTS, StudyData  # noqa: E402
+from convergence.report.grids import POINT_COLOURS  # noqa: E402
+
+AXES = (("steps", "steps"), ("nfe", "model evaluations (NFE)"),
+        ("seconds", "seconds per image (steps ÷ measured it/s)"))
+
+
+#: below this many seeds the band is min–max; from here on the interquartile range, so
+#: one outlying seed cannot paint the whole panel
+IQR_FROM = 5
+
+
+def curve_data(study: StudyData, topic: str | None = None) -> pd.DataFrame:
+    """Median and spread over seeds (and prompts) per sampler, schedule and step count.
+
+    ``seconds`` is steps ÷ the sampler's measured it/s over all its cells: single-cell
+    timings of a millisecond-fast model jitter more than the differences between step
+    counts. The reference cell itself (distance 0, or infinite PSNR) is dropped: it says
+    nothing about convergence and cannot sit on a log axis."""
+    d = study.distances
+    d = d[d["metric"] == study.metric]
+    if topic is not None:
+        d = d[d["topic"] == topic]
+    d = d[np.isfinite(d["value"].astype(float))]
+    cols = ["sampler", "schedule", "steps", "nfe", "seconds", "median", "lo", "hi", "n"]
+    if d.empty:
+        return pd.DataFrame(columns=cols)
+    c = study.cells
+    per_step = (c.groupby(["sampler", "schedule"])["seconds"].sum()
+                / c.groupby(["sampler", "schedule"])["steps"].sum())
+    g = d.groupby(["sampler", "schedule", "steps"])
+    n = g["value"].size()
+    iqr = int(n.max()) >= IQR_FROM
+    out = g.agg(nfe=("nfe", "median"), median=("value", "median"),
+                lo=("value", (lambda v: v.quantile(0.25)) if iqr else "min"),
+                hi=("value", (lambda v: v.quantile(0.75)) if iqr else "max"),
+                n=("value", "size")).reset_index()
+    out["seconds"] = [st * per_step.get((sa, sc), np.nan)
+                      for sa, sc, st in zip(out["sampler"], out["schedule"], out["steps"], strict=False)]
+    ref_steps = d.groupby(["sampler", "schedule"])["steps"].transform("max")
+    at_ref = d[(d["steps"] == ref_steps) & (d["value"].astype(float) == 0)]
+    drop = set(zip(at_ref["sampler"], at_ref["schedule"], at_ref["steps"], strict=False))
+    keep = [(s, c, t) not in drop for s, c, t in zip(out["sampler"], out["schedule"], out["steps"], strict=False)]
+    out = out[keep].reset_index(drop=True)[cols]
+    out.attrs["band"] = "interquartile range" if iqr else "min–max"
+    return out
+
+
+def thresholds(study: StudyData) -> dict[str, float]:
+    """The key-point thresholds the analysis used for this metric (drawn as guides)."""
+    kp = study.keypoints
+    if kp.empty or "threshold" not in kp:
+        return {}
+    kp = kp[kp["metric"] == study.metric]
+    return {p: float(kp.loc[kp["point"] == p, "threshold"].median()) for p in POINTS
+            if (kp["point"] == p).any() and kp.loc[kp["point"] == p, "threshold"].notna().any()}
+
+
+def curve_figure(study: StudyData, topic: str | None = None, *, title: str | None = None):
+    """One figure, three panels (vs steps, NFE, seconds); ``topic=None`` = all topics."""
+    data = curve_data(study, topic)
+    # fixed margins: constrained layout re-measures every tick label and costs seconds
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), sharey=True)
+    fig.subplots_adjust(left=0.06, right=0.83, bottom=0.12, top=0.88, wspace=0.06)
+    dashed = study.non_converging()
+    order = {s: i for i, s in enumerate(study.samplers)}
+    rows = sorted({(s, c) for s, c in zip(data["sampler"], data["schedule"], strict=False)},
+                  key=lambda r: (order.get(r[0], len(order)), r[1]))
+    several_schedules = len({c for _, c in rows}) > 1
+    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    positive = bool(len(data)) and bool((data["lo"] > 0).all())
+    limits = thresholds(study)
+    for ax, (col, label) in zip(axes, AXES, strict=False):
+        for i, (sampler, schedule) in enumerate(rows):
+            c = data[(data["sampler"] == sampler) & (data["schedule"] == schedule)].sort_values("steps")
+            name = f"{sampler} ({schedule})" if several_schedules else sampler
+            ls = "--" if sampler in dashed else "-"
+            ax.plot(c[col], c["median"], ls, marker="o", ms=3.5, lw=1.8, color=colours(i % 20),
+                    label=name)
+            if (c["n"] > 1).any():
+                ax.fill_between(c[col], c["lo"], c["hi"], color=colours(i % 20), alpha=0.10, lw=0)
+        for point, value in limits.items():
+            if value > 0 or not positive:
+                ax.axhline(value, color=np.array(POINT_COLOURS[point]) / 255,
+                           lw=1.1, ls=":", label=f"{point} threshold")
+        if len(data) and (data[col] > 0).all():
+            ax.set_xscale("log")
+            if col == "steps":  # label the swept step counts themselves
+                ticks = sorted(data["steps"].unique())
+                ax.xaxis.set_major_locator(mticker.FixedLocator(ticks))
+            else:
+                ax.xaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+        ax.set_xlabel(label, fontsize=12)
+        ax.grid(True, which="major", alpha=0.35)
+        ax.grid(True, which="minor", alpha=0.12)
+        ax.tick_params(labelsize=10)
+    if positive:
+        axes[0].set_yscale("log")
+    axes[0].set_ylabel(f"{study.metric} distance to reference", fontsize=12)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.84, 0.5), fontsize=10,
+                   frameon=False, title="sampler" + (" (- - does not converge)" if dashed else ""),
+                   title_fontsize=10)
+    n = int(data["n"].max()) if len(data) else 0
+    where = f"topic: {topic}" if topic is not None else "all topics"
+    fig.suptitle(title or f"{where} — median over {n} seed{'s' * (n != 1)}"
+                 f"{' and prompts' if topic is None else ''}, band = {data.attrs.get('band', 'min–max')}",
+                 fontsize=14)
+    if not len(data):
+        axes[1].text(0.5, 0.5, f"no {study.metric} distances", ha="center", transform=axes[1].transAxes)
+    return fig
+
+
+def write_curves(study: StudyData, out_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Write the all-topics summary and one figure per topic, as PNG and SVG."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for topic in [None, *study.topics]:
+        fig = curve_figure(study, topic)
+        stem = "curves_all" if topic is None else "curves_" + "".join(
+            c if c.isalnum() or c in "-_" else "_" for c in str(topic))[:40]
+        png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
+        fig.savefig(png, dpi=90)
+        fig.savefig(svg)
+        plt.close(fig)
+        written.append(("all topics" if topic is None else str(topic), png, svg))
+    return written

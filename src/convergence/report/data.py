@@ -1,0 +1,119 @@
+"""Load one study's stored results (run + analysis) for the report and the notebook.
+
+The report is a pure reader: it never re-runs cells or the analysis, so it is cheap to
+re-render and cannot disagree with the files it points at. Missing analysis outputs are
+an error that names the command to run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from convergence.errors import ConvergenceError
+
+#: the analysis files the report needs, and the optional ones it shows when present
+REQUIRED = ("distances.parquet", "keypoints.csv")
+OPTIONAL = ("rates.csv", "claims.csv")
+POINTS = ("indicative", "coherent", "converged")
+
+
+@dataclass
+class StudyData:
+    """Everything the report draws, loaded once."""
+
+    root: Path
+    cells: pd.DataFrame
+    distances: pd.DataFrame
+    keypoints: pd.DataFrame
+    rates: pd.DataFrame | None
+    claims: pd.DataFrame | None
+    study: dict = field(default_factory=dict)
+    metric: str = "rmse"
+    #: analysis files older than cells.parquet (the store grew after `analyze`)
+    stale: list[str] = field(default_factory=list)
+    #: things a reader should know about what was left out
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def samplers(self) -> list[str]:
+        """Samplers in the order the study lists them (the guide's row order).
+
+        The runner stores cells in plan order, so first appearance in cells.parquet is the
+        configured order, without importing the sampler registry (k-diffusion is slow)."""
+        return list(dict.fromkeys(self.cells["sampler"]))
+
+    @property
+    def topics(self) -> list[str]:
+        """Topics in the order of the study's prompts."""
+        configured = [p.get("topic") for p in self.study.get("config", {}).get("prompts", [])]
+        return order_like(self.cells["topic"].unique(), configured)
+
+    def non_converging(self) -> set[str]:
+        """Samplers the analysis found not to converge in any topic (ancestral / SDE)."""
+        kp = self.keypoints
+        if kp.empty or "converges" not in kp:
+            return set()
+        kp = kp[(kp["metric"] == self.metric) & (kp["point"] == "converged")]
+        flags = kp["converges"].astype(str).str.lower().isin(["false", "0", "0.0"])
+        return set(kp.loc[flags, "sampler"])
+
+
+def order_like(values, preferred: list) -> list:
+    """``values`` ordered by their position in ``preferred`` (unknown ones last, sorted)."""
+    values = list(dict.fromkeys(values))
+    rank = {v: i for i, v in enumerate(dict.fromkeys(preferred))}
+    return sorted(values, key=lambda v: (rank.get(v, len(rank)), str(v)))
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as e:
+        raise ConvergenceError(f"cannot read {path} ({type(e).__name__}: {e}); "
+                               "re-run `convergence analyze`") from None
+
+
+def load_study(root: Path | str, metric: str | None = None) -> StudyData:
+    """Read ``root`` (results/<study>/): cells plus the analysis outputs.
+
+    ``metric`` picks the distance drawn in curves and used for key points; by default the
+    analysis' own metric (study.json), else the first metric in keypoints.csv."""
+    root = Path(root)
+    table = root / "cells.parquet"
+    if not table.exists():
+        raise ConvergenceError(f"no results in {root}: run `convergence run` first")
+    missing = [n for n in REQUIRED if not (root / n).exists()]
+    if missing:
+        raise ConvergenceError(f"{root} has no {', '.join(missing)}: run `convergence analyze` first")
+    from convergence.store import Store
+    cells = Store(root).load()
+    study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
+    distances = _read(root / "distances.parquet")
+    keypoints = _read(root / "keypoints.csv")
+    optional = {n: _read(root / n) if (root / n).exists() else None for n in OPTIONAL}
+    if metric is None:
+        metric = study.get("config", {}).get("analysis", {}).get("metric")
+    known = set(keypoints.get("metric", pd.Series(dtype=str)).dropna()) | set(
+        distances.get("metric", pd.Series(dtype=str)).dropna())
+    if metric not in known and known:
+        metric = sorted(known)[0] if keypoints.empty else str(keypoints["metric"].iloc[0])
+    notes = []
+    if "model_hash" in cells and cells["model_hash"].nunique() > 1 and "hash" in distances:
+        # the store keeps every model version's cells; show the ones the analysis scored
+        used = cells["hash"].isin(set(distances["hash"]))
+        if used.any():
+            notes.append(f"the store holds {int((~used).sum())} cells of other model versions "
+                         f"or sweeps; this report shows the {int(used.sum())} the analysis scored")
+            cells = cells[used].reset_index(drop=True)
+    stale = [n for n in (*REQUIRED, *OPTIONAL)
+             if (root / n).exists() and (root / n).stat().st_mtime < table.stat().st_mtime]
+    return StudyData(root, cells, distances, keypoints, optional["rates.csv"],
+                     optional["claims.csv"], study, metric or "rmse", stale, notes)

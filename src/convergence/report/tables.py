@@ -1,0 +1,295 @@
+"""The guide's TL;DR tables, computed from the store and the analysis.
+
+Each function returns a numeric DataFrame (written as CSV: every number in the report
+can be re-used) and :func:`display` turns it into short strings for the HTML page.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from convergence.report.data import POINTS, StudyData
+
+#: the guide's own it/s table (M1 Max, 512×512, 3-sample average), for comparison only
+GUIDE_ITS = {"ddim": 1.89, "plms": 1.86, "euler": 1.86, "lms": 1.91, "heun": 0.95,
+             "dpm_2": 0.95, "dpm_2_ancestral": 0.95, "euler_ancestral": 1.86}
+BASELINE = "euler"
+
+
+@dataclass
+class Table:
+    """A titled table for the page, with the numeric frame behind it."""
+
+    key: str
+    title: str
+    data: pd.DataFrame
+    shown: pd.DataFrame
+    note: str = ""
+    highlight: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _kp(study: StudyData) -> pd.DataFrame:
+    kp = study.keypoints
+    return kp[kp["metric"] == study.metric] if "metric" in kp else kp
+
+
+def _row_label(study: StudyData, df: pd.DataFrame) -> pd.Series:
+    """sampler, plus schedule / cfg only when the study varies them."""
+    label = df["sampler"].astype(str)
+    if study.cells["schedule"].nunique() > 1:
+        label = label + " · " + df["schedule"].astype(str)
+    if study.cells["cfg"].nunique() > 1:
+        label = label + " · cfg " + df["cfg"].map(lambda v: f"{float(v):g}")
+    return label
+
+
+def _fmt_steps(v) -> str:
+    return "—" if pd.isna(v) else f"{float(v):g}"
+
+
+def _fmt_num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)) or pd.isna(v):
+        return "—"
+    v = float(v)
+    if v == 0:
+        return "0"
+    mag = math.floor(math.log10(abs(v)))
+    return f"{v:.{max(0, digits - 1 - mag)}f}" if -3 <= mag < 6 else f"{v:.{digits}g}"
+
+
+def _not_converging(r) -> bool:
+    return str(getattr(r, "converges", True)).lower() in ("false", "0", "0.0")
+
+
+def keypoint_tables(study: StudyData) -> list[Table]:
+    """Per key point: the step count where each sampler reaches it, per topic.
+
+    A cell reads '20 (2/3)' when only 2 of 3 seeds got there; '—' when none did."""
+    kp = _kp(study).copy()
+    kp["row"] = _row_label(study, kp)
+    keys = study.cells.drop_duplicates(["sampler", "schedule", "cfg"])  # plan order
+    rows = list(dict.fromkeys(_row_label(study, keys)))
+    topics = study.topics
+    tables = []
+    for point in POINTS:
+        sub = kp[kp["point"] == point]
+        shown = pd.DataFrame(index=rows, columns=topics, dtype=object).fillna("—")
+        for r in sub.itertuples():
+            if r.topic not in topics or r.row not in shown.index:
+                continue
+            text = _fmt_steps(r.steps)
+            if text == "—" and point == "converged" and _not_converging(r):
+                text = "does not converge"
+            elif text != "—" and hasattr(r, "n_reached") and hasattr(r, "n_seeds") \
+                    and pd.notna(r.n_reached) and int(r.n_reached) < int(r.n_seeds):
+                text += f" ({int(r.n_reached)}/{int(r.n_seeds)})"
+            shown.loc[r.row, r.topic] = text
+        shown.index.name = "sampler"
+        thr = sub["threshold"].dropna().unique() if "threshold" in sub else []
+        note = (f"{study.metric} threshold {', '.join(_fmt_num(t) for t in thr)}; "
+                "steps = median over seeds; (k/n) = only k of n seeds reached it")
+        tables.append(Table(f"keypoints_{point}", f"{point.capitalize()} step per sampler × topic",
+                            sub.drop(columns=["row"]), shown.reset_index(), note))
+    return tables
+
+
+def _slope(x: pd.Series, y: pd.Series) -> float:
+    """Per-step cost from a line fit, so Heun's 2n-1 NFE reads as 2 per step, not 1.75."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(np.unique(x)) < 2:
+        return float(np.median(y / x))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def speed_table(study: StudyData) -> Table:
+    """it/s, NFE per step and seconds per NFE per sampler, absolute and relative to euler."""
+    c = study.cells
+    rows = []
+    for (sampler, schedule), g in c.groupby(["sampler", "schedule"], sort=False):
+        sec = float(g["seconds"].sum())
+        rows.append({
+            "sampler": sampler, "schedule": schedule,
+            "nfe_per_step": _slope(g["steps"], g["nfe"]),
+            "model_evals_per_step": _slope(g["steps"], g["model_evals"]),
+            "it_per_s": float(g["steps"].sum()) / sec if sec > 0 else np.nan,
+            "ms_per_nfe": 1000 * sec / float(g["nfe"].sum()),
+            "model_share": float(g["model_seconds"].sum()) / sec if sec > 0 else np.nan,
+            "guide_it_per_s": GUIDE_ITS.get(sampler, np.nan),
+        })
+    df = pd.DataFrame(rows)
+    order = {s: i for i, s in enumerate(study.samplers)}
+    df = df.sort_values("sampler", key=lambda s: s.map(order)).reset_index(drop=True)
+    base = df[df["sampler"] == BASELINE]
+    for col in ("nfe_per_step", "it_per_s", "ms_per_nfe", "guide_it_per_s"):
+        ref = float(base[col].iloc[0]) if len(base) else np.nan
+        df[f"{col}_vs_{BASELINE}"] = df[col] / ref
+    shown = pd.DataFrame({
+        "sampler": df["sampler"],
+        "schedule": df["schedule"],
+        "NFE / step": df["nfe_per_step"].map(lambda v: _fmt_num(v, 3)),
+        "× euler": df[f"nfe_per_step_vs_{BASELINE}"].map(lambda v: _fmt_num(v, 2) + "×" if pd.notna(v) else "—"),
+        "it/s (measured)": df["it_per_s"].map(_fmt_num),
+        "× euler ": df[f"it_per_s_vs_{BASELINE}"].map(lambda v: _fmt_num(v, 2) + "×" if pd.notna(v) else "—"),
+        "ms / NFE": df["ms_per_nfe"].map(_fmt_num),
+        "in model": df["model_share"].map(lambda v: "—" if pd.isna(v) else f"{100 * v:.0f}%"),
+        "guide it/s": df["guide_it_per_s"].map(_fmt_num),
+        "guide × K_EULER": df[f"guide_it_per_s_vs_{BASELINE}"].map(lambda v: _fmt_num(v, 2) + "×" if pd.notna(v) else "—"),
+    })
+    device = ", ".join(sorted(c["device"].astype(str).unique())) if "device" in c else "?"
+    note = (f"measured on {device}, {int(c['width'].iloc[0])}×{int(c['height'].iloc[0])}; "
+            "NFE/step is the slope of NFE against steps (Heun-type samplers skip the model on "
+            "their last step); it/s = all steps / all seconds; 'in model' = share of time inside "
+            "the denoiser (the rest is sampler overhead, large for a tiny model). "
+            "Guide columns: the guide's M1 Max table at 512×512, for comparison."
+            + ("" if len(base) else f" No {BASELINE} in this study: no ratios."))
+    return Table("speed", "Speed per sampler: NFE per step and it/s, absolute and relative to euler",
+                 df, shown, note)
+
+
+def _per_sampler_topic(study: StudyData) -> pd.DataFrame:
+    """Wide key-point costs: one row per topic × sampler × schedule × cfg."""
+    kp = _kp(study)
+    keys = ["topic", "sampler", "schedule", "cfg"]
+    wide = None
+    for point in POINTS:
+        sub = kp[kp["point"] == point][keys + ["steps", "nfe", "seconds"]]
+        sub = sub.rename(columns={c: f"{point}_{c}" for c in ("steps", "nfe", "seconds")})
+        wide = sub if wide is None else wide.merge(sub, on=keys, how="outer")
+    return wide if wide is not None else pd.DataFrame(columns=keys)
+
+
+def cheapest_table(study: StudyData) -> Table:
+    """Which sampler reaches each key point with the fewest NFE, and in the least time.
+
+    'all topics' ranks samplers by their median cost over topics, counting only samplers
+    that reach the point in every topic."""
+    kp = _kp(study)
+    topics = study.topics
+    rows = []
+    for topic in [*topics, "all topics"]:
+        for point in POINTS:
+            sub = kp[kp["point"] == point]
+            if topic == "all topics":
+                reached = sub.dropna(subset=["nfe"]).groupby(["sampler", "schedule", "cfg"])
+                sub = reached.agg(steps=("steps", "median"), nfe=("nfe", "median"),
+                                  seconds=("seconds", "median"), n=("topic", "nunique")).reset_index()
+                sub = sub[sub["n"] == len(topics)]
+            else:
+                sub = sub[(sub["topic"] == topic)].dropna(subset=["nfe"])
+            row = {"topic": topic, "point": point}
+            for by in ("nfe", "seconds"):
+                s = sub.dropna(subset=[by])
+                if len(s):
+                    best = s.loc[s[by].astype(float).idxmin()]
+                    row |= {f"by_{by}_sampler": best["sampler"], f"by_{by}_steps": best["steps"],
+                            f"by_{by}_nfe": best["nfe"], f"by_{by}_seconds": best["seconds"]}
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    for c in ("by_nfe_sampler", "by_seconds_sampler"):
+        if c not in df:
+            df[c] = np.nan
+
+    def who(r, by):
+        s = r.get(f"by_{by}_sampler")
+        if pd.isna(s):
+            return "none reaches it"
+        cost = f"{_fmt_num(r[f'by_{by}_nfe'])} NFE" if by == "nfe" else f"{_fmt_num(r[f'by_{by}_seconds'])} s"
+        return f"{s} — {cost} ({_fmt_steps(r[f'by_{by}_steps'])} steps)"
+
+    shown = pd.DataFrame({"topic": df["topic"], "key point": df["point"],
+                          "cheapest in NFE": [who(r, "nfe") for r in df.to_dict("records")],
+                          "cheapest in seconds": [who(r, "seconds") for r in df.to_dict("records")]})
+    note = ("NFE is the portable cost (seconds depend on this machine and model size); "
+            "costs are medians over seeds.")
+    return Table("cheapest", "Cheapest sampler to reach each key point", df, shown, note)
+
+
+def batch_workflow(study: StudyData, n: int = 100, k: int = 3) -> Table:
+    """The guide's batch workflow, from measured costs.
+
+    A = N × cost(converged);  B = N × cost(indicative) + k × cost(converged).
+    The k refined images are the same prompt and seed run again with the same sampler at
+    its converged step count; speed-up = A / B, in seconds and in NFE."""
+    w = _per_sampler_topic(study)
+    need = ["indicative_nfe", "converged_nfe"]
+    if w.empty or any(c not in w for c in need):
+        df = pd.DataFrame()
+    else:
+        df = w.dropna(subset=need).copy()
+        for unit in ("seconds", "nfe"):
+            df[f"A_{unit}"] = n * df[f"converged_{unit}"]
+            df[f"B_{unit}"] = n * df[f"indicative_{unit}"] + k * df[f"converged_{unit}"]
+            df[f"speedup_{unit}"] = df[f"A_{unit}"] / df[f"B_{unit}"]
+        df.insert(0, "k", k)
+        df.insert(0, "N", n)
+        order = {s: i for i, s in enumerate(study.samplers)}
+        torder = {t: i for i, t in enumerate(study.topics)}
+        df = df.sort_values(["topic", "sampler"], key=lambda s: s.map(
+            torder if s.name == "topic" else order)).reset_index(drop=True)
+    if df.empty:
+        shown = pd.DataFrame({"": ["no sampler reaches both the indicative and the converged point"]})
+    else:
+        shown = pd.DataFrame({
+            "topic": df["topic"], "sampler": _row_label(study, df),
+            "indicative → converged steps": [f"{_fmt_steps(a)} → {_fmt_steps(b)}" for a, b in
+                                             zip(df["indicative_steps"], df["converged_steps"], strict=False)],
+            "s/image at ind. | conv.": [f"{_fmt_num(a)} | {_fmt_num(b)}" for a, b in
+                                        zip(df["indicative_seconds"], df["converged_seconds"], strict=False)],
+            f"A: {n} at conv. (s)": df["A_seconds"].map(_fmt_num),
+            f"B: {n} at ind. + {k} at conv. (s)": df["B_seconds"].map(_fmt_num),
+            "speed-up (s)": df["speedup_seconds"].map(lambda v: _fmt_num(v, 2) + "×"),
+            "A (NFE)": df["A_nfe"].map(lambda v: f"{v:,.0f}"),
+            "B (NFE)": df["B_nfe"].map(lambda v: f"{v:,.0f}"),
+            "speed-up (NFE)": df["speedup_nfe"].map(lambda v: _fmt_num(v, 2) + "×"),
+        })
+    note = (f"N = {n} candidates, k = {k} refined (ReportConfig.batch_candidates / batch_refined). "
+            "A = N × t(converged); B = N × t(indicative) + k × t(converged); t = median seconds "
+            "(or NFE) per image at that sampler's key-point step count. Samplers that never reach "
+            "the converged point (ancestral) are left out: there is no image to refine to.")
+    return Table("batch_workflow", f"Batch workflow: {n} candidates at the indicative step, "
+                 f"refine {k} to convergence, vs {n} at convergence", df, shown, note)
+
+
+def batch_headline(table: Table) -> pd.DataFrame:
+    """Per topic, the sampler whose workflow B is fastest in seconds."""
+    df = table.data
+    if df.empty:
+        return df
+    best = df.loc[df.groupby("topic", sort=False)["B_seconds"].idxmin()]
+    return best[["topic", "sampler", "indicative_steps", "converged_steps", "A_seconds",
+                 "B_seconds", "speedup_seconds", "speedup_nfe"]].reset_index(drop=True)
+
+
+def rates_table(study: StudyData) -> Table | None:
+    """Fitted convergence rate b (d ∝ x^b) with its bootstrap interval, over all topics."""
+    r = study.rates
+    if r is None or r.empty:
+        return None
+    r = r[r["metric"] == study.metric] if "metric" in r else r
+    allt = r[r["topic"].astype(str) == "all"] if "topic" in r else r
+    if allt.empty:
+        allt = r
+    order = {s: i for i, s in enumerate(study.samplers)}
+    allt = allt.sort_values(["x", "sampler"], key=lambda s: s.map(order) if s.name == "sampler" else s)
+    shown = pd.DataFrame({"sampler": allt["sampler"], "schedule": allt["schedule"], "x": allt["x"],
+                          "b": allt["b"].map(lambda v: _fmt_num(v, 3)),
+                          "95% interval": [f"[{_fmt_num(lo, 3)}, {_fmt_num(hi, 3)}]"
+                                           for lo, hi in zip(allt["b_lo"], allt["b_hi"], strict=False)],
+                          "seeds": allt["n_seeds"]})
+    return Table("rates", "Convergence rate: d(x) = a·(x^b − x_ref^b), all topics", r, shown,
+                 "b < 0; more negative = faster convergence per unit of x. Per-topic fits are in rates.csv.")
+
+
+def claims_table(study: StudyData) -> Table | None:
+    """The guide's claims, each with the measurement that tests it and a verdict."""
+    c = study.claims
+    if c is None or c.empty:
+        return None
+    shown = c.copy()
+    if "value" in shown:
+        shown["value"] = shown["value"].map(lambda v: _fmt_num(v) if isinstance(v, float) else v)
+    return Table("claims", "The guide's claims, checked against this study", c, shown.fillna(""))
