@@ -73,9 +73,10 @@ def expand(cfg: Config, model_name: str, model_fingerprint: dict) -> list[Cell]:
             raise ConvergenceError(f"unknown schedule {s!r}; known: {', '.join(sorted(known_schedules))}")
     cells: dict[str, Cell] = {}
     for sampler_name, schedule, cfg_scale in product(cfg.samplers, cfg.schedules, cfg.cfg):
-        resolved = resolve_sampler(sampler_name)
+        resolved = resolve_sampler(sampler_name, backend=cfg.model.sampler_backend)
         sched = resolved.schedule or schedule
-        if sched == "native":
+        if sched == "native" or resolved.spec.family == "diffusers":
+            # diffusers schedulers choose their own timesteps from the model's config
             sched = resolved.spec.native_schedule
         for (prompt, seed), steps in product(prompt_seeds(cfg), cfg.steps):
             cell = Cell(model_name, mh, prompt.topic, prompt.text, int(seed),
@@ -86,11 +87,13 @@ def expand(cfg: Config, model_name: str, model_fingerprint: dict) -> list[Cell]:
 
 
 def batches(cells: list[Cell], batch_size: int) -> list[list[Cell]]:
-    """Group cells that share a sigma schedule, then chunk to ``batch_size``."""
+    """Group cells that share a sigma schedule, then chunk to ``batch_size`` (to 1 for
+    samplers whose rows are coupled, so no cell depends on its batch-mates)."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault(c.batch_key, []).append(c)
     out = []
-    for group in groups.values():
-        out += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    for key, group in groups.items():
+        size = batch_size if resolve_sampler(key[0]).spec.rows_independent else 1
+        out += [group[i:i + size] for i in range(0, len(group), size)]
     return out

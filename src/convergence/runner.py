@@ -42,6 +42,7 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None) -
     first = cells[0]
     assert all(c.batch_key == first.batch_key for c in cells), "cells of a batch must share sigmas"
     spec = resolve_sampler(first.sampler).spec
+    assert spec.rows_independent or len(cells) == 1, f"{spec.name} must run one cell per batch"
     sigma_dtype = torch.float32 if model.dtype in (torch.float16, torch.bfloat16) else model.dtype
     sigmas = get_sigmas(model, first.schedule, first.steps).to(model.device, sigma_dtype)
     seeds = [c.seed for c in cells]
@@ -52,7 +53,8 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None) -
         cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
         extra_args = {"conditioning": cond, "cfg_scale": first.cfg}
         ctx = SamplingContext(noise=CellNoise(seeds), steps=first.steps,
-                              alphas_cumprod=model.alphas_cumprod, options=dict(options or {}))
+                              alphas_cumprod=model.alphas_cumprod, options=dict(options or {}),
+                              scheduler_config=getattr(model, "scheduler_config", None))
         try:
             out = spec.fn(counter, x, sigmas, extra_args, ctx)
         except NonFiniteSample as e:

@@ -36,14 +36,16 @@ def _brownian(kfn):
     return run
 
 
-def _reg(name, fn, *, stochastic=False, aliases=(), a1111=None, description=""):
+def _reg(name, fn, *, stochastic=False, aliases=(), a1111=None, description="",
+         rows_independent=True):
     scheduled = {}
     if a1111:
         scheduled[f"{a1111} Karras"] = _KARRAS
         scheduled[f"{a1111} Exponential"] = "exponential"
         aliases = (*aliases, a1111)
     register_sampler(name, family="k-diffusion", stochastic=stochastic, aliases=aliases,
-                     scheduled_aliases=scheduled, description=description)(fn)
+                     scheduled_aliases=scheduled, description=description,
+                     rows_independent=rows_independent)(fn)
 
 
 _reg("euler", _plain(ks.sample_euler), aliases=("K_EULER",), a1111="Euler",
@@ -89,5 +91,5 @@ def _dpm_adaptive(model, x, sigmas, extra_args, ctx, callback=None):
 
 
 _reg("dpm_fast", _dpm_fast, a1111="DPM fast", description=_dpm_fast.__doc__.split("\n")[0])
-_reg("dpm_adaptive", _dpm_adaptive, a1111="DPM adaptive",
+_reg("dpm_adaptive", _dpm_adaptive, a1111="DPM adaptive", rows_independent=False,
      description="DPM-Solver adaptive (error-controlled; NFE measured)")

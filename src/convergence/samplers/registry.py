@@ -32,6 +32,8 @@ class SamplingContext:
     steps: int
     alphas_cumprod: torch.Tensor | None = None
     options: dict = field(default_factory=dict)
+    #: the model's diffusers scheduler config (diffusers-scheduler samplers start from it)
+    scheduler_config: dict | None = None
 
 
 SamplerFn = Callable[..., torch.Tensor]
@@ -45,8 +47,10 @@ class SamplerSpec:
     stochastic: bool
     native_schedule: str
     aliases: tuple[str, ...] = ()
-    #: schedule implied by an alias such as "DPM++ 2M Karras" (None: from the sweep)
     description: str = ""
+    #: False when the sampler couples batch rows (adaptive step control on a batch-wide
+    #: error norm): such cells run one per batch so each image depends on its cell only
+    rows_independent: bool = True
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class ResolvedSampler:
 
 _REGISTRY: dict[str, SamplerSpec] = {}
 _ALIASES: dict[str, tuple[str, str | None]] = {}
+#: sampler -> the diffusers-scheduler sampler of the same method (model.sampler_backend)
+_EQUIVALENTS: dict[str, str] = {}
+BACKENDS = ("k-diffusion", "diffusers")
 _PLUGINS_LOADED = False
 
 
@@ -68,7 +75,8 @@ def _key(name: str) -> str:
 def register_sampler(name: str, *, family: str, stochastic: bool = False,
                      native_schedule: str = "discrete", aliases: tuple[str, ...] = (),
                      scheduled_aliases: dict[str, str] | None = None,
-                     description: str = "") -> Callable[[SamplerFn], SamplerFn]:
+                     description: str = "",
+                     rows_independent: bool = True) -> Callable[[SamplerFn], SamplerFn]:
     """Decorator: register ``fn`` under ``name`` and its aliases.
 
     ``scheduled_aliases`` maps names that also fix the schedule (A1111's
@@ -79,7 +87,8 @@ def register_sampler(name: str, *, family: str, stochastic: bool = False,
         if name in _REGISTRY:
             raise ValueError(f"sampler {name!r} registered twice")
         spec = SamplerSpec(name, fn, family, stochastic, native_schedule, tuple(aliases),
-                           description or (fn.__doc__ or "").strip().split("\n")[0])
+                           description or (fn.__doc__ or "").strip().split("\n")[0],
+                           rows_independent)
         _REGISTRY[name] = spec
         for alias in (name, *aliases):
             _ALIASES.setdefault(_key(alias), (name, None))
@@ -88,6 +97,12 @@ def register_sampler(name: str, *, family: str, stochastic: bool = False,
         return fn
 
     return deco
+
+
+def register_equivalent(sampler: str, scheduler: str) -> None:
+    """Declare that ``scheduler`` (a diffusers-scheduler sampler) is the same method as
+    ``sampler``, so ``model.sampler_backend=diffusers`` can swap one for the other."""
+    _EQUIVALENTS[sampler] = scheduler
 
 
 def _load_builtin_and_plugins() -> None:
@@ -109,9 +124,15 @@ def available_samplers() -> dict[str, SamplerSpec]:
     return dict(_REGISTRY)
 
 
-def resolve_sampler(name: str) -> ResolvedSampler:
-    """Resolve any known spelling of a sampler, or fail listing close matches."""
+def resolve_sampler(name: str, backend: str = "k-diffusion") -> ResolvedSampler:
+    """Resolve any known spelling of a sampler, or fail listing close matches.
+
+    ``backend="diffusers"`` picks the diffusers scheduler for names that exist in both
+    families (euler -> EulerDiscreteScheduler, DDIM -> DDIMScheduler, ...), unless the
+    name also fixes a schedule ("Euler Karras"), which only the k-diffusion one follows."""
     _load_builtin_and_plugins()
+    if backend not in BACKENDS:
+        raise ConvergenceError(f"unknown sampler_backend {backend!r}; use one of: {', '.join(BACKENDS)}")
     hit = _ALIASES.get(_key(str(name)))
     if hit is None:
         names = sorted(set(_REGISTRY) | {a for s in _REGISTRY.values() for a in s.aliases})
@@ -122,4 +143,6 @@ def resolve_sampler(name: str) -> ResolvedSampler:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConvergenceError(f"unknown sampler {name!r}{hint} (run `convergence samplers` for the list)")
     sampler, schedule = hit
+    if backend == "diffusers" and schedule is None and _EQUIVALENTS.get(sampler) in _REGISTRY:
+        sampler = _EQUIVALENTS[sampler]
     return ResolvedSampler(_REGISTRY[sampler], schedule)
