@@ -9,15 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker as mticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as mticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from convergence.report.data import POINTS, StudyData  # noqa: E402
-from convergence.report.grids import POINT_COLOURS  # noqa: E402
+from convergence.report.data import POINTS, StudyData
+from convergence.report.grids import POINT_COLOURS
 
 AXES = (("steps", "steps"), ("nfe", "model evaluations (NFE)"),
         ("seconds", "seconds per image (steps ÷ measured it/s)"))
@@ -74,18 +72,20 @@ def thresholds(study: StudyData) -> dict[str, float]:
             if (kp["point"] == p).any() and kp.loc[kp["point"] == p, "threshold"].notna().any()}
 
 
-def curve_figure(study: StudyData, topic: str | None = None, *, title: str | None = None):
+def curve_figure(study: StudyData, topic: str | None = None, *, title: str | None = None) -> Figure:
     """One figure, three panels (vs steps, NFE, seconds); ``topic=None`` = all topics."""
     data = curve_data(study, topic)
     # fixed margins: constrained layout re-measures every tick label and costs seconds
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), sharey=True)
+    # a bare Figure (no pyplot): no global state, no GUI backend, works in notebooks too
+    fig = Figure(figsize=(16, 5.2))
+    axes = fig.subplots(1, 3, sharey=True)
     fig.subplots_adjust(left=0.06, right=0.83, bottom=0.12, top=0.88, wspace=0.06)
     dashed = study.non_converging()
     order = {s: i for i, s in enumerate(study.samplers)}
     rows = sorted({(s, c) for s, c in zip(data["sampler"], data["schedule"], strict=False)},
                   key=lambda r: (order.get(r[0], len(order)), r[1]))
     several_schedules = len({c for _, c in rows}) > 1
-    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    colours = matplotlib.colormaps["tab10" if len(rows) <= 10 else "tab20"]
     positive = bool(len(data)) and bool((data["lo"] > 0).all())
     limits = thresholds(study)
     for ax, (col, label) in zip(axes, AXES, strict=False):
@@ -143,6 +143,5 @@ def write_curves(study: StudyData, out_dir: Path) -> list[tuple[str, Path, Path]
         png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
         fig.savefig(png, dpi=90)
         fig.savefig(svg)
-        plt.close(fig)
         written.append(("all topics" if topic is None else str(topic), png, svg))
     return written

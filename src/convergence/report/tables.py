@@ -197,7 +197,8 @@ def cheapest_table(study: StudyData) -> Table:
         s = r.get(f"by_{by}_sampler")
         if pd.isna(s):
             return "none reaches it"
-        cost = f"{_fmt_num(r[f'by_{by}_nfe'])} NFE" if by == "nfe" else f"{_fmt_num(r[f'by_{by}_seconds'])} s"
+        cost = (f"{_fmt_steps(r[f'by_{by}_nfe'])} NFE" if by == "nfe"
+                else f"{_fmt_num(r[f'by_{by}_seconds'], 2)} s")
         return f"{s} — {cost} ({_fmt_steps(r[f'by_{by}_steps'])} steps)"
 
     shown = pd.DataFrame({"topic": df["topic"], "key point": df["point"],

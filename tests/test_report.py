@@ -1,0 +1,274 @@
+"""The report: files, escaping, tables from known numbers, grids, the rendered page in
+headless Chromium and the notebook, on a seconds-long study."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from test_report_inputs import write_analysis
+
+from convergence.config import ReportConfig, to_config
+from convergence.errors import ConvergenceError
+from convergence.report import build_report, load_study
+from convergence.report.data import StudyData
+from convergence.report.grids import (
+    POINT_COLOURS,
+    grid_specs,
+    grid_tiles,
+    render_grid,
+    thumbnail,
+)
+from convergence.report.tables import batch_workflow, speed_table
+
+REPO = Path(__file__).resolve().parents[1]
+XSS = '<script>alert("pwned")</script> a hamburger & <b>fries</b>'
+
+
+def small_config(results: Path, **over):
+    base = {"name": "rep", "results_dir": str(results), "progress": False,
+            "prompts": [{"topic": "food", "seed": 4053222918, "text": XSS},
+                        {"topic": "people", "seed": 2131956332,
+                         "text": "Ultra realistic photo, (Miranda Bloom-Kerr), young, stunning model, "
+                                 "blue eyes, blond hair, beautiful face, intricate, highly detailed"}],
+            "seeds_per_prompt": 2, "samplers": ["K_EULER", "K_HEUN", "K_EULER_A"],
+            "steps": [2, 4, 8, 16], "width": 32, "height": 32, "batch_size": 16}
+    base.update(over)
+    return to_config(base)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A 48-cell study, its analysis files (RMSE, test thresholds) and its report."""
+    from convergence.runner import run_study
+    results = tmp_path_factory.mktemp("results")
+    cfg = small_config(results)
+    run_study(cfg)
+    root = results / cfg.name
+    write_analysis(root)
+    index = build_report(root, ReportConfig(thumbnail=64))
+    return root, index
+
+
+# -- files and escaping -----------------------------------------------------------------
+
+def img_sources(index: Path) -> list[str]:
+    return re.findall(r'<img[^>]*\ssrc="([^"]+)"', index.read_text())
+
+
+def test_report_writes_page_figures_and_tables(study):
+    root, index = study
+    assert index == root / "report" / "index.html"
+    report = index.parent
+    srcs = img_sources(index)
+    assert len(srcs) == 3 + 2 * 2  # curves: all + 2 topics; grids: 2 topics × 2 seeds
+    for src in srcs:
+        assert not src.startswith(("/", "http:", "https:", "file:")), src
+        assert (report / html.unescape(src)).is_file(), src
+    for stem in ("curves_all", "curves_food", "curves_people"):
+        assert (report / "figures" / f"{stem}.png").is_file()
+        assert (report / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    for name in ("keypoints_indicative", "keypoints_coherent", "keypoints_converged", "speed",
+                 "cheapest", "batch_workflow", "rates", "claims", "cells"):
+        assert len(pd.read_csv(report / "tables" / f"{name}.csv")) > 0, name
+    text = index.read_text()
+    assert "http://" not in text and "https://" not in text  # nothing fetched from a network
+    assert "<script" not in text.lower().replace("&lt;script", "")  # the page runs no code
+
+
+def test_prompt_with_script_tag_is_shown_as_text(study):
+    root, index = study
+    text = index.read_text()
+    assert "&lt;script&gt;alert(&#34;pwned&#34;)&lt;/script&gt; a hamburger &amp; &lt;b&gt;fries&lt;/b&gt;" in text
+    assert "<script>alert" not in text and "<b>fries" not in text
+    assert "&lt;b&gt;not html&lt;/b&gt;" in text  # claims text from the analysis too
+
+
+def test_missing_analysis_names_the_command(study, tmp_path):
+    root, _ = study
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(root / "cells.parquet", bare / "cells.parquet")
+    with pytest.raises(ConvergenceError, match="convergence analyze"):
+        build_report(bare)
+    with pytest.raises(ConvergenceError, match="convergence run"):
+        build_report(tmp_path / "nothing")
+
+
+def test_bad_report_settings_are_refused(study):
+    root, _ = study
+    with pytest.raises(ConvergenceError, match="k <= N"):
+        build_report(root, ReportConfig(batch_candidates=2, batch_refined=5))
+
+
+# -- grids ------------------------------------------------------------------------------
+
+def test_thumbnails_shrink_large_and_enlarge_small_by_whole_pixels():
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), np.uint8))
+    assert thumbnail(big, 128).size == (128, 128)
+    small = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    up = np.asarray(thumbnail(small, 128))
+    assert up.shape == (128, 128, 3) and (up[::2, ::2] == np.asarray(small)).all()
+
+
+def test_wide_sweeps_are_tiled_and_grids_stay_page_sized(study):
+    root, _ = study
+    s = load_study(root)
+    spec = grid_specs(s)[0]
+    assert [r[0] for r in spec.rows] == ["euler", "heun", "euler_ancestral"]  # the study's order
+    whole = grid_tiles(s, spec, thumb=128, max_columns=12)
+    assert len(whole) == 1
+    assert whole[0].width < 300 + 4 * (128 + 12)  # labels + 4 thumbnails, nothing bigger
+    tiles = grid_tiles(s, spec, thumb=128, max_columns=3)
+    assert len(tiles) == 2  # 4 step counts, at most 3 columns a tile
+    assert all(t.width < whole[0].width and t.height == whole[0].height for t in tiles)
+
+
+def test_keypoint_frames_are_drawn_where_the_analysis_puts_them(study):
+    root, _ = study
+    s = load_study(root)
+    spec = grid_specs(s)[0]
+    marked = np.asarray(render_grid(s, spec, thumb=64, mark=True))
+    plain = np.asarray(render_grid(s, spec, thumb=64, mark=False))
+    kp = s.keypoints[(s.keypoints["topic"] == spec.topic) & s.keypoints["steps"].notna()]
+    assert len(kp) > 0
+    for point in kp["point"].unique():
+        colour = np.array(POINT_COLOURS[point])
+        extra = (marked == colour).all(-1).sum() - (plain == colour).all(-1).sum()
+        assert extra > 4 * 60, point  # at least one whole frame around a 64 px thumbnail
+
+
+# -- tables from known numbers ----------------------------------------------------------
+
+def synthetic_study(cells: pd.DataFrame, keypoints: pd.DataFrame) -> StudyData:
+    return StudyData(Path("/nonexistent"), cells, pd.DataFrame(columns=["metric"]), keypoints,
+                     None, None, {}, "rmse")
+
+
+def test_batch_workflow_reproduces_the_guides_example():
+    # the guide: 60 s per image at -s100, 6 s at -s10; 100 candidates, refine 3
+    kp = pd.DataFrame([
+        {"topic": "anime", "sampler": "lms", "schedule": "discrete", "cfg": 7.5, "point": p,
+         "steps": s, "nfe": s, "seconds": t, "metric": "rmse"}
+        for p, s, t in (("indicative", 10, 6.0), ("coherent", 20, 12.0), ("converged", 100, 60.0))])
+    cells = pd.DataFrame({"sampler": ["lms"], "schedule": ["discrete"], "cfg": [7.5], "topic": ["anime"]})
+    t = batch_workflow(synthetic_study(cells, kp), n=100, k=3)
+    row = t.data.iloc[0]
+    assert row["A_seconds"] == pytest.approx(6000) and row["B_seconds"] == pytest.approx(780)
+    assert row["speedup_seconds"] == pytest.approx(6000 / 780)
+    assert row["B_nfe"] == pytest.approx(100 * 10 + 3 * 100)
+    assert "N = 100" in t.note and "k = 3" in t.note
+
+
+def test_batch_workflow_leaves_out_samplers_that_never_converge():
+    kp = pd.DataFrame([
+        {"topic": "food", "sampler": "euler_ancestral", "schedule": "discrete", "cfg": 7.5,
+         "point": p, "steps": s, "nfe": s, "seconds": s / 10, "metric": "rmse"}
+        for p, s in (("indicative", 10), ("coherent", 20), ("converged", np.nan))])
+    cells = pd.DataFrame({"sampler": ["euler_ancestral"], "schedule": ["discrete"], "cfg": [7.5],
+                          "topic": ["food"]})
+    t = batch_workflow(synthetic_study(cells, kp), n=100, k=3)
+    assert t.data.empty
+
+
+def test_speed_table_measures_nfe_per_step_and_ratios_to_euler():
+    rows = []
+    for sampler, nfe, sec_per_nfe in (("euler", lambda n: n, 0.01), ("heun", lambda n: 2 * n - 1, 0.01)):
+        for steps in (10, 20, 40):
+            rows.append({"sampler": sampler, "schedule": "discrete", "steps": steps, "nfe": nfe(steps),
+                         "model_evals": 2 * nfe(steps), "seconds": sec_per_nfe * nfe(steps),
+                         "model_seconds": 0.009 * nfe(steps), "cfg": 7.5, "topic": "t",
+                         "width": 64, "height": 64, "device": "cpu"})
+    t = speed_table(synthetic_study(pd.DataFrame(rows), pd.DataFrame()))
+    d = t.data.set_index("sampler")
+    assert d.loc["euler", "nfe_per_step"] == pytest.approx(1.0)
+    assert d.loc["heun", "nfe_per_step"] == pytest.approx(2.0)
+    assert d.loc["heun", "model_evals_per_step"] == pytest.approx(4.0)
+    assert d.loc["heun", "nfe_per_step_vs_euler"] == pytest.approx(2.0)
+    assert d.loc["heun", "it_per_s_vs_euler"] == pytest.approx(70 / 137, rel=1e-6)
+    assert d.loc["heun", "guide_it_per_s_vs_euler"] == pytest.approx(0.95 / 1.86)
+    assert d.loc["euler", "model_share"] == pytest.approx(0.9)
+
+
+# -- the rendered page, the notebook and the command ------------------------------------
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def find_patch(shot: np.ndarray, patch: np.ndarray) -> bool:
+    """Whether ``patch`` appears pixel-exact in ``shot`` (the grid PNG drawn 1:1)."""
+    ys, xs = np.nonzero((shot == patch[0, 0]).all(-1))
+    h, w = patch.shape[:2]
+    for y, x in zip(ys[:20000], xs[:20000], strict=True):
+        if y + h <= shot.shape[0] and x + w <= shot.shape[1] and (shot[y:y + h, x:x + w] == patch).all():
+            return True
+    return False
+
+
+def test_page_renders_in_headless_chromium(study, tmp_path):
+    exe = chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed and could not be: `make test` installs it "
+                    "(apt-get install -y chromium, needs root)")
+    root, index = study
+    shots = {}
+    # the page as a reader first sees it, then the whole page in one tall window
+    for size in ("1400,2000", "1400,9000"):
+        png = tmp_path / f"shot{len(shots)}.png"
+        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
+                        f"--window-size={size}", index.as_uri()],
+                       capture_output=True, timeout=120, check=False)
+        assert png.is_file(), "chromium wrote no screenshot"
+        shots[size] = np.asarray(Image.open(png).convert("RGB"))
+    top = shots["1400,2000"]
+    assert top.shape[:2] == (2000, 1400)
+    assert top.std() > 20, "the page is blank"
+    assert (top < 100).all(-1).mean() > 0.005, "no text on the page"
+    grid = np.asarray(Image.open(sorted((root / "report" / "grids").glob("*.png"))[0]).convert("RGB"))
+    # a patch of the first grid's first thumbnail row, labels and images: the grid loaded
+    patch = grid[grid.shape[0] // 3: grid.shape[0] // 3 + 24, 40:200]
+    assert find_patch(shots["1400,9000"], patch), "the grid image is not on the rendered page"
+
+
+def test_notebook_runs_on_a_small_study(study):
+    import nbformat
+    from nbclient import NotebookClient
+    root, _ = study
+    nb = nbformat.read(REPO / "notebooks" / "convergence_report.ipynb", as_version=4)
+    old = os.environ.get("CONVERGENCE_STUDY")
+    os.environ["CONVERGENCE_STUDY"] = str(root)
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("CONVERGENCE_STUDY")
+        else:
+            os.environ["CONVERGENCE_STUDY"] = old
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 3 + 2  # curves (all + 2 topics) and one grid per topic
+
+
+def test_cli_report_prints_where_the_report_is(study):
+    root, _ = study
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, "-m", "convergence.cli", "report", f"name={root.name}",
+                        f"results_dir={root.parent}", "report.thumbnail=32"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"report: {root / 'report' / 'index.html'}" in r.stdout
