@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 STUDY  ?= default
 ARGS   ?=
 
-.PHONY: venv run test lint bench clean-results
+.PHONY: venv run test lint bench clean-results chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ venv: $(STAMP)
 run: venv
 	$(VENV)/bin/convergence all study=$(STUDY) $(ARGS)
 
-test: venv
+# Headless Chromium for the report's rendering test: installed once when missing (root +
+# apt), never fatal; without it that one test is skipped and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing chromium for the report test (apt-get, a minute or two)" && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	echo "note: chromium could not be installed; the report rendering test will be skipped"
+
+test: venv chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
