@@ -56,14 +56,17 @@ class StudyData:
         configured = [p.get("topic") for p in self.study.get("config", {}).get("prompts", [])]
         return order_like(self.cells["topic"].unique(), configured)
 
-    def non_converging(self) -> set[str]:
-        """Samplers the analysis found not to converge in any topic (ancestral / SDE)."""
+    def non_converging(self, topic: str | None = None) -> set[str]:
+        """Samplers the analysis found not to converge: in ``topic``, or (None) in every
+        topic (ancestral / SDE samplers)."""
         kp = self.keypoints
         if kp.empty or "converges" not in kp:
             return set()
         kp = kp[(kp["metric"] == self.metric) & (kp["point"] == "converged")]
-        flags = kp["converges"].astype(str).str.lower().isin(["false", "0", "0.0"])
-        return set(kp.loc[flags, "sampler"])
+        if topic is not None:
+            kp = kp[kp["topic"] == topic]
+        no = kp["converges"].astype(str).str.lower().isin(["false", "0", "0.0"])
+        return set(kp.loc[no, "sampler"]) - set(kp.loc[~no, "sampler"])
 
 
 def order_like(values, preferred: list) -> list:

@@ -80,8 +80,9 @@ coherent: the image is clean and stable; converged: it no longer changes.</p>
 {% if rates %}<h2 id="rates">Convergence rates</h2><h3>{{ rates.title }}</h3>{{ table(rates) }}{% endif %}
 
 <h2 id="curves">Curves</h2>
-<p class="note">Distance to the reference against steps, NFE and seconds; median over seeds, band = min–max;
-dotted lines: key-point thresholds. SVG versions beside each PNG.</p>
+<p class="note">Distance to the reference against steps, NFE and seconds; median over seeds, the band is the
+spread over seeds named in each title; dotted lines: key-point thresholds; dashed lines: samplers that do not
+converge. SVG versions beside each PNG.</p>
 {% for c in curves %}<figure><img src="{{ c.png }}" alt="{{ c.label }} curves" width="{{ c.width }}">
 <figcaption>{{ c.label }} · <a href="{{ c.svg }}">SVG</a></figcaption></figure>{% endfor %}
 

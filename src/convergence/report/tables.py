@@ -38,9 +38,9 @@ def _kp(study: StudyData) -> pd.DataFrame:
 
 
 def _row_label(study: StudyData, df: pd.DataFrame) -> pd.Series:
-    """sampler, plus schedule / cfg only when the study varies them."""
+    """sampler, plus schedule / cfg only when the study varies them for one sampler."""
     label = df["sampler"].astype(str)
-    if study.cells["schedule"].nunique() > 1:
+    if study.cells.groupby("sampler")["schedule"].nunique().max() > 1:  # not just native ones
         label = label + " · " + df["schedule"].astype(str)
     if study.cells["cfg"].nunique() > 1:
         label = label + " · cfg " + df["cfg"].map(lambda v: f"{float(v):g}")
@@ -59,6 +59,10 @@ def _fmt_num(v, digits: int = 3) -> str:
         return "0"
     mag = math.floor(math.log10(abs(v)))
     return f"{v:.{max(0, digits - 1 - mag)}f}" if -3 <= mag < 6 else f"{v:.{digits}g}"
+
+
+def _ratio(v) -> str:
+    return "—" if pd.isna(v) else f"{float(v):.2f}×"
 
 
 def _not_converging(r) -> bool:
@@ -130,14 +134,14 @@ def speed_table(study: StudyData) -> Table:
     shown = pd.DataFrame({
         "sampler": df["sampler"],
         "schedule": df["schedule"],
-        "NFE / step": df["nfe_per_step"].map(lambda v: _fmt_num(v, 3)),
-        "× euler": df[f"nfe_per_step_vs_{BASELINE}"].map(lambda v: _fmt_num(v, 2) + "×" if pd.notna(v) else "—"),
+        "NFE / step": df["nfe_per_step"].map(lambda v: "—" if pd.isna(v) else f"{v:.2f}"),
+        "NFE / step vs euler": df[f"nfe_per_step_vs_{BASELINE}"].map(_ratio),
         "it/s (measured)": df["it_per_s"].map(_fmt_num),
-        "× euler ": df[f"it_per_s_vs_{BASELINE}"].map(lambda v: _fmt_num(v, 2) + "×" if pd.notna(v) else "—"),
+        "it/s vs euler": df[f"it_per_s_vs_{BASELINE}"].map(_ratio),
         "ms / NFE": df["ms_per_nfe"].map(_fmt_num),
         "in model": df["model_share"].map(lambda v: "—" if pd.isna(v) else f"{100 * v:.0f}%"),
         "guide it/s": df["guide_it_per_s"].map(_fmt_num),
-        "guide × K_EULER": df[f"guide_it_per_s_vs_{BASELINE}"].map(lambda v: _fmt_num(v, 2) + "×" if pd.notna(v) else "—"),
+        "guide it/s vs K_EULER": df[f"guide_it_per_s_vs_{BASELINE}"].map(_ratio),
     })
     device = ", ".join(sorted(c["device"].astype(str).unique())) if "device" in c else "?"
     note = (f"measured on {device}, {int(c['width'].iloc[0])}×{int(c['height'].iloc[0])}; "
