@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +100,8 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # k-diffusion imports `clip`, which warns about pkg_resources on every start
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -135,11 +135,12 @@ def resolve_sampler(name: str, backend: str = "k-diffusion") -> ResolvedSampler:
         raise ConvergenceError(f"unknown sampler_backend {backend!r}; use one of: {', '.join(BACKENDS)}")
     hit = _ALIASES.get(_key(str(name)))
     if hit is None:
-        names = sorted(set(_REGISTRY) | {a for s in _REGISTRY.values() for a in s.aliases})
-        close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.5)
-        close += [n for n in difflib.get_close_matches(_key(str(name)), [_key(x) for x in names],
-                                                      n=3, cutoff=0.6)
-                  if n not in close and n in names]
+        by_key: dict[str, str] = {}
+        for spec in _REGISTRY.values():  # canonical names first, one spelling per key
+            for n in (spec.name, *spec.aliases):
+                by_key.setdefault(_key(n), n)
+        keys = difflib.get_close_matches(_key(str(name)), list(by_key), n=5, cutoff=0.6)
+        close = [by_key[k] for k in keys]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConvergenceError(f"unknown sampler {name!r}{hint} (run `convergence samplers` for the list)")
     sampler, schedule = hit
