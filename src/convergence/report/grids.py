@@ -140,10 +140,12 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     marks = keypoint_marks(study, spec) if mark else {}
     no_conv = non_converging(study, spec)
     label_f = font(max(14, thumb // 7), bold=True)
-    small_f = font(max(11, thumb // 10))
+    small_f = font(max(12, thumb // 9))
     title_f = font(max(16, thumb // 6), bold=True)
-    pad = max(4, thumb // 24)
-    frame = max(3, thumb // 24)
+    # frames hug the thumbnail and are thinner than the padding, so frames on
+    # neighbouring cells stay apart instead of merging into one band
+    pad = max(6, thumb // 14)
+    frame = max(3, pad * 5 // 9)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max([_text_width(probe, s, label_f) for s, _ in row_keys]
                   + [_text_width(probe, sch, small_f) for _, sch in row_keys]
@@ -194,7 +196,7 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
                 t = thumbnail(im.convert("RGB"), thumb)
             img.paste(t, (cx + (thumb - t.width) // 2, cy + (thumb - t.height) // 2))
             for k, point in enumerate(p for p in POINTS if p in marks.get((sampler, schedule, s), [])):
-                inset = k * frame - pad
+                inset = (k - 1) * frame
                 d.rectangle([cx + inset, cy + inset, cx + thumb - 1 - inset, cy + thumb - 1 - inset],
                             outline=POINT_COLOURS[point], width=frame)
     if legend_h:
