@@ -244,7 +244,7 @@ def write_grids(study: StudyData, out_dir: Path, *, thumb: int = 128, max_column
         for i, tile in enumerate(grid_tiles(study, spec, thumb=thumb, max_columns=max_columns,
                                             max_rows=max_rows, mark=mark)):
             p = out_dir / grid_filename(spec, i)
-            tile.save(p, optimize=False, compress_level=6)
+            tile.save(p, compress_level=3)  # level 6+ triples the time for ~10% smaller files
             paths.append(p)
         written.append((spec, paths))
     return written
