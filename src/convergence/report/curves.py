@@ -62,6 +62,21 @@ def curve_data(study: StudyData, topic: str | None = None) -> pd.DataFrame:
     return out
 
 
+def log_ticks(values: pd.Series, most: int = 7) -> list[float]:
+    """1-2-5 ticks inside the data's range (finer when it spans less than a decade):
+    matplotlib's own log ticks crowd into each other on a short range."""
+    lo, hi = float(values.min()), float(values.max())
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)):
+        ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(lo))) - 1,
+                                              int(np.ceil(np.log10(hi))) + 1)
+                 for m in mantissas if lo * 0.999 <= m * 10.0 ** e <= hi * 1.001]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) > most:
+        ticks = ticks[:: int(np.ceil(len(ticks) / most))]
+    return ticks or [lo, hi]
+
+
 def thresholds(study: StudyData) -> dict[str, float]:
     """The key-point thresholds the analysis used for this metric (drawn as guides)."""
     kp = study.keypoints
@@ -107,7 +122,7 @@ def curve_figure(study: StudyData, topic: str | None = None, *, title: str | Non
                 ticks = sorted(data["steps"].unique())
                 ax.xaxis.set_major_locator(mticker.FixedLocator(ticks))
             else:
-                ax.xaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_locator(mticker.FixedLocator(log_ticks(data[col])))
             ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_locator(mticker.NullLocator())  # minor ticks cost seconds
         ax.set_xlabel(label, fontsize=12)
@@ -116,7 +131,7 @@ def curve_figure(study: StudyData, topic: str | None = None, *, title: str | Non
     if positive:
         axes[0].set_yscale("log")
         axes[0].yaxis.set_minor_locator(mticker.NullLocator())
-    axes[0].set_ylabel(f"{study.metric} distance to reference", fontsize=12)
+    axes[0].set_ylabel(f"{study.metric} to the reference", fontsize=12)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=10,

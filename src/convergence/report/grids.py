@@ -152,12 +152,15 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
                   + [_text_width(probe, "does not converge", small_f) if no_conv else 60]) + 3 * pad
     cell = thumb + 2 * pad
     grid_w = label_w + len(steps) * cell
-    width = max(grid_w, 480)
+    legend_w = (sum(_text_width(probe, p, small_f) + small_f.size + 4 * pad for p in POINTS)
+                + _text_width(probe, "(median over seeds)", small_f) + 2 * pad)
+    width = max(grid_w, 480, legend_w if marks else 0)
     title_lines = fit_lines(spec.prompt, width - 2 * pad, title_f, max_lines=3)
     line_h = title_f.size + pad
-    sub = (f"topic: {spec.topic}   seed: {spec.seed}   cfg: {spec.cfg:g}   "
-           f"metric for key points: {study.metric}{'   ' + part if part else ''}")
-    head_h = pad + len(title_lines) * line_h + small_f.size + 2 * pad
+    sub = " · ".join([f"topic: {spec.topic}", f"seed {spec.seed}", f"cfg {spec.cfg:g}",
+                      f"key points by {study.metric}", *([part] if part else [])])
+    sub_lines = fit_lines(sub, width - 2 * pad, small_f, max_lines=2)
+    head_h = pad + len(title_lines) * line_h + len(sub_lines) * (small_f.size + 3) + 2 * pad
     colhead_h = label_f.size + 2 * pad
     legend_h = (small_f.size + 3 * pad) if marks or no_conv else 0
     height = head_h + colhead_h + len(row_keys) * cell + legend_h + pad
@@ -167,7 +170,9 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     for ln in title_lines:
         d.text((pad, y), ln, fill=FG, font=title_f)
         y += line_h
-    d.text((pad, y), sub, fill=MUTED, font=small_f)
+    for ln in sub_lines:
+        d.text((pad, y), ln, fill=MUTED, font=small_f)
+        y += small_f.size + 3
     y = head_h
     d.text((pad, y + pad), "steps →", fill=MUTED, font=small_f)
     for j, s in enumerate(steps):
