@@ -1,0 +1,191 @@
+"""diffusers' schedulers as samplers: adapters behind the project's sampler signature.
+
+Each adapter builds the scheduler from the model's own scheduler config (``from_config``,
+as a diffusers user swaps schedulers), lets it choose its timesteps for ``ctx.steps``,
+and drives the harness's counting denoiser instead of a UNet. Nothing is re-implemented:
+the scheduler's ``scale_model_input`` gives the latent the UNet would see (z), the
+harness's denoiser is called at the VE point x = z * sqrt(sigma(t)² + 1), and the
+scheduler receives eps = (x - D) / sigma, exactly what an eps-prediction UNet returns.
+So the images equal the pipeline's, NFE is counted by the harness, and the same
+schedulers run on the embedded analytic model (whose schedule is SD's).
+
+Stochastic schedulers get one CPU generator per batch row, seeded from the cell, so a
+cell's image does not depend on its batch. The adapter returns the scheduler's final
+sample (for LCM its final denoised sample), which is what the pipeline decodes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from convergence.errors import ConvergenceError
+from convergence.samplers.noise import derived_seed
+from convergence.samplers.registry import register_equivalent, register_sampler
+
+#: SD 1.x/2.x training schedule as diffusers configures it (matches models/vp.py); used
+#: for models without a scheduler config of their own (the analytic model)
+SD_LIKE_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "set_alpha_to_one": False, "skip_prk_steps": True,
+    "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon",
+}
+
+
+@dataclass(frozen=True)
+class SchedulerVariant:
+    name: str
+    cls: str
+    overrides: dict = field(default_factory=dict)
+    stochastic: bool = False
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+VARIANTS: tuple[SchedulerVariant, ...] = (
+    SchedulerVariant("DDIMScheduler", "DDIMScheduler",
+                     description="diffusers DDIM (eta = 0), 1 NFE/step"),
+    SchedulerVariant("PNDMScheduler", "PNDMScheduler", {"skip_prk_steps": True},
+                     aliases=("PLMSScheduler",),
+                     description="diffusers PNDM with skip_prk_steps (PLMS), as SD ships it"),
+    SchedulerVariant("DDPMScheduler", "DDPMScheduler", {}, True, ("ddpm", "DDPM"),
+                     "diffusers DDPM (ancestral, stochastic)"),
+    SchedulerVariant("LMSDiscreteScheduler", "LMSDiscreteScheduler",
+                     description="diffusers linear multistep (order 4)"),
+    SchedulerVariant("EulerDiscreteScheduler", "EulerDiscreteScheduler",
+                     description="diffusers Euler, 1 NFE/step"),
+    SchedulerVariant("EulerAncestralDiscreteScheduler", "EulerAncestralDiscreteScheduler", {},
+                     True, description="diffusers Euler ancestral (stochastic)"),
+    SchedulerVariant("HeunDiscreteScheduler", "HeunDiscreteScheduler",
+                     description="diffusers Heun (2 NFE/step but the last)"),
+    SchedulerVariant("KDPM2DiscreteScheduler", "KDPM2DiscreteScheduler",
+                     description="diffusers KDPM2 (DPM-2, 2 NFE/step)"),
+    SchedulerVariant("KDPM2AncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", {},
+                     True, description="diffusers KDPM2 ancestral (stochastic)"),
+    SchedulerVariant("DPMSolverMultistepScheduler", "DPMSolverMultistepScheduler",
+                     {"algorithm_type": "dpmsolver++", "solver_order": 2},
+                     aliases=("DPMSolverMultistepScheduler_2M",),
+                     description="diffusers DPM-Solver++(2M)"),
+    SchedulerVariant("DPMSolverMultistepScheduler_SDE", "DPMSolverMultistepScheduler",
+                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, True,
+                     ("DPMSolverMultistepSDEScheduler",),
+                     "diffusers DPM-Solver++(2M) SDE (stochastic)"),
+    SchedulerVariant("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
+                     {"algorithm_type": "dpmsolver++", "solver_order": 2},
+                     description="diffusers DPM-Solver++ single-step, order 2"),
+    SchedulerVariant("UniPCMultistepScheduler", "UniPCMultistepScheduler",
+                     {"solver_type": "bh2"}, aliases=("uni_pc_bh2", "UniPC bh2"),
+                     description="diffusers UniPC, B(h) = bh2 (diffusers' default)"),
+    SchedulerVariant("UniPCMultistepScheduler_bh1", "UniPCMultistepScheduler",
+                     {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, aliases=("uni_pc", "UniPC"),
+                     description="diffusers UniPC, B(h) = bh1 (ComfyUI uni_pc, A1111 UniPC); ends at "
+                     "sigma_min: its bh1 update is NaN on a last step to sigma = 0"),
+    SchedulerVariant("DEISMultistepScheduler", "DEISMultistepScheduler", {},
+                     aliases=("deis", "DEIS"), description="diffusers DEIS multistep, order 2"),
+    SchedulerVariant("LCMScheduler", "LCMScheduler", {}, True, ("lcm", "LCM"),
+                     "diffusers LCM (for LCM-distilled models; stochastic between steps)"),
+)
+
+#: the same method in the k-diffusion / CompVis family -> its diffusers scheduler; used by
+#: ``model.sampler_backend=diffusers`` (see registry.resolve_sampler)
+EQUIVALENTS = {
+    "ddim": "DDIMScheduler", "plms": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
+    "dpm_2": "KDPM2DiscreteScheduler", "dpm_2_ancestral": "KDPM2AncestralDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE",
+}
+
+
+def base_config(ctx) -> dict:
+    """The model's scheduler config, or an SD-like one that reproduces ``ctx.alphas_cumprod``
+    (else its exact betas), so the schedulers also run on the analytic model."""
+    if getattr(ctx, "scheduler_config", None):
+        # keep ``_use_default_values``: like ``from_config(pipe.scheduler.config)``, settings
+        # the model's config never named take the new scheduler's own defaults
+        return {k: v for k, v in dict(ctx.scheduler_config).items()
+                if not k.startswith("_") or k == "_use_default_values"}
+    ac = ctx.alphas_cumprod
+    if ac is None:
+        raise ConvergenceError("diffusers schedulers need a model with a discrete (DDPM) "
+                               "training schedule; this model has none")
+    from diffusers import DDPMScheduler
+    config = dict(SD_LIKE_CONFIG, num_train_timesteps=len(ac))
+    sd = DDPMScheduler.from_config(config).alphas_cumprod.to(torch.float64)
+    if not torch.allclose(sd, ac.to(torch.float64).cpu(), rtol=1e-5, atol=0):
+        ac64 = ac.to(torch.float64).cpu()
+        betas = 1 - ac64 / torch.cat([ac64.new_ones(1), ac64[:-1]])
+        config.update(beta_schedule="linear", trained_betas=betas.tolist())
+    return config
+
+
+def build_scheduler(variant: SchedulerVariant, ctx):
+    """A fresh scheduler of this variant for one batch (schedulers keep per-run state)."""
+    import diffusers
+
+    config = base_config(ctx)
+    config.setdefault("clip_sample", False)  # latents are not in [-1, 1]
+    config.update(variant.overrides, prediction_type="epsilon")  # the adapter hands it eps
+    cls = getattr(diffusers, variant.cls)
+    logging.getLogger("diffusers.configuration_utils").setLevel(logging.ERROR)
+    return cls.from_config(config)
+
+
+def _t_to_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """VE sigma of a (possibly fractional) training timestep: log-sigma interpolation,
+    the inverse of the k-diffusion/diffusers-model ``sigma_to_t``."""
+    log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log().to(torch.float64).cpu()
+    t = t.detach().to(torch.float64).cpu().clamp(0, len(log_sigmas) - 1)
+    lo = t.floor().long()
+    hi = t.ceil().long()
+    w = t - lo
+    return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+
+
+def _make_adapter(variant: SchedulerVariant):
+    def sample(model, x, sigmas, extra_args, ctx, callback=None):
+        scheduler = build_scheduler(variant, ctx)
+        try:
+            scheduler.set_timesteps(ctx.steps, device=x.device)
+        except ValueError as e:
+            raise ConvergenceError(f"{variant.name} cannot take steps={ctx.steps}: {e}") from None
+        ac = ctx.alphas_cumprod if ctx.alphas_cumprod is not None else scheduler.alphas_cumprod
+        work_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        noise = x.to(work_dtype) / sigmas[0].to(x.device, work_dtype)  # x arrives as noise * sigma_0
+        latent = noise * scheduler.init_noise_sigma
+        step_kwargs = {}
+        params = inspect.signature(scheduler.step).parameters
+        if "generator" in params:
+            step_kwargs["generator"] = [
+                torch.Generator("cpu").manual_seed(derived_seed(s, f"diffusers:{variant.name}"))
+                for s in ctx.noise.seeds]
+        ones = x.new_ones([x.shape[0]], dtype=work_dtype)
+        out = None
+        for i, t in enumerate(scheduler.timesteps):
+            z = scheduler.scale_model_input(latent, t)
+            sigma = _t_to_sigma(ac, t).to(x.device, work_dtype)
+            xt = z * (sigma**2 + 1).sqrt()
+            denoised = model(xt.to(x.dtype), sigma * ones, **extra_args).to(work_dtype)
+            if callback is not None:
+                callback({"x": xt, "i": i, "sigma": sigma, "denoised": denoised})
+            eps = (xt - denoised) / sigma
+            out = scheduler.step(eps, t, latent, return_dict=True, **step_kwargs)
+            latent = out.prev_sample.to(work_dtype)
+        final = getattr(out, "denoised", None)  # LCM: the pipeline decodes the denoised sample
+        result = final if final is not None else latent
+        return result.to(x.dtype)
+
+    sample.__name__ = f"sample_{variant.name}"
+    sample.__doc__ = variant.description
+    return sample
+
+
+for _v in VARIANTS:
+    register_sampler(_v.name, family="diffusers", stochastic=_v.stochastic,
+                     native_schedule="discrete", aliases=_v.aliases,
+                     description=_v.description)(_make_adapter(_v))
+for _k, _d in EQUIVALENTS.items():
+    register_equivalent(_k, _d)
