@@ -47,14 +47,45 @@ class ModelConfig:
 
 @dataclass
 class AnalysisConfig:
-    """Thresholds and choices of the analysis (see README: "Key points")."""
+    """Thresholds and choices of the analysis; rationale in docs/analysis.md."""
 
+    #: metric of the key points (rmse: model-space floats, [-1, 1] pixel scale)
     metric: str = "rmse"
-    metrics: list[str] = field(default_factory=lambda: ["rmse", "psnr", "ssim", "haarpsi", "gmsd", "flip"])
+    #: metrics written to distances.parquet ("lpips" only when its weights are cached)
+    metrics: list[str] = field(default_factory=lambda: ["rmse", "mse", "psnr", "ssim", "haarpsi",
+                                                        "gmsd", "flip"])
+    #: references: "highest" (group's highest steps), "SAMPLER@STEPS" (cross-sampler),
+    #: "exact" (analytic model: exact-denoised, exact-zero, exact-end limits)
+    references: list[str] = field(default_factory=lambda: ["highest"])
+    #: the reference the key points are measured against
     reference: str = "highest"
+    #: image metrics (psnr, ssim, haarpsi, gmsd, flip, lpips) are computed against these
+    #: references only (FLIP costs ~30 ms a pair on a CPU); model-space metrics against all
+    image_references: list[str] = field(default_factory=lambda: ["highest"])
+    #: indicative: distance to the reference at most this (rmse 0.05 ~ 6/255 RMS)
     indicative: float = 0.05
-    coherent: float = 0.02
-    converged: float = 0.005
+    #: converged: distance to the reference at most this (one 8-bit level, 2/255)
+    converged: float = 0.0078
+    #: coherent: residual-noise estimate at most this ...
+    coherent_noise: float = 0.06
+    #: ... and change to the next swept step count at most this (metric of the key points)
+    coherent_change: float = 0.05
+    #: "does not converge": not converged, never settled, and the change between the two
+    #: largest swept step counts is still at least this (the image keeps moving)
+    nonconvergence_change: float = 0.05
+    #: ground truth of coherence on the analytic model: Mahalanobis/d to the nearest
+    #: component at most this (a clean sample scores ~1, sigma_min-level grain ~3)
+    truth_mahalanobis: float = 4.0
+    #: rates: metrics fitted, smallest step count used, bootstrap resamples over seeds
+    rate_metrics: list[str] = field(default_factory=lambda: ["rmse"])
+    rate_min_steps: int = 10
+    bootstrap: int = 100
+    #: relative/absolute tolerance of the exact ODE solves
+    exact_rtol: float = 1e-8
+    #: the claim "poor at <= N steps"
+    few_steps: int = 8
+    #: planned cells missing from the store: "error" (exit 2) or "warn" (analyse the rest)
+    on_missing: str = "error"
     extra: dict[str, Any] = field(default_factory=dict)
 
 

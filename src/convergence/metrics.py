@@ -1,0 +1,192 @@
+"""Distance metrics between a batch of samples and a batch of references, by name.
+
+Every metric is one decorated function over a whole batch (so scoring a study is a few
+vectorised calls, not one call per pair) and returns one value per row. Metrics on
+``space="sample"`` see the float samples in model space (PNG quantisation would hide every
+difference below 1/255); metrics on ``space="image"`` see uint8 RGB images as people do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convergence.errors import ConvergenceError
+
+MetricFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    fn: MetricFn
+    #: "sample" (float arrays in model space, (B, ...)) or "image" (uint8 (B, H, W, 3))
+    space: str
+    #: False for similarities (psnr, ssim, haarpsi): a key-point threshold is then a floor
+    lower_is_better: bool = True
+    description: str = ""
+
+
+_METRICS: dict[str, MetricSpec] = {}
+
+
+def register_metric(name: str, *, space: str, lower_is_better: bool = True,
+                    description: str = "") -> Callable[[MetricFn], MetricFn]:
+    """Decorator: register a batched metric ``fn(x, ref) -> (B,) array`` under ``name``."""
+    if space not in ("sample", "image"):
+        raise ValueError(f"metric space must be 'sample' or 'image', got {space!r}")
+
+    def deco(fn: MetricFn) -> MetricFn:
+        if name in _METRICS:
+            raise ValueError(f"metric {name!r} registered twice")
+        _METRICS[name] = MetricSpec(name, fn, space, lower_is_better,
+                                    description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def metric_names() -> list[str]:
+    return list(_METRICS)
+
+
+def get_metric(name: str) -> MetricSpec:
+    """The metric registered as ``name``, or a ConvergenceError listing the known ones."""
+    if name not in _METRICS:
+        raise ConvergenceError(f"unknown metric {name!r}; known: {', '.join(_METRICS)}")
+    if name == "lpips":
+        reason = lpips_unavailable_reason()
+        if reason:
+            raise ConvergenceError(f"LPIPS is unavailable: {reason}")
+    return _METRICS[name]
+
+
+def compute(name: str, x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``name`` between matching rows of ``x`` and ``ref`` (float64, one value per row)."""
+    spec = get_metric(name)
+    if x.shape != ref.shape:
+        raise ValueError(f"metric {name}: shapes differ {x.shape} vs {ref.shape}")
+    if len(x) == 0:
+        return np.zeros(0)
+    return np.asarray(spec.fn(x, ref), dtype=np.float64).reshape(len(x))
+
+
+# -- model space ------------------------------------------------------------------------
+@register_metric("mse", space="sample", description="mean squared error in model space")
+def mse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    diff = x.reshape(len(x), -1).astype(np.float64) - ref.reshape(len(ref), -1).astype(np.float64)
+    return (diff**2).mean(1)
+
+
+@register_metric("rmse", space="sample", description="root mean squared error in model space")
+def rmse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return np.sqrt(mse(x, ref))
+
+
+# -- images -----------------------------------------------------------------------------
+def _to_unit_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+
+
+@register_metric("psnr", space="image", lower_is_better=False,
+                 description="peak signal-to-noise ratio in dB (inf for identical images)")
+def psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    err = ((x.astype(np.float64) - ref.astype(np.float64)) ** 2).reshape(len(x), -1).mean(1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(255.0**2 / err)
+
+
+@register_metric("ssim", space="image", lower_is_better=False,
+                 description="structural similarity (torchmetrics, Gaussian window)")
+def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+    out = structural_similarity_index_measure(_to_unit_tensor(x), _to_unit_tensor(ref),
+                                              data_range=1.0, reduction="none")
+    return out.numpy()
+
+
+@register_metric("haarpsi", space="image", lower_is_better=False,
+                 description="Haar wavelet perceptual similarity (piq)")
+def haarpsi(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    import piq
+    return piq.haarpsi(_to_unit_tensor(x), _to_unit_tensor(ref), reduction="none").numpy()
+
+
+@register_metric("gmsd", space="image", description="gradient magnitude similarity deviation (piq)")
+def gmsd(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    import piq
+    return piq.gmsd(_to_unit_tensor(x), _to_unit_tensor(ref), reduction="none").numpy()
+
+
+@register_metric("flip", space="image", description="NVIDIA FLIP mean error, LDR (flip-evaluator)")
+def flip(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    import flip_evaluator
+    out = np.empty(len(x))
+    for i in range(len(x)):  # the library takes one pair per call
+        a = np.ascontiguousarray(ref[i], dtype=np.float32) / 255.0
+        b = np.ascontiguousarray(x[i], dtype=np.float32) / 255.0
+        out[i] = flip_evaluator.evaluate(a, b, "LDR", applyMagma=False)[1]
+    return out
+
+
+# -- LPIPS, only with locally cached backbone weights -----------------------------------
+#: lpips' backbones load torchvision ImageNet weights; these are the files torchvision saves
+LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
+                        "squeeze": "squeezenet1_1-b8a3ad2b.pth"}
+LPIPS_NET = "alex"
+
+
+def lpips_unavailable_reason(net: str = LPIPS_NET) -> str | None:
+    """Why LPIPS cannot run offline here (None if it can): its ``net`` backbone weights
+    must already be in the torch hub cache; lpips' own linear layers ship with it."""
+    try:
+        import lpips  # noqa: F401
+    except ImportError as e:
+        return f"the lpips package does not import ({e})"
+    path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[net]
+    if not path.exists():
+        return (f"its {net} backbone weights are not in the local torch cache ({path}); "
+                "they are never downloaded here")
+    return None
+
+
+_LPIPS_NETS: dict[tuple, torch.nn.Module] = {}
+
+
+def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None = None) -> np.ndarray:
+    """LPIPS between uint8 image batches; ``net`` lets tests pass an untrained network."""
+    if net is None:
+        key = (LPIPS_NET,)
+        if key not in _LPIPS_NETS:
+            import lpips
+            _LPIPS_NETS[key] = lpips.LPIPS(net=LPIPS_NET, verbose=False).eval()
+        net = _LPIPS_NETS[key]
+    a = _to_unit_tensor(x) * 2 - 1
+    b = _to_unit_tensor(ref) * 2 - 1
+    with torch.no_grad():
+        return net(a, b).reshape(len(x)).numpy()
+
+
+@register_metric("lpips", space="image", description="LPIPS (AlexNet), when its weights are cached")
+def lpips_metric(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return lpips_distance(x, ref)
+
+
+def available(names: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``names`` into (usable here, one-line messages about the others)."""
+    ok, notes = [], []
+    for n in names:
+        if n not in _METRICS:
+            raise ConvergenceError(f"unknown metric {n!r}; known: {', '.join(_METRICS)}")
+        reason = lpips_unavailable_reason() if n == "lpips" else None
+        if reason:
+            notes.append(f"LPIPS is unavailable: {reason}")
+        else:
+            ok.append(n)
+    return ok, notes
+
