@@ -125,12 +125,12 @@ def test_wide_sweeps_are_tiled_and_grids_stay_page_sized(study):
     s = load_study(root)
     spec = grid_specs(s)[0]
     assert [r[0] for r in spec.rows] == ["euler", "heun", "euler_ancestral"]  # the study's order
-    whole = grid_tiles(s, spec, thumb=128, max_columns=12)
+    whole = grid_tiles(s, spec, thumb=128, max_columns=12, mark=False)
     assert len(whole) == 1
-    assert whole[0].width < 300 + 4 * (128 + 12)  # labels + 4 thumbnails, nothing bigger
-    tiles = grid_tiles(s, spec, thumb=128, max_columns=3)
+    assert whole[0].width < 300 + 4 * (128 + 20)  # labels + 4 thumbnails, nothing bigger
+    tiles = grid_tiles(s, spec, thumb=128, max_columns=3, mark=False)
     assert len(tiles) == 2  # 4 step counts, at most 3 columns a tile
-    assert all(t.width < whole[0].width and t.height == whole[0].height for t in tiles)
+    assert all(t.width < whole[0].width for t in tiles)
 
 
 def test_keypoint_frames_are_drawn_where_the_analysis_puts_them(study):
@@ -206,11 +206,25 @@ def chromium() -> str | None:
 
 
 def find_patch(shot: np.ndarray, patch: np.ndarray) -> bool:
-    """Whether ``patch`` appears pixel-exact in ``shot`` (the grid PNG drawn 1:1)."""
-    ys, xs = np.nonzero((shot == patch[0, 0]).all(-1))
+    """Whether ``patch`` appears pixel-exact in ``shot`` (the grid PNG drawn 1:1).
+
+    Candidates come from the patch's rarest colour in the screenshot, so white margins
+    and text do not swamp the search."""
+    def packed(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.int32)
+        return (a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2]
+
+    flat, want = packed(shot), packed(patch)
+    values, counts = np.unique(flat, return_counts=True)
+    freq = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    py, px = min(np.ndindex(*want.shape), key=lambda p: freq.get(int(want[p]), 0) or 1 << 40)
+    if any(int(v) not in freq for v in np.unique(want)):
+        return False  # some colour of the patch is nowhere on the page
     h, w = patch.shape[:2]
-    for y, x in zip(ys[:20000], xs[:20000], strict=True):
-        if y + h <= shot.shape[0] and x + w <= shot.shape[1] and (shot[y:y + h, x:x + w] == patch).all():
+    ys, xs = np.nonzero(flat == want[py, px])
+    for y, x in zip(ys - py, xs - px, strict=True):
+        if 0 <= y and 0 <= x and y + h <= shot.shape[0] and x + w <= shot.shape[1] \
+                and (shot[y:y + h, x:x + w] == patch).all():
             return True
     return False
 
