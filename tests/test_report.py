@@ -286,3 +286,19 @@ def test_cli_report_prints_where_the_report_is(study):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"report: {root / 'report' / 'index.html'}" in r.stdout
+
+
+def test_curves_and_tables_read_the_key_point_reference_and_all_topics(study):
+    from convergence.report.curves import curve_data, thresholds
+    from convergence.report.tables import cheapest_table, keypoint_tables
+    root, _ = study
+    s = load_study(root)
+    assert s.metric == "rmse" and s.reference == "highest"
+    data = curve_data(s)
+    assert len(data) and data["median"].max() <= 1.0  # "next" (values > 1) and noise left out
+    assert set(thresholds(s)) == {"indicative", "converged"}  # coherence has no d threshold
+    ind = keypoint_tables(s)[0]
+    assert list(ind.shown.columns) == ["sampler", "food", "people", "all topics"]
+    assert "noise<=0.06, change<=0.04" in keypoint_tables(s)[1].note
+    cheap = cheapest_table(s).data
+    assert set(cheap["topic"]) == {"food", "people", "all topics"}

@@ -2,8 +2,10 @@
 
 The report tests must not depend on how `convergence analyze` picks its thresholds, so
 they write the agreed files (distances.parquet, keypoints.csv, rates.csv, claims.csv)
-themselves: real RMSE distances to each group's highest step, key points by the plain
-threshold rule. Only tests use this; the report itself reads whatever `analyze` wrote.
+themselves, in the layout analysis.py writes (several references, an "all" topic, a
+text threshold for coherence, "does_not_converge" rows): real RMSE distances to each
+group's highest step and to the next step count, key points by the plain threshold
+rule. Only tests use this; the report itself reads whatever `analyze` wrote.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
         imgs = [_img(root, p) for p in g["image"]]
         d = [float(np.sqrt(np.mean((im - ref) ** 2))) for im in imgs]
         nxt = [float(np.sqrt(np.mean((a - b) ** 2))) for a, b in zip(imgs, imgs[1:], strict=False)] + [0.0]
-        for r, v in zip(g.itertuples(), d, strict=False):
-            dist_rows.append({"hash": r.hash, **dict(zip(GROUP, key, strict=False)), "steps": r.steps,
-                              "nfe": r.nfe, "seconds": r.seconds, "reference": "highest",
-                              "metric": metric, "value": v})
+        for r, v, n in zip(g.itertuples(), d, nxt, strict=False):
+            base = {"hash": r.hash, **dict(zip(GROUP, key, strict=False)), "steps": r.steps,
+                    "nfe": r.nfe, "seconds": r.seconds, "metric": metric}
+            dist_rows.append({**base, "reference": "highest", "value": v})
+            dist_rows.append({**base, "reference": "next", "value": 10 * n + 1})  # not drawn
+            dist_rows.append({**base, "reference": "self", "metric": "noise", "value": 5.0})
         rec = dict(zip(GROUP, key, strict=False))
         rec["indicative"] = _first_staying_below(steps, d, thresholds["indicative"])
         rec["coherent"] = _first_staying_below(steps, nxt, thresholds["coherent"])
@@ -59,7 +63,8 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
 
     kp_rows = []
     ps = pd.DataFrame(per_seed)
-    for (topic, sampler, schedule, cfg), g in ps.groupby(["topic", "sampler", "schedule", "cfg"]):
+    both = pd.concat([ps, ps.assign(topic="all")], ignore_index=True)
+    for (topic, sampler, schedule, cfg), g in both.groupby(["topic", "sampler", "schedule", "cfg"]):
         cost = g["cost"].iloc[0]
         for point, thr in thresholds.items():
             reached = g[point].dropna()
@@ -68,14 +73,21 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
             nfe, sec = cost[at[0]] if at else (np.nan, np.nan)
             kp_rows.append({"topic": topic, "sampler": sampler, "schedule": schedule, "cfg": cfg,
                             "point": point, "steps": steps, "nfe": nfe, "seconds": sec,
-                            "metric": metric, "threshold": thr, "reference": "highest",
+                            "metric": metric, "reference": "highest",
+                            "threshold": "noise<=0.06;change<=0.04" if point == "coherent" else thr,
                             "n_seeds": len(g), "n_reached": len(reached),
                             "spread": float(np.ptp(reached)) if len(reached) else np.nan,
                             "converges": bool(len(reached) * 2 > len(g)) if point == "converged" else True})
+        kp_rows.append({"topic": topic, "sampler": sampler, "schedule": schedule, "cfg": cfg,
+                        "point": "does_not_converge", "steps": np.nan, "nfe": np.nan,
+                        "seconds": np.nan, "metric": metric, "threshold": "change_at_top>=0.05",
+                        "reference": "highest", "n_seeds": len(g), "n_reached": 0,
+                        "spread": np.nan, "converges": kp_rows[-1]["converges"]})
     pd.DataFrame(kp_rows).to_csv(root / "keypoints.csv", index=False)
 
     rate_rows = []
     dist = pd.DataFrame(dist_rows)
+    dist = dist[(dist["reference"] == "highest") & (dist["metric"] == metric)]
     for (sampler, schedule, cfg), g in dist.groupby(["sampler", "schedule", "cfg"]):
         g = g[g["value"] > 0]
         if g["nfe"].nunique() < 2:
@@ -83,12 +95,12 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
         b, loga = np.polyfit(np.log(g["nfe"]), np.log(g["value"]), 1)
         bs = [np.polyfit(np.log(s["nfe"]), np.log(s["value"]), 1)[0]
               for _, s in g.groupby("seed") if s["nfe"].nunique() > 1]
-        rate_rows.append({"topic": "all", "sampler": sampler, "schedule": schedule, "cfg": cfg,
+        rate_rows.append({"level": "all", "topic": "all", "sampler": sampler, "schedule": schedule, "cfg": cfg,
                           "x": "nfe", "reference": "highest", "metric": metric, "a": np.exp(loga),
                           "b": b, "b_lo": min(bs, default=b), "b_hi": max(bs, default=b),
                           "n_seeds": g["seed"].nunique()})
     pd.DataFrame(rate_rows).to_csv(root / "rates.csv", index=False)
     pd.DataFrame([{"claim": "heun converges in fewer steps than euler",
                    "measurement": "median converged steps, heun vs euler", "value": 0.5,
-                   "verdict": "supported", "details": "test fixture <b>not html</b>"}]
+                   "verdict": "holds", "details": "test fixture <b>not html</b>"}]
                  ).to_csv(root / "claims.csv", index=False)

@@ -86,7 +86,7 @@ def build_report(root: Path | str, rc: ReportConfig | None = None,
                                              max_rows=rc.max_grid_rows, mark=rc.mark_keypoints), out)
     page = render(
         name=study.name, description=study.study.get("config", {}).get("description", ""),
-        summary=_summary(study), metric=study.metric, reference=_reference(study),
+        summary=_summary(study), metric=study.metric, reference=study.reference,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
         speed=speed, batch=batch, rates=rates, curves=curves, grids=grids,
@@ -129,13 +129,6 @@ def _summary(study: StudyData) -> str:
             f"{int(c['width'].iloc[0])}×{int(c['height'].iloc[0])} px")
 
 
-def _reference(study: StudyData) -> str:
-    for df in (study.keypoints, study.distances):
-        if "reference" in df and df["reference"].notna().any():
-            return ", ".join(sorted(df["reference"].dropna().astype(str).unique()))
-    return "?"
-
-
 def _warnings(study: StudyData) -> list[str]:
     w = list(study.notes)
     if study.stale:
@@ -149,7 +142,7 @@ def _warnings(study: StudyData) -> list[str]:
 
 def _batch_best(batch) -> list[dict]:
     best = batch_headline(batch)
-    return [{"topic": r.topic, "sampler": r.sampler, "ind": _fmt_steps(r.indicative_steps),
+    return [{"topic": "all topics" if r.topic == "all" else r.topic, "sampler": r.sampler, "ind": _fmt_steps(r.indicative_steps),
              "conv": _fmt_steps(r.converged_steps), "A": _fmt_num(r.A_seconds),
              "B": _fmt_num(r.B_seconds), "sp_s": _fmt_num(r.speedup_seconds, 2) + "×",
              "sp_n": _fmt_num(r.speedup_nfe, 2) + "×"} for r in best.itertuples()]

@@ -35,6 +35,8 @@ def curve_data(study: StudyData, topic: str | None = None) -> pd.DataFrame:
     nothing about convergence and cannot sit on a log axis."""
     d = study.distances
     d = d[d["metric"] == study.metric]
+    if "reference" in d:
+        d = d[d["reference"].astype(str) == study.reference]
     if topic is not None:
         d = d[d["topic"] == topic]
     d = d[np.isfinite(d["value"].astype(float))]
@@ -83,8 +85,12 @@ def thresholds(study: StudyData) -> dict[str, float]:
     if kp.empty or "threshold" not in kp:
         return {}
     kp = kp[kp["metric"] == study.metric]
-    return {p: float(kp.loc[kp["point"] == p, "threshold"].median()) for p in POINTS
-            if (kp["point"] == p).any() and kp.loc[kp["point"] == p, "threshold"].notna().any()}
+    out = {}
+    for p in POINTS:  # only numeric ones: coherence is judged on noise and change, not on d
+        v = pd.to_numeric(kp.loc[kp["point"] == p, "threshold"], errors="coerce").dropna()
+        if len(v):
+            out[p] = float(v.median())
+    return out
 
 
 def curve_figure(study: StudyData, topic: str | None = None, *, title: str | None = None) -> Figure:
@@ -131,7 +137,7 @@ def curve_figure(study: StudyData, topic: str | None = None, *, title: str | Non
     if positive:
         axes[0].set_yscale("log")
         axes[0].yaxis.set_minor_locator(mticker.NullLocator())
-    axes[0].set_ylabel(f"{study.metric} to the reference", fontsize=12)
+    axes[0].set_ylabel(f"{study.metric} to the reference ({study.reference})", fontsize=12)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=10,

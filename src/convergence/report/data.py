@@ -43,6 +43,18 @@ class StudyData:
         return self.root.name
 
     @property
+    def reference(self) -> str:
+        """The reference the key points were measured against (distances has others too:
+        "next" step count, exact limits, ...)."""
+        for df in (self.keypoints, self.distances):
+            if "reference" in df and df["reference"].notna().any():
+                refs = df["reference"].dropna().astype(str)
+                if df is self.distances and "highest" in set(refs):
+                    return "highest"
+                return str(refs.iloc[0])
+        return str(self.study.get("config", {}).get("analysis", {}).get("reference", "highest"))
+
+    @property
     def samplers(self) -> list[str]:
         """Samplers in the order the study lists them (the guide's row order).
 
@@ -102,6 +114,8 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
     distances = _read(root / "distances.parquet")
     keypoints = _read(root / "keypoints.csv")
     optional = {n: _read(root / n) if (root / n).exists() else None for n in OPTIONAL}
+    if metric is None and "metric" in keypoints and keypoints["metric"].notna().any():
+        metric = str(keypoints["metric"].dropna().iloc[0])  # what the key points used
     if metric is None:
         metric = study.get("config", {}).get("analysis", {}).get("metric")
     known = set(keypoints.get("metric", pd.Series(dtype=str)).dropna()) | set(

@@ -29,8 +29,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 figure { margin: 10px 0 18px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 details > summary { cursor: pointer; color: #0b5394; margin: 6px 0; }
-.verdict-supported, .verdict-true, .verdict-yes { color: #006d4f; font-weight: bold; }
-.verdict-refuted, .verdict-false, .verdict-no { color: #a11; font-weight: bold; }
+.verdict-holds, .verdict-supported { color: #006d4f; font-weight: bold; }
+.verdict-contradicted, .verdict-refuted { color: #a11; font-weight: bold; }
 </style>
 </head>
 <body>
@@ -47,7 +47,7 @@ details > summary { cursor: pointer; color: #0b5394; margin: 6px 0; }
 <table id="table-{{ t.key }}">
 <thead><tr>{% for c in t.shown.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row in t.shown.itertuples(index=False) %}<tr>{% for v in row %}
-<td{% if v is number %} class="num"{% endif %}{% if t.key == "claims" and loop.index0 == verdict_col %} class="verdict-{{ v|string|lower }}"{% endif %}>{{ v }}</td>{% endfor %}</tr>
+<td{% if v is number %} class="num"{% endif %}{% if t.key == "claims" and loop.index0 == verdict_col %} class="verdict-{{ v|string|lower|replace(' ', '-') }}"{% endif %}>{{ v }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
 {% if t.note %}<p class="note">{{ t.note }}</p>{% endif %}
 <p class="note"><a href="tables/{{ t.key }}.csv">{{ t.key }}.csv</a></p>

@@ -32,9 +32,27 @@ class Table:
     highlight: list[tuple[int, str]] = field(default_factory=list)
 
 
+#: keypoints.csv's topic for the median over all topics
+ALL = "all"
+
+
 def _kp(study: StudyData) -> pd.DataFrame:
+    """Key-point rows of the report's metric (not the 'does_not_converge' summary rows)."""
     kp = study.keypoints
-    return kp[kp["metric"] == study.metric] if "metric" in kp else kp
+    kp = kp[kp["metric"] == study.metric] if "metric" in kp else kp
+    return kp[kp["point"].isin(POINTS)]
+
+
+def _topics(study: StudyData) -> list[str]:
+    """The study's topics, plus the analysis' all-topics row when it wrote one."""
+    return study.topics + ([ALL] if (study.keypoints.get("topic") == ALL).any() else [])
+
+
+def _fmt_threshold(v) -> str:
+    try:
+        return _fmt_num(float(v))
+    except (TypeError, ValueError):
+        return str(v).replace(";", ", ")
 
 
 def _row_label(study: StudyData, df: pd.DataFrame) -> pd.Series:
@@ -77,7 +95,7 @@ def keypoint_tables(study: StudyData) -> list[Table]:
     kp["row"] = _row_label(study, kp)
     keys = study.cells.drop_duplicates(["sampler", "schedule", "cfg"])  # plan order
     rows = list(dict.fromkeys(_row_label(study, keys)))
-    topics = study.topics
+    topics = _topics(study)
     tables = []
     for point in POINTS:
         sub = kp[kp["point"] == point]
@@ -93,9 +111,11 @@ def keypoint_tables(study: StudyData) -> list[Table]:
                 text += f" ({int(r.n_reached)}/{int(r.n_seeds)})"
             shown.loc[r.row, r.topic] = text
         shown.index.name = "sampler"
+        shown = shown.rename(columns={ALL: "all topics"})
         thr = sub["threshold"].dropna().unique() if "threshold" in sub else []
-        note = (f"{study.metric} threshold {', '.join(_fmt_num(t) for t in thr)}; "
-                "steps = median over seeds; (k/n) = only k of n seeds reached it")
+        note = (f"threshold ({study.metric} vs {study.reference}): "
+                f"{', '.join(_fmt_threshold(t) for t in thr) or '?'}; steps = median over seeds, "
+                "on the first swept step count at or above it; (k/n) = only k of n seeds reached it")
         tables.append(Table(f"keypoints_{point}", f"{point.capitalize()} step per sampler × topic",
                             sub.drop(columns=["row"]), shown.reset_index(), note))
     return tables
@@ -169,15 +189,18 @@ def _per_sampler_topic(study: StudyData) -> pd.DataFrame:
 def cheapest_table(study: StudyData) -> Table:
     """Which sampler reaches each key point with the fewest NFE, and in the least time.
 
-    'all topics' ranks samplers by their median cost over topics, counting only samplers
-    that reach the point in every topic."""
+    'all topics' uses the analysis' median over all seeds and topics; without one, the
+    median cost over topics of the samplers that reach the point in every topic."""
     kp = _kp(study)
     topics = study.topics
+    has_all = (kp["topic"] == ALL).any()
     rows = []
     for topic in [*topics, "all topics"]:
         for point in POINTS:
             sub = kp[kp["point"] == point]
-            if topic == "all topics":
+            if topic == "all topics" and has_all:  # the analysis' median over all topics
+                sub = sub[sub["topic"] == ALL].dropna(subset=["nfe"])
+            elif topic == "all topics":
                 reached = sub.dropna(subset=["nfe"]).groupby(["sampler", "schedule", "cfg"])
                 sub = reached.agg(steps=("steps", "median"), nfe=("nfe", "median"),
                                   seconds=("seconds", "median"), n=("topic", "nunique")).reset_index()
@@ -232,14 +255,14 @@ def batch_workflow(study: StudyData, n: int = 100, k: int = 3) -> Table:
         df.insert(0, "k", k)
         df.insert(0, "N", n)
         order = {s: i for i, s in enumerate(study.samplers)}
-        torder = {t: i for i, t in enumerate(study.topics)}
+        torder = {t: i for i, t in enumerate(_topics(study))}
         df = df.sort_values(["topic", "sampler"], key=lambda s: s.map(
             torder if s.name == "topic" else order)).reset_index(drop=True)
     if df.empty:
         shown = pd.DataFrame({"": ["no sampler reaches both the indicative and the converged point"]})
     else:
         shown = pd.DataFrame({
-            "topic": df["topic"], "sampler": _row_label(study, df),
+            "topic": df["topic"].replace({ALL: "all topics"}), "sampler": _row_label(study, df),
             "indicative → converged steps": [f"{_fmt_steps(a)} → {_fmt_steps(b)}" for a, b in
                                              zip(df["indicative_steps"], df["converged_steps"], strict=False)],
             "s/image at ind. | conv.": [f"{_fmt_num(a)} | {_fmt_num(b)}" for a, b in
