@@ -273,9 +273,10 @@ def compute_rates(cfg: Config, dist: pd.DataFrame) -> pd.DataFrame:
                                  "sampler": sampler, "schedule": schedule, "cfg": cfg_scale,
                                  "x": xname, "reference": ref, "metric": metric, "a": fa, "b": fb,
                                  "b_lo": lo, "b_hi": hi, "n_seeds": len(us)})
-    r = pd.DataFrame(rows)
-    if not r.empty:
-        r["order"] = -r.b
+    cols = ["level", "topic", "seed", "sampler", "schedule", "cfg", "x", "reference", "metric",
+            "a", "b", "b_lo", "b_hi", "n_seeds"]
+    r = pd.DataFrame(rows, columns=cols)
+    r["order"] = -r.b
     return r
 
 

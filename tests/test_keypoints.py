@@ -1,0 +1,70 @@
+"""Key-point definitions on synthetic curves: 'earliest step FROM WHICH it holds'."""
+
+import math
+
+import numpy as np
+
+from convergence.keypoints import aggregate, curve_points, earliest_from_which, forward_changes
+
+STEPS = [4, 8, 10, 20, 30, 40, 50, 100]
+KW = dict(indicative=0.05, converged=0.0078, coherent_noise=0.06, coherent_change=0.05,
+          nonconvergence_change=0.05)
+
+
+def points(dist, change, noise=None):
+    noise = noise if noise is not None else [0.01] * len(STEPS)
+    return curve_points(STEPS, dist, forward_changes(STEPS, change), noise, **KW)
+
+
+def test_monotone_curve():
+    d = [0.5 / s for s in STEPS[:-1]] + [math.nan]  # reference = last
+    ch = [0.5 / s - 0.5 / t for s, t in zip(STEPS[:-1], STEPS[1:], strict=False)] + [math.nan]
+    p = points(d, ch)
+    assert p["indicative"] == min(s for s in STEPS[:-1] if 0.5 / s <= 0.05)
+    assert p["converged"] is None or p["converged"] >= 50
+    assert not p["does_not_converge"]
+
+
+def test_noisy_curve_dip_does_not_count():
+    d = [0.2, 0.04, 0.06, 0.03, 0.02, 0.01, 0.005, math.nan]  # dips at 8, back up at 10
+    p = points(d, [0.01] * 8)
+    assert p["indicative"] == 20
+    assert p["converged"] == 50
+
+
+def test_never_settling_is_not_converging():
+    rng = np.random.default_rng(0)
+    d = list(0.3 + 0.05 * rng.random(7)) + [math.nan]
+    ch = list(0.3 + 0.05 * rng.random(8))
+    p = points(d, ch)
+    assert p["indicative"] is None and p["converged"] is None
+    assert p["does_not_converge"]
+
+
+def test_settling_only_at_last_point():
+    d = [0.3, 0.2, 0.1, 0.09, 0.08, 0.07, 0.04, math.nan]
+    p = points(d, [0.1] * 8)
+    assert p["indicative"] == 50
+    assert earliest_from_which([1, 2, 3], [False, False, True]) == 3
+
+
+def test_late_excursion_after_settling():
+    d = [0.2, 0.04, 0.03, 0.02, 0.1, 0.03, 0.02, math.nan]  # excursion at 30
+    p = points(d, [0.01] * 8)
+    assert p["indicative"] == 40
+
+
+def test_coherence_needs_low_noise_and_stability():
+    d = [math.nan] * 8  # no reference at all: coherence must still be defined
+    ch = [0.3, 0.2, 0.04, 0.03, 0.02, 0.01, 0.005, math.nan]
+    noise = [0.3, 0.2, 0.2, 0.05, 0.04, 0.04, 0.04, 0.04]
+    p = points(d, ch, noise)
+    assert p["coherent"] == 20
+    assert p["indicative"] is None
+
+
+def test_aggregate_median_counts_missing_as_not_reached():
+    a = aggregate([10, 20, None])
+    assert a["median"] == 20 and a["n_reached"] == 2 and a["n_seeds"] == 3
+    b = aggregate([10, None, None])
+    assert math.isnan(b["median"]) and b["lo"] == 10

@@ -1,0 +1,91 @@
+"""Convergence rates: the fit recovers known exponents, and on the analytic model the
+measured orders against the exact ODE limit match theory (Karras schedule)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from convergence.keypoints import curve_points, forward_changes
+from convergence.metrics import rmse
+from convergence.models.analytic import exact_solution
+from convergence.plan import Cell
+from convergence.rates import bootstrap_b, fit_power
+from convergence.references import _denoise, schedule_span
+from convergence.runner import sample_batch
+
+
+def test_fit_recovers_exponent_with_and_without_reference():
+    x = np.array([10, 20, 40, 80, 160.0])
+    a, b = fit_power(x, 3.0 * x**-1.5)
+    assert abs(b + 1.5) < 1e-3 and abs(a - 3.0) < 1e-2
+    a, b = fit_power(x[:-1], 3.0 * (x[:-1] ** -1.5 - 160.0**-1.5), x_ref=160.0)
+    assert abs(b + 1.5) < 1e-3
+    rng = np.random.default_rng(0)
+    units = [(x, 2.0 * x**-1.0 * np.exp(0.05 * rng.standard_normal(5))) for _ in range(4)]
+    _, b, lo, hi = bootstrap_b(units, math.inf, 50)
+    assert lo <= b <= hi and abs(b + 1) < 0.1
+
+
+SEEDS = [1, 2]
+STEPS = [12, 24, 48]
+
+
+def _run(model, sampler, steps):
+    cells = [Cell("analytic", "h", "food", "p", s, sampler, "karras", steps, 1.0, 32, 32)
+             for s in SEEDS]
+    return sample_batch(model, cells)
+
+
+@pytest.fixture(scope="module")
+def limits(model32):
+    s0, smin, _ = schedule_span(model32, "karras", STEPS[0])
+    x0 = model32.initial_noise(SEEDS, 32, 32).double() * s0
+    cond = model32.encode_prompts(["p"] * 2, ["food"] * 2)
+    x_min = exact_solution(model32, x0, s0, smin, cond, 1.0)
+    zero = exact_solution(model32, x_min, smin, 0.0, cond, 1.0)
+    return {"denoised": _denoise(model32, x_min, smin, cond, 1.0).numpy(), "zero": zero.numpy()}
+
+
+@pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("dpm_2", 2), ("dpmpp_2m", 2)])
+def test_measured_order_matches_theory(model32, limits, sampler, order):
+    nfe, err = [], []
+    for n in STEPS:
+        r = _run(model32, sampler, n)  # float64 in memory (the store keeps fp32)
+        nfe.append(r.nfe)
+        err.append(np.median(rmse(r.samples.numpy(), limits["denoised"])))
+    _, b = fit_power(np.array(nfe, float), np.array(err))
+    assert abs(-b - order) <= 0.25, (sampler, -b, err)
+
+
+def test_which_limit_each_sampler_approaches(model32, limits):
+    lms = _run(model32, "lms", 48).samples.numpy()
+    eul = _run(model32, "euler", 48).samples.numpy()
+    assert rmse(lms, limits["zero"]).mean() < rmse(lms, limits["denoised"]).mean()
+    assert rmse(eul, limits["denoised"]).mean() < rmse(eul, limits["zero"]).mean()
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpm_2_ancestral"])
+def test_ancestral_reported_as_not_converging(model32, sampler):
+    steps = [8, 16, 32, 64]
+    outs = [_run(model32, sampler, n).samples.numpy() for n in steps]
+    for row in range(len(SEEDS)):
+        ch = [rmse(outs[i][row:row + 1], outs[i + 1][row:row + 1])[0] for i in range(3)] + [math.nan]
+        d = [rmse(o[row:row + 1], outs[-1][row:row + 1])[0] for o in outs[:-1]] + [math.nan]
+        p = curve_points(steps, d, forward_changes(steps, ch), [0.0] * 4, indicative=0.05,
+                         converged=0.0078, coherent_noise=0.06, coherent_change=0.05,
+                         nonconvergence_change=0.05)
+        assert p["does_not_converge"], (sampler, ch)
+
+
+def test_deterministic_sampler_not_flagged(model32):
+    steps = [8, 16, 32, 64]
+    outs = [_run(model32, "heun", n).samples.numpy() for n in steps]
+    ch = [rmse(outs[i], outs[i + 1])[0] for i in range(3)] + [math.nan]
+    d = [rmse(o, outs[-1])[0] for o in outs[:-1]] + [math.nan]
+    p = curve_points(steps, d, forward_changes(steps, ch), [0.0] * 4, indicative=0.05,
+                     converged=0.0078, coherent_noise=0.06, coherent_change=0.05,
+                     nonconvergence_change=0.05)
+    assert not p["does_not_converge"]
+    torch.manual_seed(0)
