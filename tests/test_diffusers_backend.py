@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tiny_pipeline import IMAGE_SIZE, save_tiny_sd_pipeline
 
 PROMPT = "a hamburger with a bowl of french fries"
@@ -187,34 +186,37 @@ def test_size_must_fit_the_vae(tiny_model):
         tiny_model.check_size(36, 32)
 
 
-def test_study_through_the_cli(tiny_sd_path, tmp_path, cli):
-    """2 samplers x 3 step counts, end to end through `convergence run`, offline."""
+def test_study_through_the_cli(tiny_sd_path, tmp_path, cli, monkeypatch):
+    """A small study (2 samplers x 4 step counts) through `convergence all` (run, analyze,
+    report), offline. One torch thread: far faster on a shared 2-core machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     results = tmp_path / "results"
-    args = [f"model.path={tiny_sd_path}", "model=diffusers", "model.device=cpu", "study=smoke",
-            "name=tiny", f"results_dir={results}", "samplers=[DDIM,K_EULER]",
-            "steps=[2,4,8]", "seeds_per_prompt=1", f"width={IMAGE_SIZE}",
-            f"height={IMAGE_SIZE}", "progress=false"]
-    r = cli("run", *args)
+    r = cli("all", "model=diffusers", f"model.path={tiny_sd_path}", "model.device=cpu",
+            "study=smoke", "name=tiny", f"results_dir={results}", "samplers=[DDIM,K_EULER]",
+            "steps=[2,4,8,16]", "seeds_per_prompt=1", f"width={IMAGE_SIZE}",
+            f"height={IMAGE_SIZE}", "progress=false")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "ran 12 cells" in r.stdout
+    assert "ran 16 cells" in r.stdout
     import pandas as pd
+
     from convergence.store import Store
     table = pd.read_parquet(Store(results / "tiny").table_path)
-    assert len(table) == 12 and set(table["sampler"]) == {"ddim", "euler"}
-    assert sorted(table.loc[table.sampler == "euler", "nfe"].unique()) == [2, 4, 8]
-    r2 = cli("run", *args, "model.sampler_backend=diffusers")
-    assert r2.returncode == 0, r2.stderr[-2000:]
-    table = pd.read_parquet(Store(results / "tiny").table_path)
-    assert {"DDIMScheduler", "EulerDiscreteScheduler"} <= set(table["sampler"])
+    assert len(table) == 16 and set(table["sampler"]) == {"ddim", "euler"}
+    assert sorted(table.loc[table.sampler == "euler", "nfe"].unique()) == [2, 4, 8, 16]
+    assert (results / "tiny" / "report" / "index.html").is_file()
 
 
 @pytest.mark.parametrize("path_kind", ["missing", "plain"])
-def test_cli_bad_path_is_one_line(tmp_path, cli, path_kind):
+def test_cli_bad_path_is_one_line(tmp_path, capsys, path_kind):
+    """In-process (a subprocess costs ~20 s of imports here): exit 2, one line, the path."""
+    from convergence.cli import main
     path = tmp_path / "nope"
     if path_kind == "plain":
         path.mkdir()
-    r = cli("run", "model=diffusers", f"model.path={path}", "study=smoke",
-            f"results_dir={tmp_path}", "progress=false")
-    assert r.returncode == 2
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in r.stderr
+    with pytest.raises(SystemExit) as e:
+        main(["run", "model=diffusers", f"model.path={path}", "study=smoke",
+              f"results_dir={tmp_path}", "progress=false"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in err
