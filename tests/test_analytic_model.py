@@ -105,6 +105,15 @@ def test_exact_solution_meets_its_tolerance(model32):
     assert (fine - a).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("denoise", [False, True])
+def test_reduced_exact_solution_equals_full_dimensional_solve(model32, denoise):
+    cond = model32.encode_prompts(["p", "q"], ["animals", "anime"])
+    x = model32.initial_noise([7, 8], 32, 32) * 14.6
+    full = exact_solution(model32, x, 14.6, 0.05, cond, 7.5, denoise, reduce=False)
+    reduced = exact_solution(model32, x, 14.6, 0.05, cond, 7.5, denoise)
+    assert (full - reduced).abs().max() < 1e-7
+
+
 def test_closed_form_tail_to_zero_matches_integration(model32):
     cond = model32.encode_prompts(["p"], ["food"])
     x = model32.initial_noise([3], 32, 32) * 14.6

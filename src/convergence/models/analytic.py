@@ -141,6 +141,25 @@ class AnalyticModel(Model):
         self.U_all = self.U.permute(1, 0, 2).reshape(d, K * r)            # (d, K*r)
         self.muU = torch.einsum("kd,kdr->kr", self.mu, self.U)             # (K, r)
         self.mu_sq = (self.mu**2).sum(1)                                   # (K,)
+        self._reduced: tuple[AnalyticModel, torch.Tensor] | None = None
+
+    def reduced(self) -> tuple[AnalyticModel, torch.Tensor]:
+        """The same mixture in the span of its means and bases, and that span's basis Q.
+
+        Off the span, every component's covariance is the same s2 * I, so the orthogonal
+        part of x adds the same term to every component's log-likelihood (responsibilities
+        ignore it) and is denoised by the scalar s2 / (s2 + sigma^2): the probability-flow
+        ODE splits into an m-dimensional ODE (m = K * (r + 1), a few hundred) and a
+        closed-form scaling. That makes exact solutions ~50x cheaper at 64x64."""
+        if self._reduced is None:
+            basis = torch.cat([self.mu.T, self.U.permute(1, 0, 2).reshape(self.d, -1)], dim=1)
+            Q = torch.linalg.qr(basis, mode="reduced").Q                      # (d, m)
+            small = AnalyticModel.__new__(AnalyticModel)
+            small.__dict__.update(self.__dict__)
+            small.set_components((self.mu @ Q).numpy(), torch.einsum("dm,kdr->kmr", Q, self.U).numpy(),
+                                 self.lam.numpy(), self.s2)
+            self._reduced = (small, Q)
+        return self._reduced
 
     # -- Model interface -------------------------------------------------------------
     def fingerprint(self) -> dict:
@@ -251,21 +270,38 @@ TAIL_SIGMA = 1e-4
 def exact_solution(model: AnalyticModel, x_start: torch.Tensor, sigma_start: float,
                    sigma_end: float, conditioning: Conditioning, cfg_scale: float = 1.0,
                    denoise_at_end: bool = False, rtol: float = EXACT_RTOL,
-                   atol: float = EXACT_ATOL) -> torch.Tensor:
+                   atol: float = EXACT_ATOL, reduce: bool = True) -> torch.Tensor:
     """The true probability-flow ODE solution from (x_start, sigma_start) to sigma_end.
 
     Integrates dx/dt = x - D(x, e^t) in t = log(sigma) with DOP853 at the given tolerance,
     in float64. ``sigma_end = 0`` continues to the data (closed-form tail below
     TAIL_SIGMA); ``denoise_at_end`` returns D(x(sigma_end)) instead, which is where
     samplers whose last step is a denoise (euler, heun, dpm_2, dpmpp_2m) end up.
+    ``reduce`` solves in the mixture's span (:meth:`AnalyticModel.reduced`), which is
+    exact; ``reduce=False`` integrates all d dimensions (the tests compare the two).
     """
-    den = GuidedDenoiser(model)
     shape = x_start.shape
+    B = shape[0]
+    if reduce:
+        small, Q = model.reduced()
+        xf = x_start.to(torch.float64).reshape(B, -1)
+        y = xf @ Q
+        ortho = xf - y @ Q.T
+        y = exact_solution(small, y, sigma_start, sigma_end, conditioning, cfg_scale,
+                           denoise_at_end, rtol, atol, reduce=False)
+        # off the span: the ODE scales x by sqrt((s2 + sigma^2) / (s2 + sigma_start^2)),
+        # and the denoiser multiplies it by s2 / (s2 + sigma^2)
+        ortho = ortho * math.sqrt((model.s2 + sigma_end**2) / (model.s2 + sigma_start**2))
+        if denoise_at_end:
+            ortho = ortho * model.s2 / (model.s2 + sigma_end**2)
+        return (y @ Q.T + ortho).reshape(shape)
+
+    den = GuidedDenoiser(model)
     stop = max(sigma_end, TAIL_SIGMA)
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(y).reshape(shape)
-        s = torch.full((shape[0],), math.exp(t), dtype=torch.float64)
+        s = torch.full((B,), math.exp(t), dtype=torch.float64)
         d = den(x, s, conditioning=conditioning, cfg_scale=cfg_scale)
         return (x - d).reshape(-1).numpy()
 
@@ -282,6 +318,6 @@ def exact_solution(model: AnalyticModel, x_start: torch.Tensor, sigma_start: flo
             raise RuntimeError("posterior has not collapsed at TAIL_SIGMA; cannot use the closed-form tail")
         x = _single_gaussian_tail(model, x, k, stop, sigma_end)
     if denoise_at_end:
-        s = torch.full((shape[0],), sigma_end, dtype=torch.float64)
+        s = torch.full((B,), sigma_end, dtype=torch.float64)
         x = den(x, s, conditioning=conditioning, cfg_scale=cfg_scale)
     return x
