@@ -160,7 +160,9 @@ def test_batch_workflow_reproduces_the_guides_example():
         {"topic": "anime", "sampler": "lms", "schedule": "discrete", "cfg": 7.5, "point": p,
          "steps": s, "nfe": s, "seconds": t, "metric": "rmse"}
         for p, s, t in (("indicative", 10, 6.0), ("coherent", 20, 12.0), ("converged", 100, 60.0))])
-    cells = pd.DataFrame({"sampler": ["lms"], "schedule": ["discrete"], "cfg": [7.5], "topic": ["anime"]})
+    cells = pd.DataFrame({"sampler": ["lms"] * 2, "schedule": ["discrete"] * 2, "cfg": [7.5] * 2,
+                          "topic": ["anime"] * 2, "steps": [10, 100], "nfe": [10, 100],
+                          "seconds": [6.0, 60.0]})  # 0.6 s per model call
     t = batch_workflow(synthetic_study(cells, kp), n=100, k=3)
     row = t.data.iloc[0]
     assert row["A_seconds"] == pytest.approx(6000) and row["B_seconds"] == pytest.approx(780)
@@ -175,7 +177,7 @@ def test_batch_workflow_leaves_out_samplers_that_never_converge():
          "point": p, "steps": s, "nfe": s, "seconds": s / 10, "metric": "rmse"}
         for p, s in (("indicative", 10), ("coherent", 20), ("converged", np.nan))])
     cells = pd.DataFrame({"sampler": ["euler_ancestral"], "schedule": ["discrete"], "cfg": [7.5],
-                          "topic": ["food"]})
+                          "topic": ["food"], "steps": [10], "nfe": [10], "seconds": [1.0]})
     t = batch_workflow(synthetic_study(cells, kp), n=100, k=3)
     assert t.data.empty
 

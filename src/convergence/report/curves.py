@@ -79,6 +79,19 @@ def log_ticks(values: pd.Series, most: int = 7) -> list[float]:
     return ticks or [lo, hi]
 
 
+def y_top(data: pd.DataFrame, limits: dict[str, float], log: bool) -> float | None:
+    """Upper y limit that keeps the converging part readable, or None when all fits.
+
+    A decade above the upper quartile of the medians (and above every threshold); only
+    applied when some median lies beyond it, and the figure then says so."""
+    if not len(data):
+        return None
+    med = data["median"].astype(float)
+    q = float(med.quantile(0.75))
+    cap = max([q * (10 if log else 1.5)] + [v * 2 for v in limits.values()])
+    return cap if float(med.max()) > cap and cap > 0 else None
+
+
 def thresholds(study: StudyData) -> dict[str, float]:
     """The key-point thresholds the analysis used for this metric (drawn as guides)."""
     kp = study.keypoints
@@ -101,7 +114,7 @@ def curve_figure(study: StudyData, topic: str | None = None, *, title: str | Non
     fig = Figure(figsize=(14, 4.8))  # 1260 px at 90 dpi: shown 1:1 on the page
     axes = fig.subplots(1, 3, sharey=True)
     fig.subplots_adjust(left=0.065, right=0.80, bottom=0.13, top=0.88, wspace=0.07)
-    dashed = study.non_converging(topic)
+    dashed = study.non_converging(topic if topic is not None else "all")
     order = {s: i for i, s in enumerate(study.samplers)}
     rows = sorted({(s, c) for s, c in zip(data["sampler"], data["schedule"], strict=False)},
                   key=lambda r: (order.get(r[0], len(order)), r[1]))
@@ -137,6 +150,12 @@ def curve_figure(study: StudyData, topic: str | None = None, *, title: str | Non
     if positive:
         axes[0].set_yscale("log")
         axes[0].yaxis.set_minor_locator(mticker.NullLocator())
+    top = y_top(data, limits, positive)
+    if top is not None:  # a diverging sampler (1e8 at 4 steps) would flatten every other line
+        axes[0].set_ylim(top=top)
+        axes[0].text(0.98, 0.98, f"↑ off scale: up to {data['median'].max():.2g}", ha="right",
+                     va="top", transform=axes[0].transAxes, fontsize=9, color="0.3", zorder=5,
+                     bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 2})
     axes[0].set_ylabel(f"{study.metric} to the reference ({study.reference})", fontsize=12)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:

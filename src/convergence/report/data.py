@@ -75,6 +75,8 @@ class StudyData:
         if kp.empty or "converges" not in kp:
             return set()
         kp = kp[(kp["metric"] == self.metric) & (kp["point"] == "converged")]
+        if topic == "all" and not (kp["topic"] == "all").any():
+            topic = None  # no all-topics row: never converges in any topic
         if topic is not None:
             kp = kp[kp["topic"] == topic]
         no = kp["converges"].astype(str).str.lower().isin(["false", "0", "0.0"])

@@ -65,7 +65,7 @@ details > summary { cursor: pointer; color: #0b5394; margin: 6px 0; }
 <td class="num">{{ r.sp_s }}</td><td class="num">{{ r.sp_n }}</td></tr>{% endfor %}
 </tbody></table>
 <p class="note">A = N × t(converged); B = N × t(indicative) + k × t(converged), with N = {{ n }}, k = {{ k }}
-and t the measured median seconds per image; the full table is under <a href="#batch">Batch workflow</a>.</p>
+and t the cost of one image at that step count (NFE × measured seconds per NFE); the full table is under <a href="#batch">Batch workflow</a>.</p>
 {% else %}<p>No sampler reaches both the indicative and the converged point, so there is no workflow to estimate.</p>{% endif %}
 
 <h2 id="keypoints">Key points per sampler × topic</h2>
