@@ -39,4 +39,8 @@ class CellNoise:
     def brownian(self, x: torch.Tensor, sigma_min: float, sigma_max: float):
         """Brownian-tree noise (SDE samplers), one tree per row."""
         seeds = [derived_seed(s, "brownian") % (2**31) for s in self.seeds]
-        return BrownianTreeNoiseSampler(x, float(sigma_min), float(sigma_max), seed=seeds)
+        # a hair wider than the schedule: samplers query exp(log(sigma)), which can land an
+        # ulp outside [sigma_min, sigma_max] (torchsde then warns)
+        lo = torch.tensor(float(sigma_min) * (1 - 1e-9), dtype=torch.float64)
+        hi = torch.tensor(float(sigma_max) * (1 + 1e-9), dtype=torch.float64)
+        return BrownianTreeNoiseSampler(x, lo, hi, seed=seeds)
