@@ -39,8 +39,8 @@ class CellNoise:
     def brownian(self, x: torch.Tensor, sigma_min: float, sigma_max: float):
         """Brownian-tree noise (SDE samplers), one tree per row."""
         seeds = [derived_seed(s, "brownian") % (2**31) for s in self.seeds]
-        # a hair wider than the schedule: samplers query exp(log(sigma)), which can land an
-        # ulp outside [sigma_min, sigma_max] (torchsde then warns)
-        lo = torch.tensor(float(sigma_min) * (1 - 1e-9), dtype=torch.float64)
-        hi = torch.tensor(float(sigma_max) * (1 + 1e-9), dtype=torch.float64)
+        # a hair wider than the schedule: torchsde rounds times to 6 decimals and samplers
+        # query exp(log(sigma)), which can land just outside [sigma_min, sigma_max]
+        lo = torch.tensor(max(float(sigma_min) - 1e-5, float(sigma_min) / 2), dtype=torch.float64)
+        hi = torch.tensor(float(sigma_max) + 1e-5, dtype=torch.float64)
         return BrownianTreeNoiseSampler(x, lo, hi, seed=seeds)
