@@ -185,6 +185,7 @@ def speed_table(study: StudyData) -> Table:
             "NFE/step is the slope of NFE against steps (Heun-type samplers skip the model on "
             "their last step); it/s = all steps / all seconds; 'in model' = share of time inside "
             "the denoiser (the rest is sampler overhead, large for a tiny model). "
+            "Timings come from one run and move with the machine's load; NFE is exact. "
             "Guide columns: the guide's M1 Max table at 512×512, for comparison."
             + ("" if len(base) else f" No {BASELINE} in this study: no ratios."))
     return Table("speed", "Speed per sampler: NFE per step and it/s, absolute and relative to euler",
