@@ -304,3 +304,24 @@ def test_curves_and_tables_read_the_key_point_reference_and_all_topics(study):
     assert "noise<=0.06, change<=0.04" in keypoint_tables(s)[1].note
     cheap = cheapest_table(s).data
     assert set(cheap["topic"]) == {"food", "people", "all topics"}
+
+
+def test_report_of_the_real_analysis(tmp_path):
+    """The whole pipeline: run, `analyze` as the CLI does it, report."""
+    analysis = pytest.importorskip("convergence.analysis")
+    from convergence.runner import run_study
+    cfg = small_config(tmp_path, steps=[4, 10, 20], samplers=["K_EULER", "K_HEUN"],
+                       analysis={"metrics": ["rmse"]})
+    run_study(cfg)
+    analysis.analyze_study(cfg)
+    index = build_report(tmp_path / cfg.name, ReportConfig(thumbnail=32))
+    srcs = img_sources(index)
+    assert len(srcs) == 3 + 4 and all((index.parent / html.unescape(s)).is_file() for s in srcs)
+    text = index.read_text()
+    assert "The guide&#39;s claims, checked against this study" in text
+    s = load_study(tmp_path / cfg.name)
+    assert s.reference == "highest" and s.metric == cfg.analysis.metric
+    from convergence.report.curves import curve_data
+    assert set(curve_data(s)["sampler"]) == {"euler", "heun"}
+    kp = pd.read_csv(index.parent / "tables" / "keypoints_indicative.csv")
+    assert set(kp["sampler"]) == {"euler", "heun"} and set(kp["topic"]) == {"food", "people", "all"}
