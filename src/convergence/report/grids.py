@@ -151,6 +151,8 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
                   + [_text_width(probe, sch, small_f) for _, sch in row_keys]
                   + [_text_width(probe, "does not converge", small_f) if no_conv else 60]) + 3 * pad
     cell = thumb + 2 * pad
+    # rows are at least as tall as their label block (sampler, schedule, "does not converge")
+    row_h = max(cell, label_f.size + 2 * (small_f.size + 2) + 2 * pad)
     grid_w = label_w + len(steps) * cell
     legend_w = (sum(_text_width(probe, p, small_f) + small_f.size + 4 * pad for p in POINTS)
                 + _text_width(probe, "(median over seeds)", small_f) + 2 * pad)
@@ -163,7 +165,7 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     head_h = pad + len(title_lines) * line_h + len(sub_lines) * (small_f.size + 3) + 2 * pad
     colhead_h = label_f.size + 2 * pad
     legend_h = (small_f.size + 3 * pad) if marks or no_conv else 0
-    height = head_h + colhead_h + len(row_keys) * cell + legend_h + pad
+    height = head_h + colhead_h + len(row_keys) * row_h + legend_h + pad
     img = Image.new("RGB", (width, height), BG)
     d = ImageDraw.Draw(img)
     y = pad
@@ -182,15 +184,15 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     y0 = head_h + colhead_h
     by_key = {(r.sampler, r.schedule, int(r.steps)): r for r in spec.cells.itertuples()}
     for i, (sampler, schedule) in enumerate(row_keys):
-        ry = y0 + i * cell
+        ry = y0 + i * row_h
         lines = [schedule] + (["does not converge"] if (sampler, schedule) in no_conv else [])
-        ty = ry + (cell - label_f.size - len(lines) * (small_f.size + 2)) // 2
+        ty = ry + (row_h - label_f.size - len(lines) * (small_f.size + 2)) // 2
         d.text((pad, ty), sampler, fill=FG, font=label_f)
         for n, note in enumerate(lines):
             d.text((pad, ty + label_f.size + 2 + n * (small_f.size + 2)), note,
                    fill=NO_CONV if n else MUTED, font=small_f)
         for j, s in enumerate(steps):
-            cx, cy = label_w + j * cell + pad, ry + pad
+            cx, cy = label_w + j * cell + pad, ry + (row_h - thumb) // 2
             r = by_key.get((sampler, schedule, s))
             if r is None:
                 d.rectangle([cx, cy, cx + thumb - 1, cy + thumb - 1], outline=MUTED)
