@@ -129,8 +129,9 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
         # the store keeps every model version's cells; show the ones the analysis scored
         used = cells["hash"].isin(set(distances["hash"]))
         if used.any():
-            notes.append(f"the store holds {int((~used).sum())} cells of other model versions "
-                         f"or sweeps; this report shows the {int(used.sum())} the analysis scored")
+            notes.append(f"the store also holds {int((~used).sum())} cells of other model "
+                         f"versions or sweeps; this report shows the {int(used.sum())} cells "
+                         "the analysis scored")
             cells = cells[used].reset_index(drop=True)
     stale = [n for n in (*REQUIRED, *OPTIONAL)
              if (root / n).exists() and (root / n).stat().st_mtime < table.stat().st_mtime]

@@ -321,8 +321,10 @@ def rates_table(study: StudyData) -> Table | None:
     if allt.empty:
         allt = r
     order = {s: i for i, s in enumerate(study.samplers)}
-    allt = allt.sort_values(["x", "sampler"], key=lambda s: s.map(order) if s.name == "sampler" else s)
+    keys = [k for k in ("x", "reference", "sampler") if k in allt]
+    allt = allt.sort_values(keys, key=lambda s: s.map(order) if s.name == "sampler" else s)
     shown = pd.DataFrame({"sampler": allt["sampler"], "schedule": allt["schedule"], "x": allt["x"],
+                          "reference": allt.get("reference", pd.Series("", index=allt.index)),
                           "b": allt["b"].map(lambda v: _fmt_num(v, 3)),
                           "95% interval": [f"[{_fmt_num(lo, 3)}, {_fmt_num(hi, 3)}]"
                                            for lo, hi in zip(allt["b_lo"], allt["b_hi"], strict=False)],
