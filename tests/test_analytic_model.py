@@ -84,7 +84,7 @@ def test_topic_conditioning_and_guidance(model32):
              for t in topics for s in (1, 2)]
     out = sample_batch(model32, cells).samples
     m, idx = model32.mahalanobis_per_dim(out)
-    for cell, k, dist in zip(cells, idx.tolist(), m.tolist()):
+    for cell, k, dist in zip(cells, idx.tolist(), m.tolist(), strict=True):
         assert model32.pictures[k] in model32.topics[cell.topic], (cell.topic, model32.pictures[k])
         assert dist < 3.0, (cell.topic, dist)
 
