@@ -64,3 +64,35 @@ def test_people_later():
     assert claim_people_later(k)["verdict"] == HOLDS
     k = pd.concat([kp({"euler": 10}, topics=("people",)), kp({"euler": 20}, topics=("food",))])
     assert claim_people_later(k)["verdict"] == CONTRADICTED
+
+
+def test_every_claim_degrades_on_empty_or_partial_tables():
+    from convergence.claims import evaluate_claims
+    empty = pd.DataFrame()
+    c = evaluate_claims(empty, empty, empty, metric="rmse", indicative=0.05, few_steps=8)
+    assert (c.verdict == UNTESTABLE).all() and (c.details != "").all()
+    # a study without the guide's samplers (only dpmpp_2m), one topic
+    k = kp({"dpmpp_2m": 20}, topics=("food", "all"))
+    r = rates({"dpmpp_2m": 2.0})
+    d = pd.DataFrame([{"metric": "rmse", "reference": "highest", "steps": 8, "sampler": "dpmpp_2m",
+                       "value": 0.1}])
+    c = evaluate_claims(k, r, d, metric="rmse", indicative=0.05, few_steps=8)
+    assert (c.verdict == UNTESTABLE).all()
+
+
+def test_first_order_uses_exact_limit_orders():
+    lim = pd.DataFrame([{"sampler": "euler", "closest": "exact-denoised", "order_closest": 1.0},
+                        {"sampler": "heun", "closest": "exact-denoised", "order_closest": 2.0}])
+    bad = rates({"euler": 3.0, "heun": 1.0})  # badly conditioned self-reference fits
+    row = claim_first_order(bad, lim)
+    assert row["verdict"] == HOLDS and "exact" in row["measurement"]
+    lim.loc[0, "order_closest"] = 2.5
+    assert claim_first_order(bad, lim)["verdict"] == CONTRADICTED
+
+
+def test_ancestral_undetermined_is_not_a_pass():
+    k = kp({"euler_ancestral": math.nan}, topics=("food", "people"))
+    k["status"] = ["does not converge"] * 2 + ["undetermined"] * 2
+    assert claim_ancestral_never(k)["verdict"] == UNTESTABLE
+    k["status"] = ["does not converge"] * 2 + ["converges"] * 2
+    assert claim_ancestral_never(k)["verdict"] == CONTRADICTED

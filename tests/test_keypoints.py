@@ -68,3 +68,29 @@ def test_aggregate_median_counts_missing_as_not_reached():
     assert a["median"] == 20 and a["n_reached"] == 2 and a["n_seeds"] == 3
     b = aggregate([10, None, None])
     assert math.isnan(b["median"]) and b["lo"] == 10
+
+
+def test_nonconvergence_relative_to_deterministic_samplers():
+    from convergence.keypoints import deterministic_baseline
+    # a smooth picture: ancestral fresh noise (0.02) is below the absolute bar 0.05, but far
+    # above every ODE solver's late change (<= 0.002): it does not converge
+    anc = [0.3, 0.2, 0.1, 0.04, 0.03, 0.025, 0.02, math.nan]
+    det = [0.3, 0.1, 0.05, 0.01, 0.005, 0.003, 0.002, math.nan]
+    tops = {"euler_a": ((50, 100), 0.02), "euler": ((50, 100), 0.002), "heun": ((50, 100), 0.001)}
+    base = deterministic_baseline(tops, {"euler", "heun"})
+    assert base == {"euler_a": 0.002, "euler": 0.002, "heun": 0.002}
+    d = [0.3] * 7 + [math.nan]
+    kw = {**KW}
+    p = curve_points(STEPS, d, forward_changes(STEPS, anc), [0.01] * 8, **kw,
+                     baseline_change=base["euler_a"])
+    assert p["does_not_converge"] and not p["settled"]
+    assert not curve_points(STEPS, d, forward_changes(STEPS, anc), [0.01] * 8, **kw)[
+        "does_not_converge"]  # the absolute bar alone misses it
+    # a hard picture: an ODE solver still moves 0.08 at the top: 0.06 is not distinguishable
+    p = curve_points(STEPS, d, forward_changes(STEPS, [0.06] * 7 + [math.nan]), [0.01] * 8, **kw,
+                     baseline_change=0.08)
+    assert not p["does_not_converge"]
+    # the deterministic sampler defining the baseline is never flagged by it
+    p = curve_points(STEPS, d, forward_changes(STEPS, det), [0.01] * 8, **kw,
+                     baseline_change=base["euler"])
+    assert not p["does_not_converge"]

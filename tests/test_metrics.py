@@ -35,3 +35,15 @@ def test_lpips_unavailable_is_one_clear_message_and_plumbing_works():
     img = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     assert np.allclose(M.lpips_distance(img, img, net), 0, atol=1e-6)
     assert M.lpips_distance(img, img[::-1].copy(), net).shape == (2,)
+
+
+def test_ssim_equals_torchmetrics_default():
+    """Our separable SSIM is the same definition as torchmetrics' default one."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (3, 40, 48, 3), dtype=np.uint8)
+    noisy = np.clip(img + rng.normal(0, 30, img.shape), 0, 255).astype(np.uint8)
+    ours = M.compute("ssim", noisy, img)
+    ref = tm_ssim(M._to_unit_tensor(noisy).double(), M._to_unit_tensor(img).double(),
+                  data_range=1.0, reduction="none").numpy()
+    assert np.allclose(ours, ref, atol=1e-5), (ours, ref)

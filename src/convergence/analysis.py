@@ -20,7 +20,7 @@ from convergence import metrics as M
 from convergence.claims import evaluate_claims
 from convergence.config import Config
 from convergence.errors import ConvergenceError
-from convergence.keypoints import aggregate, curve_points, forward_changes
+from convergence.keypoints import aggregate, curve_points, deterministic_baseline, forward_changes
 from convergence.models import build_model
 from convergence.plan import expand
 from convergence.rates import bootstrap_b, fit_power
@@ -141,7 +141,7 @@ def compute_distances(cfg: Config, model, store: Store, df: pd.DataFrame,
         from convergence.models.analytic import AnalyticModel
         from convergence.references import exact_limits
         if not isinstance(model, AnalyticModel):
-            notes.append("exact references exist only on the analytic model; skipped")
+            notes.append(f"exact references: model {model.name!r} has no exact solution; skipped")
         else:
             lim = exact_limits(model, store, df.to_dict("records"), a.exact_rtol)
             for name in ("exact-denoised", "exact-zero", "exact-end"):
@@ -160,8 +160,21 @@ def compute_distances(cfg: Config, model, store: Store, df: pd.DataFrame,
     return pd.concat(out, ignore_index=True), notes
 
 
+def _deterministic(samplers) -> set[str]:
+    """Samplers that are ODE solvers (no fresh noise per step), from the registry."""
+    out = set()
+    for s in samplers:
+        try:
+            if not resolve_sampler(s).spec.stochastic:
+                out.add(s)
+        except Exception:  # a sampler name the registry no longer knows: no baseline from it
+            pass
+    return out
+
+
 def group_points(cfg: Config, dist: pd.DataFrame) -> pd.DataFrame:
-    """Key points per group (one row per group and point)."""
+    """Key points per group (one row per group and point). Non-convergence is judged
+    against the deterministic samplers of the same prompt/seed/cfg (keypoints.curve_points)."""
     a = cfg.analysis
     lower = M.get_metric(a.metric).lower_is_better
     d = dist[dist.metric == a.metric]
@@ -169,23 +182,42 @@ def group_points(cfg: Config, dist: pd.DataFrame) -> pd.DataFrame:
     to_next = d[d.reference == "next"].set_index("hash").value
     noise = dist[dist.metric == "noise"].set_index("hash").value
     cells = dist.drop_duplicates("hash")[META]
-    rows = []
+    det = _deterministic(cells.sampler.unique())
+    curves = []
     for key, g in cells.groupby(GROUP, sort=False):
         g = g.sort_values("steps")
         steps = list(g.steps)
-        dd = [to_ref.get(h, math.nan) for h in g.hash]
         ch = forward_changes(steps, [to_next.get(h, math.nan) for h in g.hash])
+        pair = tuple(steps[-2:]) if len(steps) >= 2 else ()
+        curves.append((dict(zip(GROUP, key, strict=False)), g, steps, ch, pair))
+    tops: dict[tuple, dict] = {}
+    for k, _g, _steps, ch, pair in curves:
+        tops.setdefault((k["model"], k["prompt"], k["seed"], k["cfg"]), {})[
+            (k["sampler"], k["schedule"])] = (pair, float(ch[-1]) if len(ch) else math.nan)
+    base: dict[tuple, float] = {}
+    for ctx, t in tops.items():
+        flat = {f"{sm}\0{sc}": v for (sm, sc), v in t.items()}
+        det_keys = {f"{sm}\0{sc}" for (sm, sc) in t if sm in det}
+        for name, v in deterministic_baseline(flat, det_keys).items():
+            base[(*ctx, *name.split("\0"))] = v
+    rows = []
+    for k, g, steps, ch, _pair in curves:
+        dd = [to_ref.get(h, math.nan) for h in g.hash]
         nz = [noise.get(h, math.nan) for h in g.hash]
+        bl = base.get((k["model"], k["prompt"], k["seed"], k["cfg"], k["sampler"], k["schedule"]))
         p = curve_points(steps, dd, ch, nz, indicative=a.indicative, converged=a.converged,
                          coherent_noise=a.coherent_noise, coherent_change=a.coherent_change,
-                         nonconvergence_change=a.nonconvergence_change, lower_is_better=lower)
+                         nonconvergence_change=a.nonconvergence_change, baseline_change=bl,
+                         lower_is_better=lower)
         by_steps = g.set_index("steps")
         for point in POINTS:
             s = p[point]
-            rows.append({**dict(zip(GROUP, key, strict=False)), "point": point, "steps": s,
+            rows.append({**k, "point": point, "steps": s,
                          "nfe": by_steps.nfe.get(s, math.nan) if s else math.nan,
                          "seconds": by_steps.seconds.get(s, math.nan) if s else math.nan,
-                         "does_not_converge": p["does_not_converge"],
+                         "does_not_converge": p["does_not_converge"], "settled": p["settled"],
+                         "top_change": p["top_change"],
+                         "baseline_change": math.nan if bl is None else bl,
                          "tail_ratio": p["tail_ratio"]})
     return pd.DataFrame(rows)
 
@@ -202,11 +234,18 @@ def aggregate_points(cfg: Config, gp: pd.DataFrame, cells: pd.DataFrame) -> pd.D
             ["topic", "sampler", "schedule", "cfg"], sort=False):
         c = cells[(cells.sampler == sampler) & (cells.schedule == schedule) & (cells.cfg == cfg_scale)]
         per_steps = c.groupby("steps")[["nfe", "seconds"]].median()
-        never = g[g.point == "converged"].does_not_converge.astype(bool)
+        conv_rows = g[g.point == "converged"]
+        never = conv_rows.does_not_converge.astype(bool)
         n_never = int(never.sum())
+        n_settled = int(conv_rows.settled.astype(bool).sum())
         converges = n_never * 2 <= len(never)
+        # three-way, majority of seeds: a sampler that neither settles nor out-moves the ODE
+        # solvers within the sweep is "undetermined", not silently counted as converging
+        status = ("does not converge" if n_never * 2 > len(never) else
+                  "converges" if n_settled * 2 > len(never) else "undetermined")
         base = {"topic": topic, "sampler": sampler, "schedule": schedule, "cfg": cfg_scale,
-                "metric": a.metric, "reference": a.reference, "converges": converges}
+                "metric": a.metric, "reference": a.reference, "converges": converges,
+                "status": status}
         for point in POINTS:
             pts = [None if pd.isna(s) else int(s) for s in g[g.point == point].steps]
             agg = aggregate(pts)
@@ -220,10 +259,14 @@ def aggregate_points(cfg: Config, gp: pd.DataFrame, cells: pd.DataFrame) -> pd.D
                          "n_reached": agg["n_reached"], "steps_lo": agg["lo"],
                          "steps_hi": agg["hi"], "spread": agg["hi"] - agg["lo"]})
         rows.append({**base, "point": "does_not_converge", "steps": math.nan, "nfe": math.nan,
-                     "seconds": math.nan, "threshold": f"change_at_top>={a.nonconvergence_change}",
-                     "n_seeds": len(never), "n_reached": n_never, "steps_lo": math.nan,
-                     "steps_hi": math.nan, "spread": math.nan,
-                     "tail_ratio": float(g[g.point == "converged"].tail_ratio.median())})
+                     "seconds": math.nan,
+                     "threshold": "change_at_top>max(deterministic samplers' change_at_top, "
+                                  f"converged) (absolute {a.nonconvergence_change} without them)",
+                     "n_seeds": len(never), "n_reached": n_never, "n_settled": n_settled,
+                     "steps_lo": math.nan, "steps_hi": math.nan, "spread": math.nan,
+                     "top_change": float(conv_rows.top_change.median()),
+                     "baseline_change": float(conv_rows.baseline_change.median()),
+                     "tail_ratio": float(conv_rows.tail_ratio.median())})
     return pd.DataFrame(rows)
 
 
@@ -291,6 +334,12 @@ def limits_table(dist: pd.DataFrame, rates: pd.DataFrame, metric: str) -> pd.Dat
         med = top.groupby("reference").value.median()
         row = {"sampler": sampler, "schedule": schedule, "steps": int(g.steps.max()),
                "metric": metric, "closest": med.idxmin()}
+        r = rates[(rates.level == "all") & (rates.sampler == sampler)
+                  & (rates.schedule == schedule) & (rates.reference == row["closest"])
+                  & (rates.x == "nfe") & (rates.metric == metric)]
+        row["order_closest"] = float(r.order.iloc[0]) if len(r) else math.nan
+        row["order_closest_lo"] = float(-r.b_hi.iloc[0]) if len(r) else math.nan
+        row["order_closest_hi"] = float(-r.b_lo.iloc[0]) if len(r) else math.nan
         for ref, v in med.items():
             row[f"d_{ref}"] = float(v)
             r = rates[(rates.level == "all") & (rates.sampler == sampler)
@@ -303,11 +352,17 @@ def limits_table(dist: pd.DataFrame, rates: pd.DataFrame, metric: str) -> pd.Dat
 
 def calibration_table(cfg: Config, model, dist: pd.DataFrame, samples: np.ndarray,
                       df: pd.DataFrame) -> pd.DataFrame:
-    """Coherence heuristic vs the analytic model's ground truth (Mahalanobis/d to the
-    nearest component <= truth_mahalanobis), over every cell of the study."""
+    """Coherence heuristic vs the analytic model's ground truth, over every cell of the study:
+    coherent = Mahalanobis/d to the nearest component <= truth_mahalanobis (near a mode, no
+    residual noise) AND one picture holds >= truth_responsibility of the posterior at the
+    model's sigma_min (not a blend of two pictures). The configured thresholds come first
+    (``configured``), then a grid for context."""
     a = cfg.analysis
-    mahal = model.mahalanobis_per_dim(torch.from_numpy(samples).to(torch.float64))[0].numpy()
-    truth = mahal <= a.truth_mahalanobis
+    x = torch.from_numpy(samples).to(torch.float64)
+    mahal = model.mahalanobis_per_dim(x)[0].numpy()
+    uncond = model.encode_prompts(list(df.prompt), list(df.topic)).uncond
+    resp = model.responsibilities(x, model.sigma_min, uncond).max(1).values.numpy()
+    truth = (mahal <= a.truth_mahalanobis) & (resp >= a.truth_responsibility)
     d = dist[dist.metric == a.metric]
     nxt = d[d.reference == "next"].set_index("hash").value
     noise = dist[dist.metric == "noise"].set_index("hash").value.reindex(df.hash).to_numpy()
@@ -323,12 +378,14 @@ def calibration_table(cfg: Config, model, dist: pd.DataFrame, samples: np.ndarra
             tp, fp = int((pred & truth).sum()), int((pred & ~truth).sum())
             fn, tnn = int((~pred & truth).sum()), int((~pred & ~truth).sum())
             rows.append({"coherent_noise": tn, "coherent_change": tc,
-                         "truth_mahalanobis": a.truth_mahalanobis, "tp": tp, "fp": fp, "fn": fn,
+                         "truth_mahalanobis": a.truth_mahalanobis,
+                         "truth_responsibility": a.truth_responsibility, "tp": tp, "fp": fp, "fn": fn,
                          "tn": tnn, "accuracy": (tp + tnn) / len(df),
                          "precision": tp / (tp + fp) if tp + fp else math.nan,
                          "recall": tp / (tp + fn) if tp + fn else math.nan,
                          "configured": tn == a.coherent_noise and tc == a.coherent_change})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return pd.concat([out[out.configured], out[~out.configured]], ignore_index=True)
 
 
 def _write_csv(store: Store, name: str, df: pd.DataFrame) -> None:
@@ -348,8 +405,9 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
     gp = group_points(cfg, dist)
     kp = aggregate_points(cfg, gp, df)
     rates = compute_rates(cfg, dist)
+    lim = limits_table(dist, rates, a.metric) if model.name == "analytic" else pd.DataFrame()
     claims = evaluate_claims(kp, rates, dist, metric=a.metric, indicative=a.indicative,
-                             few_steps=a.few_steps)
+                             few_steps=a.few_steps, limits=lim)
     buf = io.BytesIO()
     dist.to_parquet(buf, index=False)
     atomic_write_bytes(store.root / "distances.parquet", buf.getvalue())
@@ -361,7 +419,10 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
         cal = calibration_table(cfg, model, dist, samples, df)
         _write_csv(store, "calibration.csv", cal)
         out["calibration"] = cal
-        lim = limits_table(dist, rates, a.metric)
+        c = cal.iloc[0]
+        notes.append(f"coherence calibration (configured thresholds vs ground truth): TP={c.tp} "
+                     f"FP={c.fp} FN={c.fn} TN={c.tn} precision={c.precision:.3f} "
+                     f"recall={c.recall:.3f}")
         if not lim.empty:
             _write_csv(store, "limits.csv", lim)
             out["limits"] = lim
@@ -374,10 +435,10 @@ def _print_summary(cfg: Config, store: Store, kp: pd.DataFrame, claims: pd.DataF
     a = cfg.analysis
     for n in notes:
         print(n)
-    t = kp[(kp.topic == "all") & kp.point.isin(POINTS)].pivot_table(
-        index=["sampler", "schedule"], columns="point", values="steps", aggfunc="first")
-    conv = kp[(kp.topic == "all")].groupby(["sampler", "schedule"]).converges.first()
-    t["converges"] = conv
+    t = kp[(kp.topic == "all") & kp.point.isin(POINTS)].set_index(
+        ["sampler", "schedule", "point"]).steps.unstack().reindex(columns=list(POINTS))
+    conv = kp[(kp.topic == "all")].groupby(["sampler", "schedule"]).status.first()
+    t["convergence"] = conv
     print(f"key points (median steps over seeds and topics; {a.metric} vs {a.reference}; "
           f"indicative<={a.indicative}, converged<={a.converged}):")
     print(t.to_string())

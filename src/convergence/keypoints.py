@@ -55,7 +55,8 @@ def tail_ratio(steps: Sequence[int], changes: Sequence[float]) -> float:
 def curve_points(steps: Sequence[int], distance: Sequence[float], change: Sequence[float],
                  noise: Sequence[float], *, indicative: float, converged: float,
                  coherent_noise: float, coherent_change: float,
-                 nonconvergence_change: float, lower_is_better: bool = True) -> dict:
+                 nonconvergence_change: float, baseline_change: float | None = None,
+                 lower_is_better: bool = True) -> dict:
     """Key points of one group.
 
     ``distance``: to the reference (NaN where the cell IS the reference: it is no evidence);
@@ -64,7 +65,14 @@ def curve_points(steps: Sequence[int], distance: Sequence[float], change: Sequen
     ``noise``, never the reference. ``does_not_converge`` is true when neither the
     converged point nor settling between neighbours is reached AND the change between the
     two largest step counts is still at least ``nonconvergence_change`` (the images keep
-    moving at the top of the sweep). ``tail_ratio`` is reported alongside.
+    moving at the top of the sweep). When ``baseline_change`` is given (the largest change
+    between the same two top step counts of the deterministic samplers on the same
+    prompt/seed/cfg, see :func:`deterministic_baseline`), the bar is that baseline instead
+    (never below ``converged``): a sampler "does not converge" when it still moves more at the
+    top of the sweep than every ODE solver, which converge pathwise by construction. An
+    absolute bar under-detects ancestral samplers whose fresh noise per step is small
+    (smooth pictures) and flags slow deterministic ones. ``settled`` is true when the changes
+    between neighbours settle below ``converged``. ``tail_ratio`` is reported alongside.
     """
     steps = list(steps)
     d = np.asarray(distance, dtype=np.float64)
@@ -78,9 +86,31 @@ def curve_points(steps: Sequence[int], distance: Sequence[float], change: Sequen
     ratio = tail_ratio(steps, change)
     order = np.argsort(np.asarray(steps))
     last = np.asarray(change, dtype=np.float64)[order][-1] if len(steps) else math.nan
-    never = conv is None and settled is None and bool(last >= nonconvergence_change)
+    if baseline_change is None or math.isnan(baseline_change):
+        moving = bool(last >= nonconvergence_change)
+    else:  # strictly more than every ODE solver (a deterministic sampler never beats itself)
+        moving = bool(last > max(float(baseline_change), converged))
+    never = conv is None and settled is None and moving
     return {"indicative": ind, "coherent": coh, "converged": conv,
-            "does_not_converge": bool(never), "tail_ratio": ratio}
+            "does_not_converge": bool(never), "settled": conv is not None or settled is not None,
+            "top_change": float(last), "tail_ratio": ratio}
+
+
+def deterministic_baseline(top_changes: dict[str, tuple[tuple[int, int], float]],
+                           deterministic: set[str]) -> dict[str, float]:
+    """Per sampler of one (prompt, seed, cfg): the largest top-of-sweep change of the
+    deterministic samplers that end at the same two step counts (NaN when there is none).
+
+    ``top_changes``: sampler -> ((second largest steps, largest steps), change between them).
+    Deterministic samplers are ODE solvers; their late-step change is what convergence looks
+    like on this picture at these step counts, so the bar adapts to hard pictures (where
+    every sampler still moves) and easy ones (where ancestral noise stands out)."""
+    out = {}
+    for s, (pair, _) in top_changes.items():
+        vals = [c for t, (p, c) in top_changes.items()
+                if t in deterministic and p == pair and not math.isnan(c)]
+        out[s] = max(vals) if vals else math.nan
+    return out
 
 
 def forward_changes(steps: Sequence[int], change_to_next: Sequence[float]) -> np.ndarray:
