@@ -373,7 +373,7 @@ def calibration_table(cfg: Config, model, dist: pd.DataFrame, samples: np.ndarra
     rows = []
     grid = sorted({a.coherent_noise, *np.round(np.quantile(noise, np.linspace(0.05, 0.95, 10)), 4)})
     for tn in grid:
-        for tc in sorted({a.coherent_change, 0.01, 0.02, 0.1}):
+        for tc in sorted({a.coherent_change, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3}):
             pred = (noise <= tn) & (change <= tc)
             tp, fp = int((pred & truth).sum()), int((pred & ~truth).sum())
             fn, tnn = int((~pred & truth).sum()), int((~pred & ~truth).sum())
@@ -383,6 +383,8 @@ def calibration_table(cfg: Config, model, dist: pd.DataFrame, samples: np.ndarra
                          "tn": tnn, "accuracy": (tp + tnn) / len(df),
                          "precision": tp / (tp + fp) if tp + fp else math.nan,
                          "recall": tp / (tp + fn) if tp + fn else math.nan,
+                         # mean of recall and specificity: robust to the class imbalance
+                         "balanced_accuracy": (tp / max(tp + fn, 1) + tnn / max(tnn + fp, 1)) / 2,
                          "configured": tn == a.coherent_noise and tc == a.coherent_change})
     out = pd.DataFrame(rows)
     return pd.concat([out[out.configured], out[~out.configured]], ignore_index=True)
