@@ -63,10 +63,9 @@ def _hydra_app(task: Callable):
     def app(dcfg: DictConfig) -> None:
         try:
             cfg = to_config(dcfg)
-            if cfg.model.name == "analytic":
-                # its matrices are small: one thread is as fast, and immune to contention
+            if cfg.threads:
                 import torch
-                torch.set_num_threads(1)
+                torch.set_num_threads(cfg.threads)
             task(cfg)
         except ConvergenceError as e:
             fail(str(e))

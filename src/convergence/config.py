@@ -141,6 +141,10 @@ class Config:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     results_dir: str = "results"
     progress: bool = True
+    #: CPU threads for torch (null = torch's default, one per core); 1 helps on a shared,
+    #: oversubscribed machine, where small matrix products lose more to contention than
+    #: they gain from threads
+    threads: Optional[int] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -188,6 +192,8 @@ def validate(cfg: Config) -> None:
         raise ConvergenceError(f"cfg scales must be > 0, got {list(cfg.cfg)}")
     if not cfg.schedules:
         raise ConvergenceError("the sweep has no schedules (schedules=[] is empty)")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConvergenceError(f"threads must be >= 1 (or null), got {cfg.threads}")
     if cfg.batch_size < 1:
         raise ConvergenceError(f"batch_size must be >= 1, got {cfg.batch_size}")
     for label, v in (("width", cfg.width), ("height", cfg.height)):
