@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from convergence.errors import ConvergenceError
 from convergence.models.base import Model
+from convergence.registry import Registry
 
 ModelFactory = Callable[..., Model]
-_MODELS: dict[str, ModelFactory] = {}
-
-
-def register_model(name: str):
-    def deco(factory: ModelFactory) -> ModelFactory:
-        _MODELS[name] = factory
-        return factory
-    return deco
+MODELS: Registry[ModelFactory] = Registry("model")
+register_model = MODELS.register
 
 
 @register_model("analytic")
@@ -32,9 +26,6 @@ def _diffusers(model_cfg, width: int, height: int) -> Model:
 
 def build_model(model_cfg, width: int, height: int) -> Model:
     """Build the configured model and check it can make images of this size."""
-    factory = _MODELS.get(model_cfg.name)
-    if factory is None:
-        raise ConvergenceError(f"unknown model {model_cfg.name!r}; known: {', '.join(_MODELS)}")
-    model = factory(model_cfg, width, height)
+    model = MODELS.get(model_cfg.name)(model_cfg, width, height)
     model.check_size(width, height)
     return model

@@ -15,20 +15,15 @@ from k_diffusion.external import DiscreteSchedule
 
 from convergence.errors import ConvergenceError
 from convergence.models.vp import sigmas_from_alphas_cumprod
+from convergence.registry import Registry
 
 ScheduleFn = Callable[[object, int], torch.Tensor]
-_SCHEDULES: dict[str, ScheduleFn] = {}
-
-
-def register_schedule(name: str):
-    def deco(fn: ScheduleFn) -> ScheduleFn:
-        _SCHEDULES[name] = fn
-        return fn
-    return deco
+SCHEDULES: Registry[ScheduleFn] = Registry("schedule")
+register_schedule = SCHEDULES.register
 
 
 def schedule_names() -> list[str]:
-    return [*_SCHEDULES, "native"]
+    return [*SCHEDULES.names(), "native"]
 
 
 def _discrete_sigmas(model) -> torch.Tensor:
@@ -78,7 +73,4 @@ def ddim_uniform(model, n: int) -> torch.Tensor:
 def get_sigmas(model, schedule: str, steps: int) -> torch.Tensor:
     if steps < 1:
         raise ConvergenceError(f"steps must be >= 1, got {steps}")
-    if schedule not in _SCHEDULES:
-        raise ConvergenceError(
-            f"unknown schedule {schedule!r}; known: {', '.join(schedule_names())}")
-    return _SCHEDULES[schedule](model, steps)
+    return SCHEDULES.get(schedule, extra_names=("native",))(model, steps)
