@@ -177,7 +177,8 @@ def claim_people_later(kp: pd.DataFrame) -> dict:
     meas = "median over deterministic samplers of the converged step (indicative if never converged)"
     if not _has(kp, "topic", "converges", "sampler", "point", "steps"):
         return _row(name, meas, "", UNTESTABLE, "no key points")
-    k = kp[(kp.topic != "all") & kp.converges.astype(bool)]
+    k = kp[(kp.topic != "all") & kp.converges.astype(bool)
+           & kp.sampler.map(lambda n: not _stochastic(n))]
     if k.empty or not set(PEOPLE) & set(k.topic) or not set(SCENES) & set(k.topic):
         return _row(name, meas, "", UNTESTABLE, "needs people/animals and nature/food topics")
 
@@ -211,3 +212,13 @@ def evaluate_claims(kp: pd.DataFrame, rates: pd.DataFrame, dist: pd.DataFrame, *
         claim_ddim_plms_towards_k(dist, metric, indicative),
         claim_people_later(kp),
     ])
+
+
+def _stochastic(name: str) -> bool:
+    """True for ancestral/SDE samplers (unknown names count as deterministic)."""
+    from convergence.errors import ConvergenceError
+    from convergence.samplers.registry import resolve_sampler
+    try:
+        return resolve_sampler(name).spec.stochastic
+    except ConvergenceError:
+        return False
