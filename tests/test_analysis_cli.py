@@ -4,21 +4,11 @@ files, columns, exact references, claims that degrade, missing cells."""
 import pandas as pd
 import pytest
 from conftest import run_cli
-
-from convergence.cli import main
+from inprocess import main_status as cli
 
 TINY = ["name=tiny", "samplers=[euler,heun]", "steps=[4,8,16,24]", "width=32", "height=32",
         "prompts=[{topic:food,text:burger,seed:1}]", "seeds_per_prompt=2", "progress=false",
         "analysis.metrics=[rmse,psnr,gmsd]", "analysis.bootstrap=5", "analysis.rate_min_steps=4"]
-
-
-def cli(*args: str) -> int:
-    """Run the CLI in-process; its exit status (0 when it returns)."""
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="session")

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
-from convergence.cli import main
+from inprocess import run_main
 
 SMALL = ["study=smoke", "samplers=[euler]", "steps=[4,8,16,24]", "seeds=[1,2]", "progress=false",
          "width=32", "height=32"]
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_two_cfg_scales_analyze_and_report(capsys, tmp_path):

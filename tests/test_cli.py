@@ -7,19 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from inprocess import run_main
 
-from convergence.cli import CONF_DIR, main
+from convergence.cli import CONF_DIR
 from convergence.config import register_configs, to_config
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("override,message", [
