@@ -1,7 +1,8 @@
 """References a cell is measured against: its group's highest step count, the next swept
 step count, another sampler's run, and on the analytic model the exact ODE limits.
 
-Exact limits (DESIGN §3.1): from the cell's own start x_T = noise(seed) * sigmas[0], the
+Exact limits (DESIGN §3.1): from the cell's own start x_T = noise(seed) * sigmas[0] (CompVis
+DDIM/PLMS: noise * sqrt(1 + sigmas[0]²), as they start), the
 probability-flow ODE solved to the schedule's smallest positive sigma, then
 - ``exact-denoised``: D(x(sigma_min)), where samplers whose last step is a denoise end;
 - ``exact-zero``: the ODE continued to sigma = 0;
@@ -33,9 +34,11 @@ def schedule_span(model, schedule: str, steps: int) -> tuple[float, float, bool]
     return float(s[0]), float(pos.min()), bool(s[-1] > 0)
 
 
-def _key(model_hash: str, row: dict, s0: float, smin: float, rtol: float, w: int, h: int) -> str:
+def _key(model_hash: str, row: dict, s0: float, smin: float, rtol: float, w: int, h: int,
+         start: float) -> str:
     payload = json.dumps({"m": model_hash, "p": row["prompt"], "t": row["topic"],
                           "seed": int(row["seed"]), "cfg": float(row["cfg"]), "s0": s0,
+                          "start": start,
                           "smin": smin, "rtol": rtol, "w": w, "h": h}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -48,16 +51,17 @@ def exact_limits(model: AnalyticModel, store: Store, rows: list[dict], rtol: flo
     todo: dict[tuple, list[tuple[int, str]]] = {}
     for i, r in enumerate(rows):
         s0, smin, stops = schedule_span(model, r["schedule"], int(r["steps"]))
-        key = _key(r["model_hash"], r, s0, smin, rtol, int(r["width"]), int(r["height"]))
+        start = start_scale(r["sampler"], s0)
+        key = _key(r["model_hash"], r, s0, smin, rtol, int(r["width"]), int(r["height"]), start)
         path = store.root / "exact" / f"{key}.npz"
         if path.exists():
             with np.load(path) as f:
                 out[i] = {k: f[k] for k in f.files}
         else:
-            todo.setdefault((s0, smin, float(r["cfg"]), stops), []).append((i, key))
+            todo.setdefault((s0, smin, float(r["cfg"]), stops, start), []).append((i, key))
         if out[i] is not None and not stops:
             out[i].pop("exact-end", None)
-    for (s0, smin, cfg_scale, stops), items in todo.items():
+    for (s0, smin, cfg_scale, stops, start), items in todo.items():
         unique: dict[str, int] = {}
         for i, key in items:
             unique.setdefault(key, i)
@@ -66,7 +70,7 @@ def exact_limits(model: AnalyticModel, store: Store, rows: list[dict], rtol: flo
             chunk = keys[start:start + batch_size]
             rr = [rows[unique[k]] for k in chunk]
             w, h = int(rr[0]["width"]), int(rr[0]["height"])
-            x0 = model.initial_noise([int(r["seed"]) for r in rr], w, h).to(torch.float64) * s0
+            x0 = model.initial_noise([int(r["seed"]) for r in rr], w, h).to(torch.float64) * start
             cond = model.encode_prompts([r["prompt"] for r in rr], [r["topic"] for r in rr])
             with torch.no_grad():
                 x_min = exact_solution(model, x0, s0, smin, cond, cfg_scale, rtol=rtol, atol=rtol)
@@ -82,6 +86,13 @@ def exact_limits(model: AnalyticModel, store: Store, rows: list[dict], rtol: flo
                     if key == k:
                         out[i] = {n: v for n, v in res.items() if stops or n != "exact-end"}
     return out  # type: ignore[return-value]
+
+
+def start_scale(sampler: str, s0: float) -> float:
+    """Initial noise scale of the sampler's own start: CompVis DDIM/PLMS start at
+    noise * sqrt(1 + sigma_0²) (samplers/compvis.py), every other at noise * sigma_0."""
+    from convergence.samplers.registry import resolve_sampler
+    return float(np.sqrt(1 + s0**2)) if resolve_sampler(sampler).spec.family == "compvis" else s0
 
 
 def _denoise(model, x, sigma, cond, cfg_scale):

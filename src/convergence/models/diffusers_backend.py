@@ -196,6 +196,7 @@ class DiffusersModel(Model):
         near = (t - t.round()).abs() < 1e-3
         return torch.where(near, t.round(), t).to(torch.float32)
 
+    @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         s = sigma.to(x.device, torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
         c_in = 1 / (s**2 + 1).sqrt()
