@@ -111,6 +111,9 @@ class ReportConfig:
     #: grid cell size in pixels: larger images are downscaled, smaller ones enlarged by
     #: whole pixels only (64 px -> 128 px)
     thumbnail: int = 128
+    #: longest side of the viewer's images (report/cells/): larger images are scaled
+    #: down to it once, smaller ones are linked as stored
+    viewer_size: int = 256
     #: frame the indicative / coherent / converged cells on the grids
     mark_keypoints: bool = True
     #: distance drawn and tabulated; null = the analysis' metric
