@@ -15,6 +15,7 @@ from convergence.config import Config
 from convergence.errors import ConvergenceError
 from convergence.models import build_model
 from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
+from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
@@ -102,7 +103,8 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(cells)})
+                                    "n_cells": len(cells),
+                                    "device_name": device_name(model.device)})
     start = time.perf_counter()
     plan = batches(todo, cfg.batch_size)
     with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
