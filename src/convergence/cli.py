@@ -56,6 +56,7 @@ def _hydra_app(task: Callable):
     from omegaconf import DictConfig
 
     from convergence.config import register_configs, to_config
+    from convergence.worker import assign_device
 
     register_configs()
 
@@ -63,6 +64,7 @@ def _hydra_app(task: Callable):
     def app(dcfg: DictConfig) -> None:
         try:
             cfg = to_config(dcfg)
+            cfg.model.device = assign_device(cfg.model.device)
             if cfg.threads:
                 import torch
                 torch.set_num_threads(cfg.threads)
