@@ -79,7 +79,8 @@ def test_report_writes_page_figures_and_tables(study):
         assert (report / "figures" / f"{stem}.png").is_file()
         assert (report / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
     for name in ("keypoints_indicative", "keypoints_coherent", "keypoints_converged", "speed",
-                 "cheapest", "batch_workflow", "rates", "claims", "cells"):
+                 "cheapest", "batch_workflow", "rates", "claims", "cells", "keypoints_guide",
+                 "speed_guide", "batch_recipes", "variety"):
         assert len(pd.read_csv(report / "tables" / f"{name}.csv")) > 0, name
     text = index.read_text()
     assert "http://" not in text and "https://" not in text  # nothing fetched from a network
@@ -262,8 +263,10 @@ def test_page_renders_in_headless_chromium(study, page, tmp_path):
     assert top.shape[:2] == (1000, 1400)
     assert top.std() > 20, "the page is blank"
     assert (top < 100).all(-1).mean() > 0.005, "no text on the page"
-    page.eval("document.querySelectorAll('details').forEach(d => d.open = true)")
-    page.eval("new Promise(r => setTimeout(r, 300))")  # lazy grid images of opened folds
+    # open every fold and load its lazy images now, as scrolling through the page would
+    page.eval("""document.querySelectorAll('details').forEach(d => d.open = true);
+        Promise.all([...document.querySelectorAll('img[loading=lazy]')].map(i => {
+            i.loading = 'eager'; return i.decode().catch(() => null); }))""")
     whole = np.asarray(Image.open(page.screenshot(tmp_path / "all.png", full_page=True)).convert("RGB"))
     grid = np.asarray(Image.open(sorted((root / "report" / "grids").glob("*.png"))[0]).convert("RGB"))
     # a patch of the first grid's first thumbnail row, labels and images: the grid loaded
