@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from convergence.errors import ConvergenceError
+from convergence.shard import parse_shard
 
 
 @dataclass
@@ -154,6 +155,9 @@ class Config:
     #: oversubscribed machine, where small matrix products lose more to contention than
     #: they gain from threads
     threads: Optional[int] = None
+    #: run only shard i of n ("i/n", cells split by hash; null = all cells): one launcher
+    #: job per shard, all writing into one study folder (docs/scale.md)
+    shard: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -239,6 +243,7 @@ def validate(cfg: Config) -> None:
         raise ConvergenceError("the sweep has no schedules (schedules=[] is empty)")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConvergenceError(f"threads must be >= 1 (or null), got {cfg.threads}")
+    parse_shard(cfg.shard)
     if cfg.batch_size < 1:
         raise ConvergenceError(f"batch_size must be >= 1, got {cfg.batch_size}")
     for label, v in (("width", cfg.width), ("height", cfg.height)):
