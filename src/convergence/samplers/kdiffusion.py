@@ -36,9 +36,11 @@ def _brownian(kfn):
     return run
 
 
-def _reg(name, fn, *, stochastic=False, aliases=(), a1111=None, description="",
+def _reg(name, fn, *, stochastic=False, aliases=(), a1111=None, invoke=None, description="",
          rows_independent=True):
-    scheduled = {}
+    """``invoke``: the InvokeAI 3/4 scheduler name; its ``_k`` form fixes Karras."""
+    scheduled = {f"{invoke}_k": _KARRAS} if invoke else {}
+    aliases = (*aliases, invoke) if invoke else aliases
     if a1111:
         scheduled[f"{a1111} Karras"] = _KARRAS
         scheduled[f"{a1111} Exponential"] = "exponential"
@@ -48,27 +50,31 @@ def _reg(name, fn, *, stochastic=False, aliases=(), a1111=None, description="",
                      rows_independent=rows_independent)(fn)
 
 
-_reg("euler", _plain(ks.sample_euler), aliases=("K_EULER",), a1111="Euler",
+_reg("euler", _plain(ks.sample_euler), aliases=("K_EULER",), a1111="Euler", invoke="euler",
      description="Euler (1st order, 1 NFE/step)")
 _reg("euler_ancestral", _ancestral(ks.sample_euler_ancestral), stochastic=True,
      aliases=("K_EULER_A",), a1111="Euler a", description="Euler ancestral (stochastic)")
-_reg("heun", _plain(ks.sample_heun), aliases=("K_HEUN",), a1111="Heun",
+_reg("heun", _plain(ks.sample_heun), aliases=("K_HEUN",), a1111="Heun", invoke="heun",
      description="Heun (2nd order, 2 NFE/step)")
-_reg("dpm_2", _plain(ks.sample_dpm_2), aliases=("K_DPM_2",), a1111="DPM2",
+_reg("dpm_2", _plain(ks.sample_dpm_2), aliases=("K_DPM_2",), a1111="DPM2", invoke="kdpm_2",
      description="DPM-2 (2nd order, 2 NFE/step)")
 _reg("dpm_2_ancestral", _ancestral(ks.sample_dpm_2_ancestral), stochastic=True,
-     aliases=("K_DPM_2_A",), a1111="DPM2 a", description="DPM-2 ancestral (stochastic)")
-_reg("lms", _plain(ks.sample_lms), aliases=("K_LMS",), a1111="LMS",
+     aliases=("K_DPM_2_A",), a1111="DPM2 a", invoke="kdpm_2_a", description="DPM-2 ancestral (stochastic)")
+_reg("lms", _plain(ks.sample_lms), aliases=("K_LMS",), a1111="LMS", invoke="lms",
      description="linear multistep, order 4")
 _reg("dpmpp_2s_ancestral", _ancestral(ks.sample_dpmpp_2s_ancestral), stochastic=True,
      a1111="DPM++ 2S a", description="DPM-Solver++(2S) ancestral (stochastic)")
 _reg("dpmpp_sde", _brownian(ks.sample_dpmpp_sde), stochastic=True, a1111="DPM++ SDE",
+     invoke="dpmpp_sde", aliases=("dpmpp_sde_gpu",),
      description="DPM-Solver++ SDE (stochastic, 2 NFE/step)")
-_reg("dpmpp_2m", _plain(ks.sample_dpmpp_2m), a1111="DPM++ 2M",
+_reg("dpmpp_2m", _plain(ks.sample_dpmpp_2m), a1111="DPM++ 2M", invoke="dpmpp_2m",
      description="DPM-Solver++(2M) (2nd order multistep)")
+# ComfyUI's *_gpu variants draw the same Brownian noise on the GPU: same method, aliases
 _reg("dpmpp_2m_sde", _brownian(ks.sample_dpmpp_2m_sde), stochastic=True, a1111="DPM++ 2M SDE",
+     invoke="dpmpp_2m_sde", aliases=("dpmpp_2m_sde_gpu",),
      description="DPM-Solver++(2M) SDE (stochastic)")
 _reg("dpmpp_3m_sde", _brownian(ks.sample_dpmpp_3m_sde), stochastic=True, a1111="DPM++ 3M SDE",
+     aliases=("dpmpp_3m_sde_gpu",),
      description="DPM-Solver++(3M) SDE (stochastic)")
 
 

@@ -110,7 +110,7 @@ def _load_builtin_and_plugins() -> None:
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    from convergence.samplers import compvis, kdiffusion  # noqa: F401  (registers)
+    from convergence.samplers import comfy_registry, compvis, kdiffusion  # noqa: F401  (registers)
     try:
         from convergence.samplers import diffusers_schedulers  # noqa: F401
     except ImportError:
