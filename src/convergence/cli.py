@@ -1,7 +1,9 @@
 """The ``convergence`` command: ``run``, ``analyze``, ``report``, ``samplers``.
 
-Entry points only parse and dispatch. Each subcommand is a Hydra app over ``conf/``, so
-every key can be overridden and ``--multirun`` sweeps work. User errors print one line
+Entry points only parse and dispatch. Each subcommand is a Hydra app over the configs
+shipped in the package (``pkg://convergence.conf``; ``CONVERGENCE_CONF=DIR`` replaces
+them), so every key can be overridden, ``--multirun`` sweeps work, and user studies outside
+the package come in through ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``. User errors print one line
 and exit with status 2, without a traceback.
 """
 
@@ -15,7 +17,30 @@ from pathlib import Path
 
 from convergence.errors import ConvergenceError
 
-CONF_DIR = Path(os.environ.get("CONVERGENCE_CONF", Path(__file__).resolve().parents[2] / "conf"))
+#: the package's own configs; found by Hydra as ``pkg://convergence.conf`` so a plain
+#: ``pip install`` works in any directory
+PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
+#: the configs in use: ``CONVERGENCE_CONF`` (a folder) replaces the package's
+CONF_DIR = Path(os.environ["CONVERGENCE_CONF"]) if os.environ.get("CONVERGENCE_CONF") else PACKAGE_CONF
+
+
+def config_path() -> str:
+    """Hydra's primary config path: the override folder, else the package's configs."""
+    override = os.environ.get("CONVERGENCE_CONF")
+    return str(Path(override).resolve()) if override else "pkg://convergence.conf"
+
+
+def _quiet_known_warnings() -> None:
+    """Installed on import, so launcher workers (which import this module to run a job)
+    are as quiet as the main process."""
+    # k-diffusion imports `clip`, which warns about pkg_resources on every start
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    # conf/hydra/launcher/*.yaml carry the plugins' names, so Hydra checks them against the
+    # plugins' schemas (wanted) and warns that it will stop doing so (they work either way)
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against")
+
+
+_quiet_known_warnings()
 
 
 def fail(message: str) -> None:
@@ -56,13 +81,15 @@ def _hydra_app(task: Callable):
     from omegaconf import DictConfig
 
     from convergence.config import register_configs, to_config
+    from convergence.worker import assign_device
 
     register_configs()
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=config_path(), config_name="config", version_base="1.3")
     def app(dcfg: DictConfig) -> None:
         try:
             cfg = to_config(dcfg)
+            cfg.model.device = assign_device(cfg.model.device)
             if cfg.threads:
                 import torch
                 torch.set_num_threads(cfg.threads)
@@ -99,8 +126,6 @@ examples:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # k-diffusion imports `clip`, which warns about pkg_resources on every start
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -19,6 +19,7 @@ from convergence.plan import Cell, batches, expand
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
 from convergence.samplers.schedules import get_sigmas
+from convergence.shard import select_shard
 from convergence.store import Store
 
 
@@ -97,12 +98,13 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
     Each finished batch is stored before the next starts, so an interrupted run resumes
     where it stopped and gives the same images as an uninterrupted one."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
-    cells = expand(cfg, model.name, model.fingerprint())
+    planned = expand(cfg, model.name, model.fingerprint())
+    cells = select_shard(planned, cfg.shard)
     store = Store(study_root(cfg))
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(cells)})
+                                    "n_cells": len(planned)})
     start = time.perf_counter()
     plan = batches(todo, cfg.batch_size)
     with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
