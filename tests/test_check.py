@@ -55,6 +55,7 @@ def test_broken_variants_fail_naming_the_regression(capsys, plugin_path, fn, mes
     assert message in out and "regression" in out
 
 
+@pytest.mark.slow
 def test_order_one_claimed_as_two_fails_through_the_plugin_route(capsys, plugin_path):
     code, out, err = _check(capsys, "--plugin", "my_midpoint_plugin", "euler_claimed_second")
     assert code == 1, out + err
@@ -79,6 +80,7 @@ def test_bad_input_exits_2_with_one_line(capsys, args, message):
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_baseline_round_trip_and_a_changed_image_fails(capsys, tmp_path):
     code, out, _ = run_main(capsys, "baseline", "save", "euler", "--dir", str(tmp_path))
     assert code == 0, out

@@ -201,7 +201,12 @@ def cmd_baseline(argv: list[str]) -> int:
         names = list(available_samplers())
     status = 0
     for name in names:
-        report = check_sampler(_sampler_arg(name))
+        try:
+            report = check_sampler(_sampler_arg(name))
+        except ConvergenceError as e:   # one bad sampler does not stop `all`
+            print(f"not saved: {name}: {e}")
+            status = 1
+            continue
         if not report.passed and not args.force:
             print(report.table())
             print(f"not saved: {report.summary()} (use --force to save anyway)")
