@@ -15,6 +15,7 @@ from convergence.config import Config
 from convergence.errors import ConvergenceError
 from convergence.models import build_model
 from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
+from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
@@ -79,6 +80,17 @@ def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
     return sample.to(torch.float32).numpy().astype(dtype)
 
 
+def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict:
+    """What the analysis needs to know about a cell without importing the samplers or
+    building a model: the sampler's family and stochasticity, and the sigma span the
+    exact references start and stop at (stored in each cell row)."""
+    spec = resolve_sampler(sampler).spec
+    s = get_sigmas(model, schedule, steps)
+    return {"family": spec.family, "stochastic": bool(spec.stochastic),
+            "sigma_start": float(s[0]), "sigma_min": float(s[s > 0].min()),
+            "stops_above_zero": bool(s[-1] > 0)}
+
+
 @dataclass
 class RunSummary:
     store: Store
@@ -105,7 +117,8 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(planned)})
+                                    "n_cells": len(planned),
+                                    "device_name": device_name(model.device)})
     start = time.perf_counter()
     plan = batches(todo, cfg.batch_size)
     with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
@@ -113,11 +126,12 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
         for batch in plan:
             res = sample_batch(model, batch, cfg.sampler_options)
             rows = []
+            meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
             for i, cell in enumerate(batch):
                 store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
                 store.write_image(cell.hash, res.images[i])
                 rows.append({
-                    "hash": cell.hash, **cell.__dict__, "nfe": res.nfe,
+                    "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
                     "model_evals": res.model_evals,
                     "seconds": res.seconds / len(batch),
                     "model_seconds": res.model_seconds / len(batch),
