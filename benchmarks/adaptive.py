@@ -1,7 +1,7 @@
 """Adaptive key-point search against a dense sweep of every step count, on the embedded model.
 
 Runs the same small study twice, into two fresh stores: (1) dense, every step count from 1 to
-``--top``, key points by the analysis (``analysis.compute_distances`` + ``group_points``,
+``--top``, key points by the analysis (``compute_distances`` + ``seed_points``,
 change to the next step count = to ``s + 1``); (2) ``search=adaptive`` over the coarse sweep
 1, 2, 4, ..., ``--top``. Prints, per curve (prompt × seed × sampler), whether each of the three
 key points agrees within ±1 step (not reached = not reached), then the share of curves where
@@ -27,7 +27,9 @@ import pandas as pd
 import torch
 
 from convergence.adaptive import run_adaptive
-from convergence.analysis import compute_distances, group_points
+from convergence.analysis.distances import compute_distances
+from convergence.analysis.inputs import load_cells
+from convergence.analysis.keypoints import seed_points
 from convergence.config import to_config
 from convergence.models.analytic import AnalyticModel
 from convergence.runner import run_study
@@ -38,15 +40,15 @@ KEY = ["topic", "seed", "sampler"]
 
 
 def dense_points(cfg, model) -> tuple[pd.DataFrame, float]:
-    """Per-curve key points of a dense sweep by the analysis, and its total NFE."""
-    summary = run_study(cfg, model)
-    df = summary.store.load()
-    samples = np.stack([summary.store.load_sample(h) for h in df.hash]).astype(np.float64)
+    """Per-curve key points of a dense sweep by the analysis' own stages (the
+    keypoints_seed table), and the sweep's total NFE."""
+    run_study(cfg, model)
     a = replace(cfg.analysis, references=["highest"], metrics=[cfg.analysis.metric],
                 image_references=[])
-    dist, _ = compute_distances(replace(cfg, analysis=a), model, summary.store, df,
-                                samples)
-    return group_points(replace(cfg, analysis=a), dist), float(df.nfe.sum())
+    store, cells = load_cells(cfg)
+    samples = np.stack([store.load_sample(h) for h in cells.hash]).astype(np.float64)
+    dist, _ = compute_distances(a, store, cells, samples)
+    return seed_points(a, dist, cells), float(cells.nfe.sum())
 
 
 def coarse_steps(top: int) -> list[int]:

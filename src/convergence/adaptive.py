@@ -7,7 +7,7 @@ study's own ``steps`` as a coarse sweep, then, per curve (model × prompt × see
 schedule × cfg), bisects over integer step counts between the last coarse step where a key
 point's condition fails and the first from which it holds, until every point is known to
 one step (or the curve's step budget ``search_budget`` is spent). A point's condition
-is decided by the analysis' own :func:`~convergence.keypoints.curve_points` at that step
+is decided by the analysis' own :func:`~convergence.analysis.keypoints.curve_points` at that step
 count, with the dense sweep's meaning of "the change to the next step count": the change
 from ``s`` to ``s + 1``, so step ``s + 1`` is run only where that change can decide the
 point. Bisection assumes a condition that, once it holds, keeps holding at larger step
@@ -31,18 +31,18 @@ import numpy as np
 import pandas as pd
 
 from convergence import metrics as M
+from convergence.analysis.distances import noise_estimate
+from convergence.analysis.keypoints import POINTS, curve_points, earliest_from_which
+from convergence.analysis.tables import GROUP
 from convergence.config import AnalysisConfig, Config
 from convergence.errors import ConvergenceError
-from convergence.keypoints import curve_points, earliest_from_which
 from convergence.models import build_model
 from convergence.models.base import Model
 from convergence.plan import Cell, expand
 from convergence.runner import RunSummary, run_study, study_root
 from convergence.store import Store, atomic_write_bytes
 
-POINTS = ("indicative", "coherent", "converged")
 TABLE = "keypoints_adaptive.csv"
-GROUP = ["model", "topic", "prompt", "seed", "sampler", "schedule", "cfg"]
 
 
 @dataclass
@@ -153,7 +153,6 @@ def _crossing(lo: int, hi: int, top: int, d_lo: float, d_hi: float, thr: float) 
 
 def _measure(curve: Curve, new: set[int], store: Store, a: AnalysisConfig) -> None:
     """Distance, noise and change to ``s + 1`` of the newly run step counts."""
-    from convergence.analysis import noise_estimate
     for s in new:
         curve.samples[s] = store.load_sample(curve.cell(s).hash).astype(np.float64)[None]
     ref = curve.samples[curve.top]
@@ -201,6 +200,10 @@ def run_adaptive(cfg: Config, model: Model | None = None) -> RunSummary:
     if cfg.shard is not None:
         raise ConvergenceError("search=adaptive needs whole curves and shard= splits them by cell; "
                                "split an adaptive study by prompts, seeds or samplers instead")
+    if cfg.analysis.reference != "highest":
+        raise ConvergenceError(f"search=adaptive measures each curve against its largest step "
+                               f"count (analysis.reference=highest), not "
+                               f"{cfg.analysis.reference!r}")
     if len(set(cfg.steps)) < 2:
         raise ConvergenceError(f"search=adaptive needs at least two step counts (a coarse sweep), "
                                f"got steps={list(cfg.steps)}")
@@ -221,29 +224,30 @@ def run_adaptive(cfg: Config, model: Model | None = None) -> RunSummary:
 
     found = refine(curves, coarse, cfg.analysis, budget, run_and_measure)
     run_study(cfg, model, only=set())  # runs nothing; records the study's own config
-    table = points_table(curves, found, store)
+    table = points_table(curves, found, store, cfg.analysis)
     atomic_write_bytes(store.root / TABLE, table.to_csv(index=False).encode())
     cells = [c.cell(s) for c in curves for s in sorted(c.distance)]
     return RunSummary(store, cells, ran, len(cells) - ran, time.perf_counter() - start)
 
 
-def points_table(curves: list[Curve], found: list[dict[str, tuple]], store: Store) -> pd.DataFrame:
-    """One row per curve and key point, in the analysis' per-seed layout plus the search's
-    own columns: ``known_to`` (bracket width, steps), probes and their NFE."""
-    rows_by_hash = store.load().set_index("hash")
+def points_table(curves: list[Curve], found: list[dict[str, tuple]], store: Store,
+                 a: AnalysisConfig) -> pd.DataFrame:
+    """One row per curve and key point: the analysis' per-seed columns (keypoints_seed)
+    that a sparse search defines, plus ``search``, ``known_to`` (bracket width in steps:
+    1 = exact, 0 = the lowest step count), the curve's probes and their NFE."""
+    stored = store.load().set_index("hash")
     rows = []
     for curve, points in zip(curves, found, strict=True):
-        hashes = [curve.cell(s).hash for s in sorted(curve.distance)]
-        nfe = rows_by_hash.nfe.reindex(hashes)
-        per_steps = dict(zip(sorted(curve.distance), nfe, strict=True))
+        steps = sorted(curve.distance)
+        cells = stored.reindex([curve.cell(s).hash for s in steps]).set_index(pd.Index(steps))
         base = {k: getattr(curve.template, k) for k in GROUP}
         for point in POINTS:
             s, width = points.get(point, (None, 0))
-            rows.append({**base, "point": point, "steps": s,
-                         "nfe": per_steps.get(s, math.nan) if s else math.nan,
-                         "search": "adaptive", "known_to": width,
-                         "probes": len(hashes), "probe_steps": int(sum(curve.distance)),
-                         "probe_nfe": float(nfe.sum())})
+            rows.append({**base, "metric": a.metric, "reference": "highest", "point": point,
+                         "steps": s, "nfe": cells.nfe.get(s, math.nan) if s else math.nan,
+                         "seconds": cells.seconds.get(s, math.nan) if s else math.nan,
+                         "search": "adaptive", "known_to": width, "probes": len(steps),
+                         "probe_steps": int(sum(steps)), "probe_nfe": float(cells.nfe.sum())})
     return pd.DataFrame(rows)
 
 
