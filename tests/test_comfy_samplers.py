@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from convergence.analysis.rates import fit_power
+from convergence.analysis.references import denoise
 from convergence.metrics import rmse
 from convergence.models.analytic import exact_solution
 from convergence.models.base import GuidedDenoiser
 from convergence.plan import Cell
-from convergence.rates import fit_power
-from convergence.references import _denoise, schedule_span
-from convergence.runner import sample_batch
+from convergence.runner import cell_metadata, sample_batch
 from convergence.samplers import integrators as itg
 from convergence.samplers.comfy import sample_euler_cfg_pp
 from convergence.samplers.registry import available_samplers, resolve_sampler
@@ -38,11 +38,12 @@ def test_measured_nfe_equals_the_claim(model32, name):
 def exact_denoised(model32):
     """D(x(sigma_min)) of the exact ODE from each seed's start (the Karras schedule's
     sigma_max and sigma_min do not depend on the step count)."""
-    s0, smin, _ = schedule_span(model32, "karras", 8)
+    m = cell_metadata(model32, "euler", "karras", 8)
+    s0, smin = m["sigma_start"], m["sigma_min"]
     x0 = model32.initial_noise(SEEDS, 32, 32).double() * s0
     cond = model32.encode_prompts(["p"] * len(SEEDS), ["food"] * len(SEEDS))
     x_min = exact_solution(model32, x0, s0, smin, cond, 1.0)
-    return _denoise(model32, x_min, smin, cond, 1.0).numpy()
+    return denoise(model32, x_min, smin, cond, 1.0).numpy()
 
 
 # Step ranges where successive doublings' slopes have settled within 0.3 of the claim

@@ -15,6 +15,7 @@ from convergence.config import Config
 from convergence.errors import ConvergenceError
 from convergence.models import build_model
 from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
+from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
@@ -79,6 +80,17 @@ def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
     return sample.to(torch.float32).numpy().astype(dtype)
 
 
+def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict:
+    """What the analysis needs to know about a cell without importing the samplers or
+    building a model: the sampler's family and stochasticity, and the sigma span the
+    exact references start and stop at (stored in each cell row)."""
+    spec = resolve_sampler(sampler).spec
+    s = get_sigmas(model, schedule, steps)
+    return {"family": spec.family, "stochastic": bool(spec.stochastic),
+            "sigma_start": float(s[0]), "sigma_min": float(s[s > 0].min()),
+            "stops_above_zero": bool(s[-1] > 0)}
+
+
 @dataclass
 class RunSummary:
     store: Store
@@ -92,19 +104,21 @@ def study_root(cfg: Config) -> Path:
     return Path(cfg.results_dir) / cfg.name
 
 
-def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
+def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = None) -> RunSummary:
     """Plan the study, skip cells already in the store, run the rest batch by batch.
 
     Each finished batch is stored before the next starts, so an interrupted run resumes
-    where it stopped and gives the same images as an uninterrupted one."""
+    where it stopped and gives the same images as an uninterrupted one. ``only``: run just
+    these cell hashes of the plan (the adaptive search's probes, adaptive.py)."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     planned = expand(cfg, model.name, model.fingerprint())
-    cells = select_shard(planned, cfg.shard)
+    cells = [c for c in select_shard(planned, cfg.shard) if only is None or c.hash in only]
     store = Store(study_root(cfg))
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(planned)})
+                                    "n_cells": len(planned),
+                                    "device_name": device_name(model.device)})
     start = time.perf_counter()
     plan = batches(todo, cfg.batch_size)
     with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
@@ -112,11 +126,12 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
         for batch in plan:
             res = sample_batch(model, batch, cfg.sampler_options)
             rows = []
+            meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
             for i, cell in enumerate(batch):
                 store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
                 store.write_image(cell.hash, res.images[i])
                 rows.append({
-                    "hash": cell.hash, **cell.__dict__, "nfe": res.nfe,
+                    "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
                     "model_evals": res.model_evals,
                     "seconds": res.seconds / len(batch),
                     "model_seconds": res.model_seconds / len(batch),
