@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convergence.analysis.references import denoise
 from convergence.metrics import rmse
 from convergence.models.analytic import AnalyticModel, exact_solution
 from convergence.plan import Cell
-from convergence.references import _denoise, schedule_span
-from convergence.runner import sample_batch
+from convergence.runner import cell_metadata, sample_batch
 from convergence.samplers.integrators import NoiseScale
 from convergence.samplers.registry import available_samplers
 
@@ -94,10 +94,11 @@ def stability() -> list[str]:
 
 def orders(steps: list[int]) -> list[str]:
     model = AnalyticModel(32, 32)
-    s0, smin, _ = schedule_span(model, "karras", steps[0])
+    span = cell_metadata(model, "euler", "karras", steps[0])
+    s0, smin = span["sigma_start"], span["sigma_min"]
     x0 = model.initial_noise(SEEDS, 32, 32).double() * s0
     cond = model.encode_prompts(["p"] * len(SEEDS), ["food"] * len(SEEDS))
-    limit = _denoise(model, exact_solution(model, x0, s0, smin, cond, 1.0), smin, cond,
+    limit = denoise(model, exact_solution(model, x0, s0, smin, cond, 1.0), smin, cond,
                      1.0).numpy()
     lines = [f"# comfy_orders: analytic 32x32, karras, cfg 1, seeds {SEEDS}, vs exact-denoised",
              "sampler (claim) | NFE | rmse (median over seeds) | local slopes per doubling"]
