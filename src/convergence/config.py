@@ -6,6 +6,7 @@ sentence naming the bad value.
 
 from __future__ import annotations
 
+from dataclasses import MISSING as MISSING_FACTORY
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -110,6 +111,9 @@ class ReportConfig:
     #: grid cell size in pixels: larger images are downscaled, smaller ones enlarged by
     #: whole pixels only (64 px -> 128 px)
     thumbnail: int = 128
+    #: longest side of the viewer's images (report/cells/): larger images are scaled
+    #: down to it once, smaller ones are linked as stored
+    viewer_size: int = 256
     #: frame the indicative / coherent / converged cells on the grids
     mark_keypoints: bool = True
     #: distance drawn and tabulated; null = the analysis' metric
@@ -129,9 +133,14 @@ class Config:
     #: seeds for every prompt; null = each prompt's own seed, + (seeds_per_prompt - 1) more
     seeds: Optional[list[int]] = None
     seeds_per_prompt: int = 1
-    samplers: list[str] = field(default_factory=list)
-    #: schedules axis; "native" = each sampler's home schedule
-    schedules: list[str] = field(default_factory=lambda: ["native"])
+    #: sampler names (any spelling `convergence samplers` lists) or Hydra nodes
+    #: ``{_target_: pkg.module.fn, name: ..., order: ..., **options}`` (docs/plugins.md)
+    samplers: list[Any] = field(default_factory=list)
+    #: schedules axis; "native" = each sampler's home schedule; names or ``_target_`` nodes
+    schedules: list[Any] = field(default_factory=lambda: ["native"])
+    #: modules imported before anything else: they register samplers, schedules, metrics,
+    #: models (docs/plugins.md)
+    plugins: list[str] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     cfg: list[float] = field(default_factory=lambda: [7.5])
     width: int = 64
@@ -159,12 +168,48 @@ def register_configs() -> None:
 
 
 def to_config(cfg: DictConfig | dict) -> Config:
-    """Hydra's DictConfig (or a plain dict, for tests) -> a validated Config."""
+    """Hydra's DictConfig (or a plain dict, for tests) -> a validated Config.
+
+    Imports the ``plugins`` first, then registers ``_target_`` samplers and schedules and
+    replaces them by their names, so every later stage sees plain names."""
+    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    check_keys(OmegaConf.to_container(raw, resolve=False), Config)
     base = OmegaConf.structured(Config)
     merged = OmegaConf.merge(base, cfg)
     obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _load_plugins(obj)
     validate(obj)
     return obj
+
+
+def check_keys(node: Any, schema: type, where: str = "") -> None:
+    """Unknown keys are an error naming the key and the close valid ones (Hydra lets
+    ``+key=value`` add any key; a typo must not be silently ignored)."""
+    import difflib
+    from dataclasses import fields, is_dataclass
+    if not isinstance(node, dict):
+        return
+    known = {f.name: f for f in fields(schema)}
+    for key, value in node.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(known)}"
+            raise ConvergenceError(f"unknown config key {where + str(key)!r}; {hint}")
+        sub = known[key].default_factory if known[key].default_factory is not MISSING_FACTORY else None
+        if sub is not None and is_dataclass(sub):
+            check_keys(value, sub, f"{where}{key}.")
+
+
+def _load_plugins(cfg: Config) -> None:
+    if cfg.plugins:
+        from convergence.registry import import_plugins
+        import_plugins(cfg.plugins)
+    if any(not isinstance(s, str) for s in cfg.samplers):
+        from convergence.samplers.registry import sampler_from_target
+        cfg.samplers = [s if isinstance(s, str) else sampler_from_target(s) for s in cfg.samplers]
+    if any(not isinstance(s, str) for s in cfg.schedules):
+        from convergence.samplers.schedules import canonical_schedule
+        cfg.schedules = [s if isinstance(s, str) else canonical_schedule(s) for s in cfg.schedules]
 
 
 def validate(cfg: Config) -> None:

@@ -30,6 +30,7 @@ from convergence.report.tables import (
     rates_table,
     speed_table,
 )
+from convergence.report.viewer import script_json, viewer_data, write_cell_images
 
 __all__ = ["write_report", "build_report", "load_study", "StudyData", "curve_figure",
            "grid_specs", "grid_tiles", "render_grid", "keypoint_tables", "speed_table",
@@ -43,6 +44,8 @@ def check_report_config(rc: ReportConfig) -> None:
     """Reject settings that would draw nothing or nonsense, naming the value."""
     if rc.thumbnail < 16:
         raise ConvergenceError(f"report.thumbnail must be >= 16 pixels, got {rc.thumbnail}")
+    if rc.viewer_size < 16:
+        raise ConvergenceError(f"report.viewer_size must be >= 16 pixels, got {rc.viewer_size}")
     if rc.max_grid_columns < 1 or rc.max_grid_rows < 1:
         raise ConvergenceError("report.max_grid_columns and report.max_grid_rows must be >= 1")
     if rc.batch_candidates < 1 or not 0 <= rc.batch_refined <= rc.batch_candidates:
@@ -62,7 +65,7 @@ def build_report(root: Path | str, rc: ReportConfig | None = None,
     check_report_config(rc)
     study = load_study(root, rc.metric)
     out = Path(out_dir) if out_dir else study.root / "report"
-    for sub in ("grids", "figures", "tables"):  # no stale files from an earlier, larger study
+    for sub in ("grids", "figures", "tables", "cells"):  # no stale files from an earlier, larger study
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
 
@@ -84,16 +87,18 @@ def build_report(root: Path | str, rc: ReportConfig | None = None,
     grids = _grid_context(study, write_grids(study, out / "grids", thumb=rc.thumbnail,
                                              max_columns=rc.max_grid_columns,
                                              max_rows=rc.max_grid_rows, mark=rc.mark_keypoints), out)
+    viewer = _viewer_context(study, out, rc)
     page = render(
         name=study.name, description=study.study.get("config", {}).get("description", ""),
         summary=_summary(study), metric=study.metric, reference=study.reference,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
-        speed=speed, batch=batch, rates=rates, curves=curves, grids=grids,
+        speed=speed, batch=batch, rates=rates, curves=curves, grids=grids, viewer=viewer,
         batch_best=_batch_best(batch), n=rc.batch_candidates, k=rc.batch_refined,
         verdict_col=list(claims.shown.columns).index("verdict") if claims is not None
         and "verdict" in claims.shown.columns else -1,
-        files=sorted(rel(p, out) for p in out.rglob("*") if p.is_file() and p.name != "index.html"))
+        files=sorted(rel(p, out) for p in out.rglob("*")
+                     if p.is_file() and p.name != "index.html" and p.parent.name != "cells"))
     index = out / "index.html"
     tmp = index.with_suffix(".tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -117,6 +122,18 @@ def _grid_context(study: StudyData, written, out: Path) -> list[dict]:
                     "width": min(PAGE_WIDTH, Image.open(p).width)} for p in paths]
         (t["first"] if (spec.seed, spec.cfg) == t["key"] else t["more"]).extend(entries)
     return [by_topic[t] for t in study.topics if t in by_topic]
+
+
+def _viewer_context(study: StudyData, out: Path, rc: ReportConfig) -> dict:
+    """The viewer's JSON and legend; its images go to report/cells/."""
+    images = write_cell_images(study, out / "cells", rc.viewer_size)
+    data = viewer_data(study, images)
+    native = int(max(study.cells["width"].max(), study.cells["height"].max()))
+    data |= {"thumb": rc.thumbnail, "view": max(rc.viewer_size, rc.thumbnail),
+             "frameWidth": max(2, rc.thumbnail // 32),
+             "pixelated": native <= min(rc.viewer_size, rc.thumbnail)}
+    return {"json": script_json(data), "colours": data["colours"],
+            "marks_note": "median over seeds, on the first swept step at or after it"}
 
 
 def _summary(study: StudyData) -> str:

@@ -157,7 +157,9 @@ def _t_to_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _make_adapter(variant: SchedulerVariant):
-    def sample(model, x, sigmas, extra_args, ctx, callback=None):
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, context=None):
+        ctx = context
+        extra_args = extra_args or {}
         scheduler = build_scheduler(variant, ctx)
         try:
             scheduler.set_timesteps(ctx.steps, device=x.device)
@@ -194,9 +196,16 @@ def _make_adapter(variant: SchedulerVariant):
     return sample
 
 
+#: two model calls per step but the last (their final step to sigma = 0 is first order)
+TWO_STAGE = {"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"}
+#: PLMS: one extra call on the first step
+FIRST_EXTRA = {"PNDMScheduler"}
+
 for _v in VARIANTS:
-    register_sampler(_v.name, family="diffusers", stochastic=_v.stochastic,
+    register_sampler(_v.name, _make_adapter(_v), family="diffusers", stochastic=_v.stochastic,
                      native_schedule="discrete", aliases=_v.aliases,
-                     description=_v.description)(_make_adapter(_v))
+                     description=_v.description,
+                     nfe_per_step=2 if _v.name in TWO_STAGE else 1,
+                     nfe_offset=-1 if _v.name in TWO_STAGE else int(_v.name in FIRST_EXTRA))
 for _k, _d in EQUIVALENTS.items():
     register_equivalent(_k, _d)

@@ -15,15 +15,28 @@ from k_diffusion.external import DiscreteSchedule
 
 from convergence.errors import ConvergenceError
 from convergence.models.vp import sigmas_from_alphas_cumprod
-from convergence.registry import Registry
+from convergence.registry import Registry, normalize
 
 ScheduleFn = Callable[[object, int], torch.Tensor]
-SCHEDULES: Registry[ScheduleFn] = Registry("schedule")
+#: ``fn(model, steps) -> steps + 1 sigmas``; third parties add to it through the
+#: ``convergence.schedules`` entry-point group, plugins or a ``_target_`` (docs/plugins.md)
+SCHEDULES: Registry[ScheduleFn] = Registry("schedule", group="convergence.schedules")
 register_schedule = SCHEDULES.register
+NATIVE = "native"
 
 
 def schedule_names() -> list[str]:
-    return [*SCHEDULES.names(), "native"]
+    return [*SCHEDULES.names(), NATIVE]
+
+
+def canonical_schedule(name) -> str:
+    """The registered name of any spelling ("Karras" -> "karras"), "native", or the name
+    a ``{_target_: ...}`` mapping was registered under; a ConvergenceError otherwise."""
+    if not isinstance(name, str):
+        return SCHEDULES.from_target(name)
+    if normalize(name) == NATIVE:
+        return NATIVE
+    return SCHEDULES.canonical(name, extra_names=(NATIVE,))
 
 
 def _discrete_sigmas(model) -> torch.Tensor:
@@ -73,4 +86,8 @@ def ddim_uniform(model, n: int) -> torch.Tensor:
 def get_sigmas(model, schedule: str, steps: int) -> torch.Tensor:
     if steps < 1:
         raise ConvergenceError(f"steps must be >= 1, got {steps}")
-    return SCHEDULES.get(schedule, extra_names=("native",))(model, steps)
+    sigmas = SCHEDULES.get(schedule, extra_names=(NATIVE,))(model, steps)
+    if len(sigmas) != steps + 1:
+        raise ConvergenceError(f"schedule {schedule!r} returned {len(sigmas)} sigmas for "
+                               f"steps={steps}; a schedule returns steps + 1")
+    return torch.as_tensor(sigmas).double().cpu()
