@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,15 +123,23 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
     start = time.perf_counter()
     budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
     gatherer = Gatherer(model.denoise, budget)
+    # files are written by one writer thread while the next model calls run (the writes
+    # wait on the disk, not the CPU); a failed write stops the run at the next batch
     with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
-              disable=not cfg.progress) as bar:
+              disable=not cfg.progress) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="convergence-store") as writer:
+        writes: list[Future] = []
 
         def store_batch(job: Job, res: BatchResult, ledger: Ledger) -> None:
-            batch = job.payload
-            store_rows(store, model, batch, res, ledger, budget)
-            bar.update(len(batch))
+            for f in writes:
+                if f.done():
+                    f.result()
+            writes.append(writer.submit(store_rows, store, model, job.payload, res, ledger, budget))
+            bar.update(len(job.payload))
 
         stats = gatherer.run(_jobs(model, batches(todo, budget), cfg.sampler_options), store_batch)
+        for f in writes:
+            f.result()
     seconds = time.perf_counter() - start
     if todo:
         record_run(store, {
