@@ -22,7 +22,7 @@ def test_bench_prints_the_three_ratios(study_config, model32):
                        batch_size=16)
     lines = bench(cfg, model32, repeats=1)
     text = "\n".join(lines)
-    assert "device: CPU" in text and "torch " in text and "k-diffusion " in text
+    assert "torch thread(s) (cpu" in text and "torch " in text and "k-diffusion " in text
     assert "16 rows per call" in text
     for name in ("harness/floor", "loop/harness", "harness/direct"):
         assert _ratio(lines, name) > 0

@@ -33,6 +33,7 @@ from convergence.config import Config
 from convergence.errors import ConvergenceError
 from convergence.models import build_model
 from convergence.models.base import GuidedDenoiser, Model
+from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand, rows_per_cell
 from convergence.runner import load_runs, run_study, sample_batch
 from convergence.samplers.noise import CellNoise
@@ -40,18 +41,6 @@ from convergence.samplers.registry import SamplingContext, resolve_sampler
 from convergence.samplers.schedules import get_sigmas
 
 LIBRARIES = ("torch", "k-diffusion", "diffusers", "numpy", "transformers")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s)"
 
 
 def versions() -> str:
@@ -163,7 +152,8 @@ def bench(cfg: Config, model: Model | None = None, loop_cells: int | None = None
     budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
     lines = [f"# convergence bench: study {cfg.name}, model {model.name}, {cfg.width}x{cfg.height}, "
              f"{len(cells)} cells, batch_size={cfg.batch_size} -> {budget} rows per call",
-             f"# device: {device_name(model.device)} ({model.device}, {model.dtype})",
+             f"# device: {device_name(model.device)}, {torch.get_num_threads()} torch thread(s) "
+             f"({model.device}, {model.dtype})",
              f"# versions: {versions()}"]
     floor_rows = floor(model, cells, max(budget, 1), repeats)
     best_rows, best = min(floor_rows, key=lambda r: r[1])

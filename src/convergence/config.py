@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from convergence.errors import ConvergenceError
+from convergence.shard import parse_shard
 
 
 @dataclass
@@ -50,12 +51,13 @@ class ModelConfig:
 class AnalysisConfig:
     """Thresholds and choices of the analysis; rationale in docs/analysis.md."""
 
-    #: metric of the key points (rmse: model-space floats, [-1, 1] pixel scale)
-    metric: str = "rmse"
+    #: metric of the key points: rel_rmse = rmse of the model-space floats divided by the
+    #: reference's own std (independent of brightness and contrast; docs/analysis.md)
+    metric: str = "rel_rmse"
     #: metrics written to distances.parquet ("lpips" only when its weights are cached;
     #: "flip" is opt-in: one library call per pair, ~8 ms each at 64x64 on one core)
-    metrics: list[str] = field(default_factory=lambda: ["rmse", "mse", "psnr", "ssim", "haarpsi",
-                                                        "gmsd"])
+    metrics: list[str] = field(default_factory=lambda: ["rel_rmse", "rmse", "mse", "psnr", "ssim",
+                                                        "haarpsi", "gmsd"])
     #: references: "highest" (group's highest steps), "SAMPLER@STEPS" (cross-sampler),
     #: "exact" (analytic model: exact-denoised, exact-zero, exact-end limits; skipped with a
     #: one-line note on models without an exact solution). Exact limits are what rates and
@@ -67,19 +69,22 @@ class AnalysisConfig:
     #: image metrics (psnr, ssim, haarpsi, gmsd, flip, lpips) are computed against these
     #: references only (FLIP costs ~30 ms a pair on a CPU); model-space metrics against all
     image_references: list[str] = field(default_factory=lambda: ["highest"])
-    #: indicative: distance to the reference at most this (rmse 0.05 ~ 6/255 RMS)
-    indicative: float = 0.05
-    #: converged: distance to the reference at most this (one 8-bit level, 2/255)
-    converged: float = 0.0078
-    #: coherent: residual-noise estimate at most this ...
-    coherent_noise: float = 0.25
-    #: ... and change to the next swept step count at most this (metric of the key points).
-    #: Both calibrated on the analytic model's ground truth (docs/analysis.md: best balanced
-    #: accuracy with the change bound still a small change, <= 0.2 ~ 25/255 RMS)
-    coherent_change: float = 0.2
-    #: "does not converge": not converged, never settled, and the change between the two
-    #: largest swept step counts is still at least this (the image keeps moving)
-    nonconvergence_change: float = 0.05
+    #: Thresholds are in units of the metric (rel_rmse: fractions of the reference's own
+    #: std). indicative: distance to the reference at most this (0.1: on a picture of the
+    #: default study's median contrast, std 0.55 in [-1, 1], that is ~7/255 RMS)
+    indicative: float = 0.1
+    #: converged: distance to the reference at most this (0.015: ~1 8-bit level, 2/255, at
+    #: median contrast) ...
+    converged: float = 0.015
+    #: coherent: residual-noise estimate (relative to the image's own std) at most this ...
+    coherent_noise: float = 0.4
+    #: ... and change to the next swept step count at most this. Both calibrated on the
+    #: analytic model's ground truth (docs/analysis.md: best balanced accuracy with the
+    #: change bound still a small change, <= 0.4 of the picture's std)
+    coherent_change: float = 0.4
+    #: "does not converge" without deterministic samplers in the study: not converged,
+    #: never settled, and the change between the two largest swept step counts at least this
+    nonconvergence_change: float = 0.1
     #: ground truth of coherence on the analytic model: Mahalanobis/d to the nearest
     #: component at most this (a clean sample scores ~1, sigma_min-level grain ~3) ...
     truth_mahalanobis: float = 4.0
@@ -156,6 +161,9 @@ class Config:
     #: oversubscribed machine, where small matrix products lose more to contention than
     #: they gain from threads
     threads: Optional[int] = None
+    #: run only shard i of n ("i/n", cells split by hash; null = all cells): one launcher
+    #: job per shard, all writing into one study folder (docs/scale.md)
+    shard: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -241,6 +249,7 @@ def validate(cfg: Config) -> None:
         raise ConvergenceError("the sweep has no schedules (schedules=[] is empty)")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConvergenceError(f"threads must be >= 1 (or null), got {cfg.threads}")
+    parse_shard(cfg.shard)
     from convergence.budget import parse_batch_size
     parse_batch_size(cfg.batch_size)
     for label, v in (("width", cfg.width), ("height", cfg.height)):

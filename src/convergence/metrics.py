@@ -97,6 +97,17 @@ def rmse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.sqrt(mse(x, ref))
 
 
+@register_metric("rel_rmse", space="sample",
+                 description="rmse divided by the reference's own standard deviation")
+def rel_rmse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """RMSE in units of the reference's variation (std over all its values): unchanged by
+    any brightness/contrast change a*x + b of both pictures, and the same definition in
+    pixel and in latent space, so one set of thresholds serves the analytic and real
+    models (docs/analysis.md)."""
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    return rmse(x, ref) / np.maximum(r.std(1), 1e-12)
+
+
 # -- images -----------------------------------------------------------------------------
 def _to_unit_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1]."""

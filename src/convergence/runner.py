@@ -27,10 +27,12 @@ from convergence.models.base import (
     Model,
     NonFiniteSample,
 )
+from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand, rows_per_cell
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
 from convergence.samplers.schedules import get_sigmas
+from convergence.shard import select_shard
 from convergence.store import Store
 
 
@@ -94,6 +96,17 @@ def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
     return sample.to(torch.float32).numpy().astype(dtype)
 
 
+def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict:
+    """What the analysis needs to know about a cell without importing the samplers or
+    building a model: the sampler's family and stochasticity, and the sigma span the
+    exact references start and stop at (stored in each cell row)."""
+    spec = resolve_sampler(sampler).spec
+    s = get_sigmas(model, schedule, steps)
+    return {"family": spec.family, "stochastic": bool(spec.stochastic),
+            "sigma_start": float(s[0]), "sigma_min": float(s[s > 0].min()),
+            "stops_above_zero": bool(s[-1] > 0)}
+
+
 @dataclass
 class RunSummary:
     store: Store
@@ -114,12 +127,14 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
     budget (``batch_size``); each finished group is stored at once, so an interrupted run
     resumes where it stopped and gives the same images as an uninterrupted one."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
-    cells = expand(cfg, model.name, model.fingerprint())
+    planned = expand(cfg, model.name, model.fingerprint())
+    cells = select_shard(planned, cfg.shard)
     store = Store(study_root(cfg))
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(cells)})
+                                    "n_cells": len(planned),
+                                    "device_name": device_name(model.device)})
     start = time.perf_counter()
     budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
     gatherer = Gatherer(model.denoise, budget)
@@ -169,11 +184,12 @@ def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, 
                budget: int) -> None:
     """Write a finished batch: sample, image and one table row per cell."""
     rows = []
+    meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
     for i, cell in enumerate(batch):
         store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
         store.write_image(cell.hash, res.images[i])
         rows.append({
-            "hash": cell.hash, **cell.__dict__, "nfe": res.nfe,
+            "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
             "model_evals": res.model_evals,
             "seconds": ledger.seconds / len(batch),
             "model_seconds": ledger.model_seconds / len(batch),

@@ -18,6 +18,7 @@ from convergence.errors import ConvergenceError
 from convergence.report.curves import curve_figure, write_curves
 from convergence.report.data import StudyData, load_study
 from convergence.report.grids import grid_specs, grid_tiles, render_grid, write_grids
+from convergence.report.guide import batch_recipes, keypoints_guide_layout, speed_vs_guide
 from convergence.report.html import render
 from convergence.report.tables import (
     _fmt_num,
@@ -30,6 +31,7 @@ from convergence.report.tables import (
     rates_table,
     speed_table,
 )
+from convergence.report.variety import variety_table
 from convergence.report.viewer import script_json, viewer_data, write_cell_images
 
 __all__ = ["write_report", "build_report", "load_study", "StudyData", "curve_figure",
@@ -75,7 +77,12 @@ def build_report(root: Path | str, rc: ReportConfig | None = None,
     batch = batch_workflow(study, rc.batch_candidates, rc.batch_refined)
     rates = rates_table(study)
     claims = claims_table(study)
-    tables = [*kp_tables, speed, cheapest, batch, *(t for t in (rates, claims) if t is not None)]
+    guide_kp = keypoints_guide_layout(study)
+    speed_guide = speed_vs_guide(study)
+    recipes = batch_recipes(study, batch, rc.batch_candidates, rc.batch_refined)
+    variety = variety_table(study)
+    tables = [*kp_tables, speed, cheapest, batch, guide_kp, speed_guide, recipes,
+              *(t for t in (rates, claims, variety) if t is not None)]
     for t in tables:
         t.data.to_csv(out / "tables" / f"{t.key}.csv", index=False)
     study.cells.drop(columns=[c for c in ("sample",) if c in study.cells]).to_csv(
@@ -94,6 +101,7 @@ def build_report(root: Path | str, rc: ReportConfig | None = None,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
         speed=speed, batch=batch, rates=rates, curves=curves, grids=grids, viewer=viewer,
+        guide_kp=guide_kp, speed_guide=speed_guide, recipes=recipes, variety=variety,
         batch_best=_batch_best(batch), n=rc.batch_candidates, k=rc.batch_refined,
         verdict_col=list(claims.shown.columns).index("verdict") if claims is not None
         and "verdict" in claims.shown.columns else -1,
@@ -160,6 +168,6 @@ def _warnings(study: StudyData) -> list[str]:
 def _batch_best(batch) -> list[dict]:
     best = batch_headline(batch)
     return [{"topic": "all topics" if r.topic == "all" else r.topic, "sampler": r.sampler, "ind": _fmt_steps(r.indicative_steps),
-             "conv": _fmt_steps(r.converged_steps), "A": _fmt_num(r.A_seconds),
-             "B": _fmt_num(r.B_seconds), "sp_s": _fmt_num(r.speedup_seconds, 2) + "×",
+             "conv": _fmt_steps(r.converged_steps), "A": f"{r.A_nfe:,.0f}",
+             "B": f"{r.B_nfe:,.0f}", "sp_s": _fmt_num(r.speedup_seconds, 2) + "×",
              "sp_n": _fmt_num(r.speedup_nfe, 2) + "×"} for r in best.itertuples()]

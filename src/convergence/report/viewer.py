@@ -22,6 +22,7 @@ from PIL import Image
 
 from convergence.report.data import POINTS, StudyData
 from convergence.report.grids import POINT_COLOURS, grid_specs, keypoint_marks
+from convergence.report.guide import is_real_model
 
 #: longest side (pixels) of a viewer image; smaller images are linked as stored (exact
 #: pixels, drawn without smoothing), larger ones are scaled down once to this size
@@ -140,20 +141,13 @@ def viewer_data(study: StudyData, images: dict[str, str], cells_dir: str = "cell
                           "prompt": spec.prompt, "cells": grid, "marks": marks})
         topics.append({"name": str(topic), "steps": steps, "views": views,
                        "rows": [[sa, sc] for sa, sc in rows]})
-    real = _is_real_model(study)
+    real = is_real_model(study)
     return {"metric": study.metric, "refs": refs,
             "refLabels": labels,
             "points": list(POINTS),
             "colours": {p: "rgb({},{},{})".format(*POINT_COLOURS[p]) for p in POINTS},
             "secondsLabel": "s per image" if real else "s (this model on this machine)",
             "topics": topics}
-
-
-def _is_real_model(study: StudyData) -> bool:
-    """Whether the cells come from a real network (seconds then mean something outside
-    this machine's Python overhead) rather than the embedded analytic model."""
-    models = set(study.cells.get("model", pd.Series(dtype=str)).astype(str))
-    return bool(models) and models != {"analytic"}
 
 
 def script_json(data: dict) -> Markup:

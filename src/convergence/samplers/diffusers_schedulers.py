@@ -50,7 +50,7 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
     SchedulerVariant("DDIMScheduler", "DDIMScheduler",
                      description="diffusers DDIM (eta = 0), 1 NFE/step"),
     SchedulerVariant("PNDMScheduler", "PNDMScheduler", {"skip_prk_steps": True},
-                     aliases=("PLMSScheduler",),
+                     aliases=("PLMSScheduler", "pndm"),
                      description="diffusers PNDM with skip_prk_steps (PLMS), as SD ships it"),
     SchedulerVariant("DDPMScheduler", "DDPMScheduler", {}, True, ("ddpm", "DDPM"),
                      "diffusers DDPM (ancestral, stochastic)"),
@@ -75,7 +75,7 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
                      ("DPMSolverMultistepSDEScheduler",),
                      "diffusers DPM-Solver++(2M) SDE (stochastic)"),
     SchedulerVariant("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
-                     {"algorithm_type": "dpmsolver++", "solver_order": 2},
+                     {"algorithm_type": "dpmsolver++", "solver_order": 2}, aliases=("dpmpp_2s",),
                      description="diffusers DPM-Solver++ single-step, order 2"),
     SchedulerVariant("UniPCMultistepScheduler", "UniPCMultistepScheduler",
                      {"solver_type": "bh2"}, aliases=("uni_pc_bh2", "UniPC bh2"),
@@ -85,9 +85,25 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
                      description="diffusers UniPC, B(h) = bh1 (ComfyUI uni_pc, A1111 UniPC); ends at "
                      "sigma_min: its bh1 update is NaN on a last step to sigma = 0"),
     SchedulerVariant("DEISMultistepScheduler", "DEISMultistepScheduler", {},
-                     aliases=("deis", "DEIS"), description="diffusers DEIS multistep, order 2"),
+                     description="diffusers DEIS multistep, order 2 (ComfyUI's `deis` is the "
+                     "k-diffusion-form one in samplers/comfy.py)"),
     SchedulerVariant("LCMScheduler", "LCMScheduler", {}, True, ("lcm", "LCM"),
                      "diffusers LCM (for LCM-distilled models; stochastic between steps)"),
+    SchedulerVariant("TCDScheduler", "TCDScheduler", {}, True, ("tcd", "TCD"),
+                     "diffusers TCD (for TCD-distilled models; gamma = 0.3 re-noises)"),
+    SchedulerVariant("DPMSolverMultistepScheduler_3M", "DPMSolverMultistepScheduler",
+                     {"algorithm_type": "dpmsolver++", "solver_order": 3}, aliases=("dpmpp_3m",),
+                     description="diffusers DPM-Solver++(3M) (InvokeAI dpmpp_3m)"),
+    # InvokeAI's *_k names of methods only diffusers has: its Karras sigmas
+    *(SchedulerVariant(f"{cls}_karras", base, {**over, "use_karras_sigmas": True},
+                       aliases=(invoke,), description=f"{cls} with Karras sigmas (InvokeAI {invoke})")
+      for cls, base, over, invoke in (
+          ("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
+           {"algorithm_type": "dpmsolver++", "solver_order": 2}, "dpmpp_2s_k"),
+          ("DPMSolverMultistepScheduler_3M", "DPMSolverMultistepScheduler",
+           {"algorithm_type": "dpmsolver++", "solver_order": 3}, "dpmpp_3m_k"),
+          ("UniPCMultistepScheduler", "UniPCMultistepScheduler", {"solver_type": "bh2"},
+           "unipc_k"))),
 )
 
 #: the same method in the k-diffusion / CompVis family -> its diffusers scheduler; used by
@@ -97,7 +113,7 @@ EQUIVALENTS = {
     "euler_ancestral": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
     "dpm_2": "KDPM2DiscreteScheduler", "dpm_2_ancestral": "KDPM2AncestralDiscreteScheduler",
     "lms": "LMSDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE",
+    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE", "deis": "DEISMultistepScheduler",
 }
 
 

@@ -16,8 +16,10 @@ from convergence.samplers.registry import register_sampler
 _KARRAS = "karras"
 
 
-def _reg(name, fn, *, a1111=None, aliases=(), **meta):
-    scheduled = {}
+def _reg(name, fn, *, a1111=None, invoke=None, aliases=(), **meta):
+    """``invoke``: the InvokeAI 3/4 scheduler name; its ``_k`` form fixes Karras."""
+    scheduled = {f"{invoke}_k": _KARRAS} if invoke else {}
+    aliases = (*aliases, invoke) if invoke else aliases
     if a1111:
         scheduled[f"{a1111} Karras"] = _KARRAS
         scheduled[f"{a1111} Exponential"] = "exponential"
@@ -26,31 +28,33 @@ def _reg(name, fn, *, a1111=None, aliases=(), **meta):
                      scheduled_aliases=scheduled, **meta)
 
 
-_reg("euler", ks.sample_euler, aliases=("K_EULER",), a1111="Euler", order=1,
+_reg("euler", ks.sample_euler, aliases=("K_EULER",), a1111="Euler", order=1, invoke="euler",
      description="Euler (1st order, 1 NFE/step)")
 _reg("euler_ancestral", ks.sample_euler_ancestral, stochastic=True,
      aliases=("K_EULER_A",), a1111="Euler a", description="Euler ancestral (stochastic)")
 _reg("heun", ks.sample_heun, aliases=("K_HEUN",), a1111="Heun", order=2, nfe_per_step=2,
-     nfe_offset=-1, description="Heun (2nd order, 2 NFE/step)")
+     nfe_offset=-1, invoke="heun", description="Heun (2nd order, 2 NFE/step)")
 _reg("dpm_2", ks.sample_dpm_2, aliases=("K_DPM_2",), a1111="DPM2", order=2, nfe_per_step=2,
-     nfe_offset=-1, description="DPM-2 (2nd order, 2 NFE/step)")
+     nfe_offset=-1, invoke="kdpm_2", description="DPM-2 (2nd order, 2 NFE/step)")
 _reg("dpm_2_ancestral", ks.sample_dpm_2_ancestral, stochastic=True, nfe_per_step=2,
-     nfe_offset=-1, aliases=("K_DPM_2_A",), a1111="DPM2 a",
+     nfe_offset=-1, aliases=("K_DPM_2_A",), a1111="DPM2 a", invoke="kdpm_2_a",
      description="DPM-2 ancestral (stochastic)")
 # linear multistep of order 4, but its first step is an Euler step (local error O(h^2))
 # and the next two have orders 2 and 3, so the global error is O(h^2) (measured: README)
-_reg("lms", ks.sample_lms, aliases=("K_LMS",), a1111="LMS", order=2,
+_reg("lms", ks.sample_lms, aliases=("K_LMS",), a1111="LMS", order=2, invoke="lms",
      description="linear multistep, order 4 after a lower-order start")
 _reg("dpmpp_2s_ancestral", ks.sample_dpmpp_2s_ancestral, stochastic=True, nfe_per_step=2,
      nfe_offset=-1, a1111="DPM++ 2S a", description="DPM-Solver++(2S) ancestral (stochastic)")
 _reg("dpmpp_sde", ks.sample_dpmpp_sde, stochastic=True, noise="brownian", nfe_per_step=2,
-     nfe_offset=-1, a1111="DPM++ SDE", description="DPM-Solver++ SDE (stochastic, 2 NFE/step)")
-_reg("dpmpp_2m", ks.sample_dpmpp_2m, a1111="DPM++ 2M", order=2,
+     nfe_offset=-1, a1111="DPM++ SDE", invoke="dpmpp_sde", aliases=("dpmpp_sde_gpu",),
+     description="DPM-Solver++ SDE (stochastic, 2 NFE/step)")
+_reg("dpmpp_2m", ks.sample_dpmpp_2m, a1111="DPM++ 2M", order=2, invoke="dpmpp_2m",
      description="DPM-Solver++(2M) (2nd order multistep)")
+# ComfyUI's *_gpu variants draw the same Brownian noise on the GPU: the same method
 _reg("dpmpp_2m_sde", ks.sample_dpmpp_2m_sde, stochastic=True, noise="brownian",
-     a1111="DPM++ 2M SDE", description="DPM-Solver++(2M) SDE (stochastic)")
+     invoke="dpmpp_2m_sde", aliases=("dpmpp_2m_sde_gpu",), a1111="DPM++ 2M SDE", description="DPM-Solver++(2M) SDE (stochastic)")
 _reg("dpmpp_3m_sde", ks.sample_dpmpp_3m_sde, stochastic=True, noise="brownian",
-     a1111="DPM++ 3M SDE", description="DPM-Solver++(3M) SDE (stochastic)")
+     aliases=("dpmpp_3m_sde_gpu",), a1111="DPM++ 3M SDE", description="DPM-Solver++(3M) SDE (stochastic)")
 
 
 def _positive(sigmas):

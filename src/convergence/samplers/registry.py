@@ -164,6 +164,7 @@ def _check_spec(spec: SamplerSpec) -> None:
 SAMPLERS: Registry[SamplerSpec] = Registry(
     "sampler", group="convergence.samplers",
     builtins=("convergence.samplers.compvis", "convergence.samplers.kdiffusion",
+              "convergence.samplers.comfy_registry",
               "convergence.samplers.diffusers_schedulers"),
     wrap=make_spec)
 #: names that also fix the schedule (A1111's "DPM++ 2M Karras") -> (sampler, schedule)
