@@ -55,7 +55,12 @@ SIZES = {
 
 def build(size: str, work: Path):
     """The pipeline of ``size`` with random weights (fixed torch seed)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     spec = SIZES[size]

@@ -50,6 +50,8 @@ def fail(message: str) -> None:
 
 def cmd_run(cfg) -> None:
     from convergence.runner import run_study
+    if cfg.search == "adaptive":
+        from convergence.adaptive import run_adaptive as run_study
     summary = run_study(cfg)
     print(f"ran {summary.ran} cells, {summary.skipped} already stored, in {summary.seconds:.1f}s "
           f"-> {summary.store.table_path}")

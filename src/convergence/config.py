@@ -164,6 +164,12 @@ class Config:
     #: run only shard i of n ("i/n", cells split by hash; null = all cells): one launcher
     #: job per shard, all writing into one study folder (docs/scale.md)
     shard: Optional[str] = None
+    #: "grid": run every swept step count; "adaptive": the steps are a coarse sweep, then
+    #: each key point is bisected to one step per curve (docs/scale.md)
+    search: str = "grid"
+    #: adaptive search: at most this many sampler steps per curve (null = until every key
+    #: point is known to one step)
+    search_budget: Optional[int] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -250,6 +256,10 @@ def validate(cfg: Config) -> None:
     if cfg.threads is not None and cfg.threads < 1:
         raise ConvergenceError(f"threads must be >= 1 (or null), got {cfg.threads}")
     parse_shard(cfg.shard)
+    if cfg.search not in ("grid", "adaptive"):
+        raise ConvergenceError(f"search={cfg.search!r} is not a search; use grid or adaptive")
+    if cfg.search_budget is not None and cfg.search_budget < 1:
+        raise ConvergenceError(f"search_budget must be >= 1 (or null), got {cfg.search_budget}")
     from convergence.budget import parse_batch_size
     parse_batch_size(cfg.batch_size)
     for label, v in (("width", cfg.width), ("height", cfg.height)):

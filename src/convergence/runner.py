@@ -120,15 +120,16 @@ def study_root(cfg: Config) -> Path:
     return Path(cfg.results_dir) / cfg.name
 
 
-def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
+def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = None) -> RunSummary:
     """Plan the study, skip cells already in the store, run the rest.
 
     The groups of cells run side by side, their model calls gathered up to the row
     budget (``batch_size``); each finished group is stored at once, so an interrupted run
-    resumes where it stopped and gives the same images as an uninterrupted one."""
+    resumes where it stopped and gives the same images as an uninterrupted one. ``only``:
+    run just these cell hashes of the plan (the adaptive search's probes, adaptive.py)."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     planned = expand(cfg, model.name, model.fingerprint())
-    cells = select_shard(planned, cfg.shard)
+    cells = [c for c in select_shard(planned, cfg.shard) if only is None or c.hash in only]
     store = Store(study_root(cfg))
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
