@@ -50,6 +50,8 @@ def fail(message: str) -> None:
 
 def cmd_run(cfg) -> None:
     from convergence.runner import run_study
+    if cfg.search == "adaptive":
+        from convergence.adaptive import run_adaptive as run_study
     summary = run_study(cfg)
     print(f"ran {summary.ran} cells, {summary.skipped} already stored, in {summary.seconds:.1f}s "
           f"-> {summary.store.table_path}")
@@ -98,6 +100,29 @@ def _hydra_app(task: Callable):
             fail(str(e))
 
     return app
+
+
+def compose_config(overrides: list[str]):
+    """A validated Config from Hydra overrides without a Hydra app (``convergence bench``)."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from convergence.config import register_configs, to_config
+
+    register_configs()
+    override = os.environ.get("CONVERGENCE_CONF")
+    init = (initialize_config_dir(str(Path(override).resolve()), version_base="1.3") if override
+            else initialize_config_module("convergence.conf", version_base="1.3"))
+    try:
+        with init:
+            cfg = to_config(compose("config", overrides=list(overrides)))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConvergenceError(str(e).strip().splitlines()[0]) from None
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+    return cfg
 
 
 def list_samplers() -> None:
@@ -218,13 +243,14 @@ def cmd_baseline(argv: list[str]) -> int:
     return status
 
 
-USAGE = """usage: convergence {run,analyze,report,all,samplers,check,baseline} [options]
+USAGE = """usage: convergence {run,analyze,report,all,samplers,bench,check,baseline} [options]
 
   run       generate the study's images into results/<name>/
   analyze   distances, key points, rates and the guide's claims
   report    grids, curves, tables and results/<name>/report/index.html
   all       run + analyze + report
   samplers  list samplers (claims, aliases) and schedules
+  bench     the study's speed vs the device's floor, a per-cell and a direct loop (ratios)
   check     check a sampler against its claims and baseline (exit 1 on a regression)
   baseline  `baseline save SAMPLER|all`: store what `check` measures
 
@@ -257,6 +283,10 @@ def main(argv: list[str] | None = None) -> None:
     if cmd == "samplers":
         list_samplers()
         return
+    if cmd == "bench":
+        from convergence.bench import main as bench_main
+        bench_main(rest)
+        return
     if cmd in PLAIN:
         torch_threads_from_env()
         try:
@@ -265,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
             fail(str(e))
         sys.exit(code)
     if cmd not in COMMANDS:
-        fail(f"unknown command {cmd!r}; use one of: {', '.join([*COMMANDS, 'samplers', *PLAIN])}")
+        fail(f"unknown command {cmd!r}; use one of: "
+             f"{', '.join([*COMMANDS, 'samplers', 'bench', *PLAIN])}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.argv = [f"convergence-{cmd}", *rest]
     _hydra_app(COMMANDS[cmd])()
