@@ -203,6 +203,7 @@
     if (b) showTip(b);
   });
   grid.addEventListener("focusout", hideTip);
+  document.addEventListener("keydown", function (e) { if (e.key === "Escape") hideTip(); });
   grid.addEventListener("click", function (e) {  // a cell becomes pane A at its step count
     var b = e.target.closest("button.v-cell");
     if (!b) return;
