@@ -137,7 +137,8 @@ def _viewer_context(study: StudyData, out: Path, rc: ReportConfig) -> dict:
     images = write_cell_images(study, out / "cells", rc.viewer_size)
     data = viewer_data(study, images)
     native = int(max(study.cells["width"].max(), study.cells["height"].max()))
-    data |= {"thumb": rc.thumbnail, "view": max(rc.viewer_size, rc.thumbnail),
+    data |= {"thumb": rc.thumbnail, "minThumb": min(rc.thumbnail, 48),
+             "view": max(rc.viewer_size, rc.thumbnail),
              "frameWidth": max(2, rc.thumbnail // 32),
              "pixelated": native <= min(rc.viewer_size, rc.thumbnail)}
     return {"json": script_json(data), "colours": data["colours"], "marks_note": _marks_note(study)}
