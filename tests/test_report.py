@@ -399,8 +399,8 @@ def test_report_of_the_real_analysis(tmp_path):
     import json
 
     from convergence.report.grids import keypoint_marks
-    data = json.loads((re.search(
-        r'<script type="application/json" id="viewer-data">(.*?)</script>', text, re.S).group(1)))
+    data = json.loads(re.search(
+        r'<script type="application/json" id="viewer-data">(.*?)</script>', text, re.S).group(1))
     specs = {(g.topic, g.seed): g for g in grid_specs(s)}
     assert s.keypoints_seed is not None and "the frames follow the seed shown" in text
     for topic in data["topics"]:
