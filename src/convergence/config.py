@@ -45,6 +45,9 @@ class ModelConfig:
     #: for diffusers models: use the k-diffusion sampler ("k-diffusion") or the diffusers
     #: scheduler ("diffusers") when a sampler name exists in both
     sampler_backend: str = "k-diffusion"
+    #: compiled model calls (torch.compile; CUDA graphs on CUDA) on row buckets; off until
+    #: a GPU measurement shows a gain (docs/batching.md)
+    compile: bool = False
 
 
 @dataclass
