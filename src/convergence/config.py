@@ -150,7 +150,9 @@ class Config:
     cfg: list[float] = field(default_factory=lambda: [7.5])
     width: int = 64
     height: int = 64
-    batch_size: int = 16
+    #: rows per model call (CFG rows included) that the runner gathers from all cells
+    #: running side by side; "auto" sizes it from free device memory (docs/batching.md)
+    batch_size: Any = "auto"
     #: extra keyword options passed to samplers (e.g. rtol for dpm_adaptive)
     sampler_options: dict[str, Any] = field(default_factory=dict)
     results_dir: str = "results"
@@ -258,8 +260,8 @@ def validate(cfg: Config) -> None:
         raise ConvergenceError(f"search={cfg.search!r} is not a search; use grid or adaptive")
     if cfg.search_budget is not None and cfg.search_budget < 1:
         raise ConvergenceError(f"search_budget must be >= 1 (or null), got {cfg.search_budget}")
-    if cfg.batch_size < 1:
-        raise ConvergenceError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    from convergence.budget import parse_batch_size
+    parse_batch_size(cfg.batch_size)
     for label, v in (("width", cfg.width), ("height", cfg.height)):
         if v < 8 or v % 8:
             raise ConvergenceError(f"{label}={v} is not a positive multiple of 8")
