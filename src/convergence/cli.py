@@ -50,6 +50,8 @@ def fail(message: str) -> None:
 
 def cmd_run(cfg) -> None:
     from convergence.runner import run_study
+    if cfg.search == "adaptive":
+        from convergence.adaptive import run_adaptive as run_study
     summary = run_study(cfg)
     print(f"ran {summary.ran} cells, {summary.skipped} already stored, in {summary.seconds:.1f}s "
           f"-> {summary.store.table_path}")
@@ -100,6 +102,29 @@ def _hydra_app(task: Callable):
     return app
 
 
+def compose_config(overrides: list[str]):
+    """A validated Config from Hydra overrides without a Hydra app (``convergence bench``)."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from convergence.config import register_configs, to_config
+
+    register_configs()
+    override = os.environ.get("CONVERGENCE_CONF")
+    init = (initialize_config_dir(str(Path(override).resolve()), version_base="1.3") if override
+            else initialize_config_module("convergence.conf", version_base="1.3"))
+    try:
+        with init:
+            cfg = to_config(compose("config", overrides=list(overrides)))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConvergenceError(str(e).strip().splitlines()[0]) from None
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
 def list_samplers() -> None:
     from convergence.samplers.registry import available_samplers
     from convergence.samplers.schedules import schedule_names
@@ -110,13 +135,14 @@ def list_samplers() -> None:
     print("schedules:", ", ".join(schedule_names()))
 
 
-USAGE = """usage: convergence {run,analyze,report,all,samplers} [hydra overrides]
+USAGE = """usage: convergence {run,analyze,report,all,samplers,bench} [hydra overrides]
 
   run       generate the study's images into results/<name>/
   analyze   distances, key points, rates and the guide's claims
   report    grids, curves, tables and results/<name>/report/index.html
   all       run + analyze + report
   samplers  list samplers, aliases and schedules
+  bench     the study's speed vs the device's floor, a per-cell and a direct loop (ratios)
 
 examples:
   convergence run samplers=[euler,heun] steps=[4,8,16] seeds=[1,2]
@@ -134,8 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     if cmd == "samplers":
         list_samplers()
         return
+    if cmd == "bench":
+        from convergence.bench import main as bench_main
+        bench_main(rest)
+        return
     if cmd not in COMMANDS:
-        fail(f"unknown command {cmd!r}; use one of: {', '.join([*COMMANDS, 'samplers'])}")
+        fail(f"unknown command {cmd!r}; use one of: {', '.join([*COMMANDS, 'samplers', 'bench'])}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.argv = [f"convergence-{cmd}", *rest]
     _hydra_app(COMMANDS[cmd])()

@@ -1,21 +1,34 @@
-"""Execute cells: one batched sampler run per group of cells that share sigmas, with
-NFE counting, timing, resume from the store and a progress bar."""
+"""Execute cells: one sampler run per group of cells that share sigmas, the groups side
+by side with their model calls gathered into one (``convergence.gather``), with NFE
+counting, timing, call statistics, resume from the store and a progress bar."""
 
 from __future__ import annotations
 
+import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from convergence.budget import row_budget
 from convergence.config import Config
 from convergence.errors import ConvergenceError
+from convergence.gather import Gatherer, Job, Ledger
 from convergence.models import build_model
-from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
-from convergence.plan import Cell, batches, expand
+from convergence.models.base import (
+    CountingDenoiser,
+    DenoiseCall,
+    GuidedDenoiser,
+    Model,
+    NonFiniteSample,
+)
+from convergence.models.device import device_name
+from convergence.plan import Cell, batches, expand, rows_per_cell
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
 from convergence.samplers.schedules import get_sigmas
@@ -38,8 +51,12 @@ def describe(cell: Cell) -> str:
             f"steps={cell.steps}, seed={cell.seed}, topic={cell.topic}, cfg={cell.cfg})")
 
 
-def sample_batch(model: Model, cells: list[Cell], options: dict | None = None) -> BatchResult:
-    """Run one batch of cells that share sampler, schedule, steps, cfg and size."""
+def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
+                 call: DenoiseCall | None = None) -> BatchResult:
+    """Run one batch of cells that share sampler, schedule, steps, cfg and size.
+
+    ``call`` evaluates the model rows (``model.denoise`` unless a gatherer merges them
+    with other batches' rows)."""
     first = cells[0]
     assert all(c.batch_key == first.batch_key for c in cells), "cells of a batch must share sigmas"
     spec = resolve_sampler(first.sampler).spec
@@ -48,7 +65,7 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None) -
     sigmas = get_sigmas(model, first.schedule, first.steps).to(model.device, sigma_dtype)
     seeds = [c.seed for c in cells]
     x = model.initial_noise(seeds, first.width, first.height) * sigmas[0].to(model.dtype)
-    counter = CountingDenoiser(GuidedDenoiser(model))
+    counter = CountingDenoiser(GuidedDenoiser(model, call))
     start = time.perf_counter()
     with torch.no_grad():
         cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
@@ -103,43 +120,100 @@ def study_root(cfg: Config) -> Path:
     return Path(cfg.results_dir) / cfg.name
 
 
-def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
-    """Plan the study, skip cells already in the store, run the rest batch by batch.
+def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = None) -> RunSummary:
+    """Plan the study, skip cells already in the store, run the rest.
 
-    Each finished batch is stored before the next starts, so an interrupted run resumes
-    where it stopped and gives the same images as an uninterrupted one."""
+    The groups of cells run side by side, their model calls gathered up to the row
+    budget (``batch_size``); each finished group is stored at once, so an interrupted run
+    resumes where it stopped and gives the same images as an uninterrupted one. ``only``:
+    run just these cell hashes of the plan (the adaptive search's probes, adaptive.py)."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     planned = expand(cfg, model.name, model.fingerprint())
-    cells = select_shard(planned, cfg.shard)
+    cells = [c for c in select_shard(planned, cfg.shard) if only is None or c.hash in only]
     store = Store(study_root(cfg))
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(planned)})
+                                    "n_cells": len(planned),
+                                    "device_name": device_name(model.device)})
     start = time.perf_counter()
-    plan = batches(todo, cfg.batch_size)
+    budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
+    gatherer = Gatherer(model.denoise, budget)
+    # files are written by one writer thread while the next model calls run (the writes
+    # wait on the disk, not the CPU); a failed write stops the run at the next batch
     with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
-              disable=not cfg.progress) as bar:
-        for batch in plan:
-            res = sample_batch(model, batch, cfg.sampler_options)
-            rows = []
-            meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
-            for i, cell in enumerate(batch):
-                store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
-                store.write_image(cell.hash, res.images[i])
-                rows.append({
-                    "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
-                    "model_evals": res.model_evals,
-                    "seconds": res.seconds / len(batch),
-                    "model_seconds": res.model_seconds / len(batch),
-                    "batch_size": len(batch), "device": str(model.device),
-                    "image": str(store.image_path(cell.hash).relative_to(store.root)),
-                    "sample": str(store.sample_path(cell.hash).relative_to(store.root)),
-                })
-            store.append_rows(rows)
-            bar.update(len(batch))
-    return RunSummary(store, cells, len(todo), len(cells) - len(todo),
-                      time.perf_counter() - start)
+              disable=not cfg.progress) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="convergence-store") as writer:
+        writes: list[Future] = []
+
+        def store_batch(job: Job, res: BatchResult, ledger: Ledger) -> None:
+            for f in writes:
+                if f.done():
+                    f.result()
+            writes.append(writer.submit(store_rows, store, model, job.payload, res, ledger, budget))
+            bar.update(len(job.payload))
+
+        stats = gatherer.run(_jobs(model, batches(todo, budget), cfg.sampler_options), store_batch)
+        for f in writes:
+            f.result()
+    seconds = time.perf_counter() - start
+    if todo:
+        record_run(store, {
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cells": len(todo), "batch_size": cfg.batch_size, "row_budget": budget,
+            "device": str(model.device), "threads": torch.get_num_threads(),
+            "seconds": seconds, **stats.as_dict(),
+            "model_share": stats.model_seconds / seconds if seconds > 0 else 0.0})
+    return RunSummary(store, cells, len(todo), len(cells) - len(todo), seconds)
+
+
+def _jobs(model: Model, plan: list[list[Cell]], options: dict | None) -> list[Job]:
+    """One job per batch, longest first (fewer idle rows at the end); row-coupled
+    samplers last, with their own model calls."""
+    jobs = []
+    for batch in plan:
+        solo = not resolve_sampler(batch[0].sampler).spec.rows_independent
+
+        def fn(call: DenoiseCall, batch: list[Cell] = batch) -> BatchResult:
+            return sample_batch(model, batch, options, call)
+
+        jobs.append(Job(fn, rows=sum(rows_per_cell(c) for c in batch), solo=solo, payload=batch))
+    return sorted(jobs, key=lambda j: (j.solo, -j.payload[0].steps))
+
+
+def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, ledger: Ledger,
+               budget: int) -> None:
+    """Write a finished batch: sample, image and one table row per cell."""
+    rows = []
+    meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
+    for i, cell in enumerate(batch):
+        store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
+        store.write_image(cell.hash, res.images[i])
+        rows.append({
+            "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
+            "model_evals": res.model_evals,
+            "seconds": ledger.seconds / len(batch),
+            "model_seconds": ledger.model_seconds / len(batch),
+            "batch_size": len(batch), "rows_per_call": ledger.rows_per_call,
+            "row_budget": budget, "device": str(model.device),
+            "image": str(store.image_path(cell.hash).relative_to(store.root)),
+            "sample": str(store.sample_path(cell.hash).relative_to(store.root)),
+        })
+    store.append_rows(rows)
+
+
+RUNS = "runs.json"
+
+
+def record_run(store: Store, run: dict) -> None:
+    """Append this run's call statistics to ``runs.json`` (one entry per run command)."""
+    store.write_json(RUNS, {"runs": [*load_runs(store.root), run]})
+
+
+def load_runs(root: Path) -> list[dict]:
+    """The call statistics of every run of a study (empty if none recorded)."""
+    path = Path(root) / RUNS
+    return json.loads(path.read_text())["runs"] if path.exists() else []
 
 
 def _plain(cfg: Config) -> dict:

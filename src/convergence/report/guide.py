@@ -91,11 +91,11 @@ def keypoints_guide_layout(study: StudyData) -> Table:
 
 
 def _device(study: StudyData) -> str:
+    """The device the cells ran on, by name when the run recorded it (study.json)."""
     c = study.cells
-    for col in ("device_name", "device"):
-        if col in c and c[col].notna().any():
-            return ", ".join(sorted(c[col].astype(str).unique()))
-    return "?"
+    used = ", ".join(sorted(c["device"].astype(str).unique())) if "device" in c else "?"
+    name = study.study.get("device_name")
+    return f"{name} ({used})" if name else used
 
 
 def speed_vs_guide(study: StudyData) -> Table:
