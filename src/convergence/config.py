@@ -45,6 +45,9 @@ class ModelConfig:
     #: for diffusers models: use the k-diffusion sampler ("k-diffusion") or the diffusers
     #: scheduler ("diffusers") when a sampler name exists in both
     sampler_backend: str = "k-diffusion"
+    #: compiled model calls (torch.compile; CUDA graphs on CUDA) on row buckets; off until
+    #: a GPU measurement shows a gain (docs/batching.md)
+    compile: bool = False
 
 
 @dataclass
@@ -168,8 +171,8 @@ class Config:
     #: "grid": run every swept step count; "adaptive": the steps are a coarse sweep, then
     #: each key point is bisected to one step per curve (docs/scale.md)
     search: str = "grid"
-    #: adaptive search: at most this many sampler steps per curve (null = until every key
-    #: point is known to one step)
+    #: adaptive search: at most this many sampler steps per curve, coarse sweep included
+    #: (null = until every key point is known to one step)
     search_budget: Optional[int] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
