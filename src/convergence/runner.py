@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from convergence.budget import row_budget
+from convergence.compiled import model_call
 from convergence.config import Config
 from convergence.errors import ConvergenceError
 from convergence.gather import Gatherer, Job, Ledger
@@ -139,7 +140,8 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
                                     "device_name": device_name(model.device)})
     start = time.perf_counter()
     budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
-    gatherer = Gatherer(model.denoise, budget)
+    gatherer = Gatherer(model_call(model, budget, bool(getattr(cfg.model, "compile", False))),
+                        budget)
     # files are written by one writer thread while the next model calls run (the writes
     # wait on the disk, not the CPU); a failed write stops the run at the next batch
     with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
