@@ -144,3 +144,140 @@ def test_sdxl_conditions_on_pooled_embeddings_and_size(family_model):
     base = model.denoise(x, sigma, cond.cond)
     moved = dict(cond.cond, time_ids=cond.cond["time_ids"] * 2)
     assert float((model.denoise(x, sigma, moved) - base).abs().max()) > 1e-4
+
+
+def _record_timesteps(monkeypatch, net, replace=False):
+    """Record the timesteps the network is called with (optionally without running it)."""
+    seen = []
+    orig = net.forward
+
+    def forward(*a, **kw):
+        sample = kw.get("hidden_states", a[0] if a else None)
+        timestep = kw["timestep"] if "timestep" in kw else a[1]
+        seen.append(torch.as_tensor(timestep).flatten()[0].item())
+        if replace:
+            return (torch.zeros_like(sample),)
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(net, "forward", forward)
+    return seen
+
+
+def test_unet_sees_the_pipelines_integer_timesteps_in_fp16(family_model, monkeypatch):
+    """With a float16 network the samplers' sigma stays float32, so the UNet is called at
+    DDIMScheduler's integer timesteps (fp16 sigma made 801 read as 800.93)."""
+    import diffusers
+
+    from convergence.runner import sample_batch
+    model = family_model("sd")
+    seen = _record_timesteps(monkeypatch, model.unet, replace=True)
+    monkeypatch.setattr(model, "dtype", torch.float16)
+    sample_batch(model, _cells("DDIMScheduler", "discrete", 10))
+    sched = diffusers.DDIMScheduler.from_config(model.scheduler_config)
+    sched.set_timesteps(10)
+    assert seen == [float(t) for t in sched.timesteps]
+    assert seen[0] == 901.0
+
+
+# -- flow matching (SD3) -------------------------------------------------------------------
+
+def test_sd3_loads_as_a_flow_model(family_model):
+    from convergence.models.flow_matching import FlowMatchModel
+    model = family_model("sd3")
+    assert isinstance(model, FlowMatchModel) and model.alphas_cumprod is None
+    assert model.pipe.text_encoder_3 is None  # T5 left out
+    assert model.latent_shape(IMAGE_SIZE, IMAGE_SIZE) == (16, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
+    # shift 3 on the training grid t = i / 1000: sigma = t / (1 - t) at its ends. diffusers
+    # keeps the grid in float32, and 1 - t = 3.3e-4 at the top: 2996.54 there, not 2997.00
+    t_lo, t_hi = (3 * t / (1 + 2 * t) for t in (1 / 1000, 999 / 1000))
+    assert model.sigma_min == pytest.approx(t_lo / (1 - t_lo), rel=1e-6)
+    assert model.sigma_max == pytest.approx(t_hi / (1 - t_hi), rel=2e-4)
+    assert model.fingerprint()["schedule"]["shift"] == 3.0
+
+
+def test_flow_match_euler_through_harness_equals_sd3_pipeline(family_model, monkeypatch):
+    """Same image, and the transformer sees exactly the pipeline's timesteps (t = 1 too)."""
+    from convergence.runner import sample_batch
+    model = family_model("sd3")
+    steps = 7
+    seen = _record_timesteps(monkeypatch, model.net)
+    res = sample_batch(model, _cells("FlowMatchEulerDiscreteScheduler", "discrete", steps))
+    ours_t = list(seen)
+    seen.clear()
+    ref = pipeline_latents(model, "FlowMatchEulerDiscreteScheduler", steps)
+    assert ours_t == seen and ours_t[0] == 1000.0
+    assert res.nfe == steps
+    assert_same_image(model, res.samples, ref)
+
+
+def test_flow_shift_schedule_is_the_pipelines(family_model):
+    """``flow_shift`` = the scheduler's shifted flow times as sigma = t / (1 - t); its first
+    (t = 1) starts at the largest finite sigma. k-diffusion euler on it is then the
+    pipeline's Euler from x_t = noise * sigma_max / (1 + sigma_max), 3e-4 below pure noise:
+    measured 4.6e-4 of the largest latent apart, bound 2e-3."""
+    import diffusers
+
+    from convergence.runner import sample_batch
+    from convergence.samplers.schedules import get_sigmas
+    model = family_model("sd3")
+    steps = 7
+    sig = get_sigmas(model, "flow_shift", steps)
+    assert torch.equal(sig, get_sigmas(model, "discrete", steps))  # the model's own
+    sched = diffusers.FlowMatchEulerDiscreteScheduler.from_config(model.scheduler_config)
+    sched.set_timesteps(steps)
+    t = sched.sigmas.double()
+    assert t[0] == 1 and sig[0] == model.sigma_max
+    assert torch.allclose(sig[1:], t[1:] / (1 - t[1:]), rtol=1e-12, atol=0)
+    res = sample_batch(model, _cells("euler", "flow_shift", steps))
+    ref = pipeline_latents(model, "FlowMatchEulerDiscreteScheduler", steps)
+    assert float((res.samples - ref).abs().max()) < 2e-3 * float(ref.abs().max())
+
+
+def test_kdiffusion_samplers_run_on_sd3(family_model):
+    from convergence.runner import sample_batch
+    model = family_model("sd3")
+    for sampler, schedule, nfe in (("heun", "karras", 2 * 4 - 1), ("dpmpp_2m", "flow_shift", 4),
+                                   ("euler_ancestral", "flow_shift", 4),
+                                   ("dpmpp_2m_sde", "exponential", 4)):
+        res = sample_batch(model, _cells(sampler, schedule, 4))
+        assert res.nfe == nfe, sampler
+        assert torch.isfinite(res.samples).all() and res.images.std() > 1, sampler
+
+
+@pytest.mark.parametrize("family, sampler, schedule, message", [
+    ("sd3", "DDIMScheduler", "discrete", "needs a DDPM-trained model"),
+    ("sd3", "DDIM", "ddim_uniform", r"no discrete \(DDPM\) training schedule"),
+    ("sd", "FlowMatchEulerDiscreteScheduler", "discrete", "needs a flow-matching model"),
+    ("sd", "euler", "flow_shift", "flow_shift is a flow-matching model's own")])
+def test_wrong_family_pairings_are_one_line_errors(family_model, family, sampler, schedule,
+                                                   message):
+    from convergence.errors import ConvergenceError
+    from convergence.runner import sample_batch
+    with pytest.raises(ConvergenceError, match=message):
+        sample_batch(family_model(family), _cells(sampler, schedule, 4))
+
+
+@pytest.mark.parametrize("family, study, samplers", [
+    ("sd2v", "invoke_guide_sd2", ["DDIM", "K_EULER_A"]),
+    ("sdxl", "invoke_guide_sdxl", ["K_EULER", "K_HEUN"]),
+    ("sd3", "invoke_guide_sd3", ["FlowMatchEulerDiscreteScheduler", "dpmpp_2m"])])
+def test_family_study_run_analyze_report(family_model, tmp_path, capsys, family, study, samplers):
+    """Each family's study config through `convergence all` (run, analyze, report) on
+    its tiny pipeline: the guide's five prompts, two samplers, two step counts."""
+    import pandas as pd
+    from inprocess import run_main
+
+    from convergence.store import Store
+    path = family_model(family).path
+    results = tmp_path / "results"
+    code, out, err = run_main(
+        capsys, "all", "model=diffusers", f"model.path={path}", "model.device=cpu",
+        f"study={study}", f"results_dir={results}", f"samplers=[{','.join(samplers)}]",
+        "steps=[3,6]", f"width={IMAGE_SIZE}", f"height={IMAGE_SIZE}", "progress=false",
+        "threads=1")
+    assert code == 0, err[-2000:]
+    assert "ran 20 cells" in out
+    table = pd.read_parquet(Store(results / study).table_path)
+    assert len(table) == 20 and table.nfe.min() >= 3
+    assert (results / study / "report" / "index.html").is_file()
+    assert (results / study / "keypoints.csv").is_file()

@@ -168,12 +168,45 @@ def write_scheduler_config(folder: Path, cls: str, config: dict) -> None:
                                 **config}, indent=2))
 
 
+def build_tiny_sd3_pipeline(work: Path):
+    """A StableDiffusion3Pipeline: a one-block MMDiT, two CLIP encoders with projections
+    (pooled 2 x 32), no T5 (``text_encoder_3=None``, as SD3 allows: zeros in its place),
+    SD3's shifted VAE latents (16 channels) and its flow-matching scheduler (shift 3)."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, vocab_size = _tokenizer(work)
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=IMAGE_SIZE // 2, patch_size=2, in_channels=16, out_channels=16,
+        num_layers=1, attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=16)
+    vae = _vae(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
+               use_quant_conv=False, use_post_quant_conv=False)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModelWithProjection(_clip_config(tokenizer, vocab_size))
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer, vocab_size))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, text_encoder_3=None,
+        tokenizer_3=None,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER_CONFIG))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 #: family -> (builder, scheduler class and config file as the real model ships them)
 FAMILIES = {
     "sd": (build_tiny_sd_pipeline, "PNDMScheduler", SD_SCHEDULER_CONFIG),
     "sd2v": (lambda work: build_tiny_sd_pipeline(work, "DDIMScheduler", v_prediction=True),
              "DDIMScheduler", SD2_SCHEDULER_CONFIG),
     "sdxl": (build_tiny_sdxl_pipeline, "EulerDiscreteScheduler", SDXL_SCHEDULER_CONFIG),
+    "sd3": (build_tiny_sd3_pipeline, "FlowMatchEulerDiscreteScheduler", SD3_SCHEDULER_CONFIG),
 }
 
 

@@ -1,4 +1,5 @@
-"""Stable Diffusion 1.x / 2.x / SDXL through diffusers, seen as a k-diffusion denoiser.
+"""Stable Diffusion 1.x / 2.x / SDXL through diffusers, seen as a k-diffusion denoiser
+(SD3 and other rectified-flow pipelines: models/flow_matching.py).
 
 The harness works in the VE parameterisation of k-diffusion: ``x`` is the latent scaled
 by 1/sqrt(ā_t), so x = x0 + sigma * eps with sigma = sqrt((1 - ā_t) / ā_t). The UNet
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,27 @@ from convergence.errors import ConvergenceError
 from convergence.models.base import Conditioning, Model
 from convergence.models.device import select_device, select_dtype
 
-#: pipeline folders must hold these (model_index.json names the components)
-_REQUIRED = ("unet", "vae", "scheduler")
+#: pipeline folders must hold these (model_index.json names the components) and a
+#: denoising network: a UNet (SD 1.x/2.x/SDXL) or a transformer (SD3)
+_REQUIRED = ("vae", "scheduler")
+_NETWORKS = ("unet", "transformer")
 
 
 def _looks_local(path: str) -> bool:
     """A hub id is ``owner/name``; anything else (absolute, ./, ~, or existing) is a folder."""
     p = Path(os.path.expanduser(path))
     return p.exists() or p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
+
+
+def _absent_components(path: Path) -> dict[str, None]:
+    """Components a local folder's model_index.json lists as ``[null, null]`` (an SD3
+    saved without its T5 encoder): passed as None, as ``from_pretrained`` needs them."""
+    try:
+        parts = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: None for k, v in parts.items()
+            if not k.startswith("_") and isinstance(v, list) and all(x is None for x in v)}
 
 
 def _check_local_folder(path: Path) -> None:
@@ -47,6 +62,8 @@ def _check_local_folder(path: Path) -> None:
     except (OSError, ValueError) as e:
         raise ConvergenceError(f"model.path {str(path)!r}: unreadable model_index.json ({e})") from None
     missing = [c for c in _REQUIRED if c not in parts]
+    if not any(n in parts for n in _NETWORKS):
+        missing.append("a unet or transformer")
     if missing or not any(k.startswith("text_encoder") for k in parts):
         raise ConvergenceError(f"model.path {str(path)!r} is not a text-to-image diffusion pipeline "
                                f"(model_index.json lacks {', '.join(missing) or 'a text encoder'})")
@@ -73,6 +90,8 @@ def load_pipeline(model_cfg, device: torch.device, dtype: torch.dtype):
     }
     if model_cfg.variant:
         kwargs["variant"] = model_cfg.variant
+    if local:
+        kwargs.update(_absent_components(Path(path)))
     try:
         pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
     except ConvergenceError:
@@ -85,48 +104,52 @@ def load_pipeline(model_cfg, device: torch.device, dtype: torch.dtype):
         elif not local and kwargs["local_files_only"]:
             hint = " (offline: the hub id must already be in the local cache)"
         raise ConvergenceError(f"cannot load diffusers model {path!r}: {first}{hint}") from None
-    for part in _REQUIRED[:2]:
-        if getattr(pipe, part, None) is None:
-            raise ConvergenceError(f"model.path {path!r} has no {part}; not a latent diffusion pipeline")
+    if getattr(pipe, "vae", None) is None or all(getattr(pipe, n, None) is None for n in _NETWORKS):
+        raise ConvergenceError(f"model.path {path!r} has no vae and unet/transformer; "
+                               "not a latent diffusion pipeline")
     if not hasattr(pipe, "encode_prompt"):
         raise ConvergenceError(f"pipeline {type(pipe).__name__} at {path!r} has no text encoder "
-                               "interface (encode_prompt); use an SD 1.x/2.x/SDXL pipeline")
+                               "interface (encode_prompt); use an SD 1.x/2.x/SDXL/SD3 pipeline")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
-class DiffusersModel(Model):
-    """A loaded latent-diffusion pipeline behind the harness's denoiser interface."""
+class LatentPipelineModel(Model):
+    """What every latent text-to-image pipeline shares: its network (UNet or transformer),
+    VAE, scheduler config, sizes, fingerprint and decoding. Subclasses say how the
+    network's output becomes D(x, sigma)."""
 
     name = "diffusers"
+    #: scheduler settings that change the model's noise levels (enter the fingerprint)
+    schedule_keys: tuple[str, ...] = ()
 
     def __init__(self, pipe, model_cfg, width: int, height: int, device: torch.device,
                  dtype: torch.dtype):
         self.pipe = pipe
         self.path = str(model_cfg.path)
         self.device, self.dtype = device, dtype
-        self.unet, self.vae = pipe.unet, pipe.vae
-        self.is_sdxl = hasattr(pipe, "text_encoder_2")
+        self.net = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
+        self.vae = pipe.vae
         self.width, self.height = width, height
-        sched = pipe.scheduler.config
-        self.prediction_type = sched.get("prediction_type", "epsilon")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ConvergenceError(f"{self.path!r}: prediction_type {self.prediction_type!r} is not "
-                                   "supported (epsilon or v_prediction)")
         #: the model's own scheduler settings; diffusers-scheduler samplers start from them
-        self.scheduler_config = dict(sched)
-        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float64).cpu()
-        sig = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
-        self.sigma_min, self.sigma_max = float(sig[0]), float(sig[-1])
-        self._log_sigmas = sig.log()  # float64, CPU (sigma_to_t)
+        self.scheduler_config = dict(pipe.scheduler.config)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.latent_channels = int(self.unet.config.in_channels)
-        if model_cfg.attention_slicing:
+        self.latent_channels = int(self.net.config.in_channels)
+        if model_cfg.attention_slicing and hasattr(pipe, "enable_attention_slicing"):
             pipe.enable_attention_slicing()
         if model_cfg.vae_tiling:
             self.vae.enable_tiling()
-        self._options = {"attention_slicing": bool(model_cfg.attention_slicing),
-                         "vae_tiling": bool(model_cfg.vae_tiling)}
+        #: Hugging Face fast tokenizers are not thread-safe, and the runner encodes the
+        #: prompts of several batches from worker threads at once (cross-cell batching)
+        self._encode_lock = threading.Lock()
+
+    def encode_prompts(self, prompts: list[str], topics: list[str]) -> Conditioning:
+        """Text embeddings for the batch, computed once per batch (never per step)."""
+        with self._encode_lock, torch.no_grad():
+            return self._encode(list(prompts))
+
+    def _encode(self, prompts: list[str]) -> Conditioning:
+        raise NotImplementedError
 
     # -- Model interface -------------------------------------------------------------
     def fingerprint(self) -> dict:
@@ -134,20 +157,25 @@ class DiffusersModel(Model):
 
         Attention slicing and VAE tiling change memory use, not the maths, and the device
         only changes rounding, so neither enters the cell hash."""
-        unet = self.unet.config
-        keys = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
-                "prediction_type", "trained_betas", "rescale_betas_zero_snr")
+        net = self.net.config
         return {
             "name": self.name, "path": self.path, "pipeline": type(self.pipe).__name__,
             "dtype": str(self.dtype).replace("torch.", ""),
-            "unet": {k: unet.get(k) for k in ("sample_size", "in_channels", "cross_attention_dim",
-                                              "block_out_channels", "layers_per_block")},
+            "unet": {k: net.get(k) for k in ("sample_size", "in_channels", "cross_attention_dim",
+                                             "block_out_channels", "layers_per_block",
+                                             "num_layers", "patch_size", "joint_attention_dim")
+                     if k in net},
             "vae_scaling_factor": self.vae.config.get("scaling_factor"),
-            "schedule": {k: self.scheduler_config.get(k) for k in keys},
+            "schedule": {k: self.scheduler_config.get(k) for k in self.schedule_keys},
         }
 
+    @property
+    def size_step(self) -> int:
+        """Image sizes must be multiples of this (VAE downsampling x transformer patches)."""
+        return max(8, self.vae_scale_factor * int(self.net.config.get("patch_size") or 1))
+
     def check_size(self, width: int, height: int) -> None:
-        step = max(8, self.vae_scale_factor)
+        step = self.size_step
         for label, v in (("width", width), ("height", height)):
             if not isinstance(v, int) or v < step or v % step:
                 raise ConvergenceError(f"{self.path!r} cannot make {label}={v!r}: use a positive "
@@ -159,10 +187,50 @@ class DiffusersModel(Model):
         f = self.vae_scale_factor
         return (self.latent_channels, height // f, width // f)
 
-    def encode_prompts(self, prompts: list[str], topics: list[str]) -> Conditioning:
-        """Text embeddings for the batch, computed once per batch (never per step).
+    @torch.no_grad()
+    def decode_float(self, x: torch.Tensor) -> np.ndarray:
+        """Latents -> float RGB in [0, 1], (B, H, W, 3), before 8-bit rounding."""
+        vae = self.vae
+        latents = x.to(torch.float32) / vae.config.scaling_factor
+        latents = latents + (vae.config.get("shift_factor") or 0.0)  # SD3's VAE is shifted
+        upcast = self.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        if upcast:  # the SDXL VAE overflows in fp16 (the pipeline upcasts it too)
+            vae.to(torch.float32)
+        try:
+            images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(self.dtype)
+        images = (images.to(torch.float32) / 2 + 0.5).clamp(0, 1)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
 
-        The negative prompt follows each pipeline's own default for ``negative_prompt=None``:
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """Latents -> uint8 RGB (B, H, W, 3), rounded as the pipeline's image processor does."""
+        return (self.decode_float(x) * 255).round().astype(np.uint8)
+
+
+class DiffusersModel(LatentPipelineModel):
+    """SD 1.x / 2.x / SDXL: a UNet trained on a discrete VP schedule, eps or v prediction."""
+
+    schedule_keys = ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps",
+                     "prediction_type", "trained_betas", "rescale_betas_zero_snr")
+
+    def __init__(self, pipe, model_cfg, width: int, height: int, device: torch.device,
+                 dtype: torch.dtype):
+        super().__init__(pipe, model_cfg, width, height, device, dtype)
+        self.unet = self.net
+        self.is_sdxl = hasattr(pipe, "text_encoder_2")
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConvergenceError(f"{self.path!r}: prediction_type {self.prediction_type!r} is not "
+                                   "supported (epsilon or v_prediction)")
+        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float64).cpu()
+        sig = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        self.sigma_min, self.sigma_max = float(sig[0]), float(sig[-1])
+        self._log_sigmas = sig.log()  # float64, CPU (sigma_to_t)
+
+    def _encode(self, prompts: list[str]) -> Conditioning:
+        """The negative prompt follows each pipeline's own default for ``negative_prompt=None``:
         "" for SD 1.x/2.x, zeros for SDXL (``force_zeros_for_empty_prompt``)."""
         if not self.is_sdxl:
             cond, uncond = self.pipe.encode_prompt(list(prompts), self.device, 1, True, None)
@@ -214,33 +282,20 @@ class DiffusersModel(Model):
             denoised = xf * c_in**2 - out * s * c_in
         return denoised.to(x.dtype)
 
-    @torch.no_grad()
-    def decode_float(self, x: torch.Tensor) -> np.ndarray:
-        """Latents -> float RGB in [0, 1], (B, H, W, 3), before 8-bit rounding."""
-        vae = self.vae
-        latents = x.to(torch.float32) / vae.config.scaling_factor
-        upcast = self.dtype == torch.float16 and vae.config.get("force_upcast", False)
-        if upcast:  # the SDXL VAE overflows in fp16 (the pipeline upcasts it too)
-            vae.to(torch.float32)
-        try:
-            images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(self.dtype)
-        images = (images.to(torch.float32) / 2 + 0.5).clamp(0, 1)
-        return images.permute(0, 2, 3, 1).cpu().numpy()
 
-    def decode(self, x: torch.Tensor) -> np.ndarray:
-        """Latents -> uint8 RGB (B, H, W, 3), rounded as the pipeline's image processor does."""
-        return (self.decode_float(x) * 255).round().astype(np.uint8)
-
-
-def load_diffusers_model(model_cfg, width: int, height: int) -> DiffusersModel:
-    """Factory behind ``model=diffusers`` (see models/__init__.py)."""
+def load_diffusers_model(model_cfg, width: int, height: int) -> LatentPipelineModel:
+    """Factory behind ``model=diffusers`` (see models/__init__.py): a flow-matching
+    scheduler makes it a :class:`FlowMatchModel`, anything else a VP :class:`DiffusersModel`."""
     device = select_device(model_cfg.device)
     dtype = select_dtype(device, model_cfg.dtype)
     if dtype == torch.float64:
         raise ConvergenceError("model.dtype=float64 is not supported for diffusers models; "
                                "use float32")
     pipe = load_pipeline(model_cfg, device, dtype)
+    if type(pipe.scheduler).__name__.startswith("FlowMatch"):
+        from convergence.models.flow_matching import FlowMatchModel
+        return FlowMatchModel(pipe, model_cfg, width, height, device, dtype)
+    if getattr(pipe, "unet", None) is None or not hasattr(pipe.scheduler, "alphas_cumprod"):
+        raise ConvergenceError(f"pipeline {type(pipe).__name__} at {model_cfg.path!r}: neither a "
+                               "UNet on a DDPM schedule nor a flow-matching model")
     return DiffusersModel(pipe, model_cfg, width, height, device, dtype)

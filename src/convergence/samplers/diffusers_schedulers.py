@@ -105,6 +105,9 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
            {"algorithm_type": "dpmsolver++", "solver_order": 3}, "dpmpp_3m_k"),
           ("UniPCMultistepScheduler", "UniPCMultistepScheduler", {"solver_type": "bh2"},
            "unipc_k"))),
+    SchedulerVariant("FlowMatchEulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler",
+                     aliases=("flow_euler", "FlowMatchEuler"),
+                     description="diffusers flow-matching Euler (SD3's own sampler; flow models only)"),
 )
 
 #: the same method in the k-diffusion / CompVis family -> its diffusers scheduler; used by
@@ -140,13 +143,20 @@ def base_config(ctx) -> dict:
     return config
 
 
+def _is_flow(variant: SchedulerVariant) -> bool:
+    return variant.cls.startswith("FlowMatch")
+
+
 #: diffusers' lazy module is not thread-safe on first access; the runner builds schedulers
 #: in several threads at once (cross-cell batching)
 _IMPORT_LOCK = threading.Lock()
 
 
 def build_scheduler(variant: SchedulerVariant, ctx):
-    """A fresh scheduler of this variant for one batch (schedulers keep per-run state)."""
+    """A fresh scheduler of this variant for one batch (schedulers keep per-run state).
+
+    VP schedulers need a model with a DDPM training schedule, flow-matching ones a flow
+    model (no ``alphas_cumprod`` but a scheduler config): the other pairing is refused."""
     with _IMPORT_LOCK:
         return _build_scheduler(variant, ctx)
 
@@ -154,9 +164,16 @@ def build_scheduler(variant: SchedulerVariant, ctx):
 def _build_scheduler(variant: SchedulerVariant, ctx):
     import diffusers
 
+    flow_model = ctx.alphas_cumprod is None and bool(ctx.scheduler_config)
+    if _is_flow(variant) != flow_model:
+        need = "a flow-matching model (SD3)" if _is_flow(variant) else "a DDPM-trained model"
+        raise ConvergenceError(f"sampler {variant.name} needs {need}; use a k-diffusion sampler "
+                               "(euler, heun, dpmpp_2m, ...) or the model's own scheduler")
     config = base_config(ctx)
-    config.setdefault("clip_sample", False)  # latents are not in [-1, 1]
-    config.update(variant.overrides, prediction_type="epsilon")  # the adapter hands it eps
+    if not _is_flow(variant):
+        config.setdefault("clip_sample", False)  # latents are not in [-1, 1]
+        config.update(prediction_type="epsilon")  # the adapter hands it eps
+    config.update(variant.overrides)
     cls = getattr(diffusers, variant.cls)
     logging.getLogger("diffusers.configuration_utils").setLevel(logging.ERROR)
     return cls.from_config(config)
@@ -201,7 +218,26 @@ def euler_timesteps(scheduler_config: dict, steps: int) -> torch.Tensor | None:
     return sched.timesteps.to(torch.float64)
 
 
+def _vp_point(scheduler, latent, i, t, ac):
+    """VP schedulers: the UNet input z at t, as the harness's (x, sigma), and eps from D."""
+    z = scheduler.scale_model_input(latent, t)
+    sigma = t_to_sigma(ac, t).to(latent.device, latent.dtype)
+    xt = z * (sigma**2 + 1).sqrt()
+    return xt, sigma, lambda denoised: (xt - denoised) / sigma
+
+
+def _flow_point(scheduler, latent, i, t, ac):
+    """Flow schedulers: x_t at flow time s as (x_t / (1 - s), s / (1 - s)), v from D."""
+    from convergence.models.flow_matching import flow_sigma_to_ve
+    s = scheduler.sigmas[i].to(torch.float64)
+    sigma = flow_sigma_to_ve(s).to(latent.device, latent.dtype)
+    xt = latent * (1 + sigma)
+    return xt, sigma, lambda denoised: (latent - denoised) / s.to(latent.device, latent.dtype)
+
+
 def _make_adapter(variant: SchedulerVariant):
+    point = _flow_point if _is_flow(variant) else _vp_point
+
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, context=None):
         ctx = context
         extra_args = extra_args or {}
@@ -210,10 +246,11 @@ def _make_adapter(variant: SchedulerVariant):
             scheduler.set_timesteps(ctx.steps, device=x.device)
         except ValueError as e:
             raise ConvergenceError(f"{variant.name} cannot take steps={ctx.steps}: {e}") from None
-        ac = ctx.alphas_cumprod if ctx.alphas_cumprod is not None else scheduler.alphas_cumprod
+        ac = ctx.alphas_cumprod if ctx.alphas_cumprod is not None else getattr(
+            scheduler, "alphas_cumprod", None)
         work_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         noise = x.to(work_dtype) / sigmas[0].to(x.device, work_dtype)  # x arrives as noise * sigma_0
-        latent = noise * scheduler.init_noise_sigma
+        latent = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow: pure noise
         step_kwargs = {}
         params = inspect.signature(scheduler.step).parameters
         if "generator" in params:
@@ -221,14 +258,11 @@ def _make_adapter(variant: SchedulerVariant):
         ones = x.new_ones([x.shape[0]], dtype=work_dtype)
         out = None
         for i, t in enumerate(scheduler.timesteps):
-            z = scheduler.scale_model_input(latent, t)
-            sigma = t_to_sigma(ac, t).to(x.device, work_dtype)
-            xt = z * (sigma**2 + 1).sqrt()
+            xt, sigma, model_output = point(scheduler, latent, i, t, ac)
             denoised = model(xt.to(x.dtype), sigma * ones, **extra_args).to(work_dtype)
             if callback is not None:
                 callback({"x": xt, "i": i, "sigma": sigma, "denoised": denoised})
-            eps = (xt - denoised) / sigma
-            out = scheduler.step(eps, t, latent, return_dict=True, **step_kwargs)
+            out = scheduler.step(model_output(denoised), t, latent, return_dict=True, **step_kwargs)
             latent = out.prev_sample.to(work_dtype)
         final = getattr(out, "denoised", None)  # LCM: the pipeline decodes the denoised sample
         result = final if final is not None else latent

@@ -42,7 +42,9 @@ def canonical_schedule(name) -> str:
 
 def _discrete_sigmas(model) -> torch.Tensor:
     if model.alphas_cumprod is None:
-        raise ConvergenceError(f"model {model.name!r} has no discrete training schedule")
+        raise ConvergenceError(f"model {model.name!r} has no discrete (DDPM) training schedule; "
+                               "use a continuous schedule (karras, exponential"
+                               + (", flow_shift)" if hasattr(model, "flow_schedule") else ")"))
     return sigmas_from_alphas_cumprod(model.alphas_cumprod.to(torch.float64).cpu())
 
 
@@ -69,7 +71,10 @@ def discrete(model, n: int) -> torch.Tensor:
     """The model's own training timesteps, linearly spaced in t (k-diffusion / A1111
     default for K-samplers on SD): coarse near sigma_min. A diffusers model whose
     scheduler config asks for another ``timestep_spacing`` ("leading", as SDXL ships,
-    or "trailing") gets the timesteps diffusers' Euler takes there."""
+    or "trailing") gets the timesteps diffusers' Euler takes there; a flow-matching model
+    its own shifted flow schedule (``flow_shift``)."""
+    if hasattr(model, "flow_schedule"):
+        return flow_shift(model, n)
     config = getattr(model, "scheduler_config", None)
     if config:
         from convergence.samplers.diffusers_schedulers import euler_timesteps, t_to_sigma
@@ -77,6 +82,19 @@ def discrete(model, n: int) -> torch.Tensor:
         if ts is not None:
             return torch.cat([t_to_sigma(model.alphas_cumprod, ts), ts.new_zeros(1)])
     return DiscreteSchedule(_discrete_sigmas(model), quantize=False).get_sigmas(n).double()
+
+
+@register_schedule("flow_shift")
+def flow_shift(model, n: int) -> torch.Tensor:
+    """A flow-matching model's own schedule: its scheduler's ``n`` flow times, uniform
+    before the config's ``shift`` (3.0 for SD3) bends them towards noise, as sigma =
+    t / (1 - t); the first (t = 1, pure noise) starts at the model's largest finite
+    sigma."""
+    if not hasattr(model, "flow_schedule"):
+        raise ConvergenceError(f"schedule flow_shift is a flow-matching model's own (SD3); model "
+                               f"{model.name!r} is not one (use discrete, karras or exponential)")
+    from convergence.models.flow_matching import flow_sigma_to_ve
+    return flow_sigma_to_ve(model.flow_schedule(n)).clamp(max=model.sigma_max)
 
 
 @register_schedule("ddim_uniform")
