@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.errors import ConvergenceError, Interrupted
 from convergence.plan import Cell, expand
 from convergence.runner import run_study
 from convergence.store import Store
@@ -81,7 +81,7 @@ def test_resumed_run_equals_uninterrupted_run(study_config, tmp_path, model32, m
 
     monkeypatch.setattr(runner, "sample_batch", dies_on_third_batch)
     cfg = study_config(results_dir=str(tmp_path / "resumed"), batch_size=3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="4 of 16 cells .* run the same command again"):
         run_study(cfg, model32)
     partial = Store(tmp_path / "resumed" / "t").load()
     assert len(partial) == 4  # the two finished batches (3 + 1 cells) were kept

@@ -145,6 +145,10 @@ class Config:
     #: oversubscribed machine, where small matrix products lose more to contention than
     #: they gain from threads
     threads: Optional[int] = None
+    #: writers sharing a study claim cells before computing them; a claim not renewed for
+    #: this many seconds (its writer frozen, or dead on another host) lapses. Live writers
+    #: renew every claim_seconds / 4; a dead writer on the same host lapses at once
+    claim_seconds: float = 120.0
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)

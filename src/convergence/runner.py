@@ -4,7 +4,7 @@ NFE counting, timing, resume from the store and a progress bar."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from convergence.config import Config
-from convergence.errors import ConvergenceError
+from convergence.errors import ConvergenceError, Interrupted
 from convergence.models import build_model
 from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
 from convergence.plan import Cell, batches, expand
@@ -78,6 +78,11 @@ def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
     return sample.to(torch.float32).numpy().astype(dtype)
 
 
+#: a cell whose float sample leaves the data's range (about 1: pixels in [-1, 1], SD latents
+#: times the VAE scaling factor have unit variance) by this factor is flagged as diverged
+DIVERGENCE_FACTOR = 1e3
+
+
 @dataclass
 class RunSummary:
     store: Store
@@ -85,6 +90,8 @@ class RunSummary:
     ran: int
     skipped: int
     seconds: float
+    #: cells of this run flagged as diverged (column ``diverged``)
+    diverged: list[str] = field(default_factory=list)
 
 
 def study_root(cfg: Config) -> Path:
@@ -95,37 +102,74 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
     """Plan the study, skip cells already in the store, run the rest batch by batch.
 
     Each finished batch is stored before the next starts, so an interrupted run resumes
-    where it stopped and gives the same images as an uninterrupted one."""
+    where it stopped and gives the same images as an uninterrupted one. Cells whose files
+    are missing or damaged are recomputed; cells another live writer has claimed are left
+    to it (and waited for), so overlapping runs do not compute a cell twice."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     cells = expand(cfg, model.name, model.fingerprint())
     store = Store(study_root(cfg))
+    store.clean_stale()
     done = store.done_hashes()
     todo = [c for c in cells if c.hash not in done]
+    damaged = set(store.damaged)
+    start = time.perf_counter()
+    ran, diverged = 0, []
+    try:
+        with store.leases(cfg.claim_seconds) as leases, \
+                tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
+                     disable=not cfg.progress) as bar:
+            def finished() -> set[str]:
+                return store.row_hashes() - damaged
+
+            pending = todo
+            while pending:
+                took = 0
+                for batch in batches(pending, cfg.batch_size):
+                    mine = set(leases.take([c.hash for c in batch], finished))
+                    batch = [c for c in batch if c.hash in mine]
+                    if not batch:
+                        continue
+                    res = sample_batch(model, batch, cfg.sampler_options)
+                    rows = []
+                    for i, cell in enumerate(batch):
+                        max_abs = float(res.samples[i].abs().max())
+                        rows.append({
+                            "hash": cell.hash, **cell.__dict__, "nfe": res.nfe,
+                            "model_evals": res.model_evals,
+                            "seconds": res.seconds / len(batch),
+                            "model_seconds": res.model_seconds / len(batch),
+                            "batch_size": len(batch), "device": str(model.device),
+                            **store.write_image(cell.hash, res.images[i]),
+                            **store.write_sample(cell.hash, _sample_array(model, res.samples[i])),
+                            "max_abs": max_abs, "diverged": max_abs > DIVERGENCE_FACTOR,
+                        })
+                    store.append_rows(rows)
+                    leases.release(mine)
+                    diverged += [r["hash"] for r in rows if r["diverged"]]
+                    if not ran:  # only a run that stored something describes the study
+                        _write_study(store, cfg, model, cells)
+                    ran += len(batch)
+                    took += len(batch)
+                    bar.update(len(batch))
+                stored = finished()
+                pending = [c for c in pending if c.hash not in stored]
+                if pending and not took:
+                    time.sleep(min(1.0, cfg.claim_seconds / 8))  # held by other writers
+    except KeyboardInterrupt:
+        have = len(done & {c.hash for c in cells}) + ran
+        raise Interrupted(f"interrupted: {have} of {len(cells)} cells of study {cfg.name!r} are "
+                          f"stored in {store.root} ({ran} by this run); run the same command "
+                          "again to resume (stored cells are not recomputed)") from None
+    if not ran:
+        _write_study(store, cfg, model, cells)
+    store.compact()
+    return RunSummary(store, cells, ran, len(cells) - len(todo),
+                      time.perf_counter() - start, diverged)
+
+
+def _write_study(store: Store, cfg: Config, model: Model, cells: list[Cell]) -> None:
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
                                     "n_cells": len(cells)})
-    start = time.perf_counter()
-    plan = batches(todo, cfg.batch_size)
-    with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
-              disable=not cfg.progress) as bar:
-        for batch in plan:
-            res = sample_batch(model, batch, cfg.sampler_options)
-            rows = []
-            for i, cell in enumerate(batch):
-                store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
-                store.write_image(cell.hash, res.images[i])
-                rows.append({
-                    "hash": cell.hash, **cell.__dict__, "nfe": res.nfe,
-                    "model_evals": res.model_evals,
-                    "seconds": res.seconds / len(batch),
-                    "model_seconds": res.model_seconds / len(batch),
-                    "batch_size": len(batch), "device": str(model.device),
-                    "image": str(store.image_path(cell.hash).relative_to(store.root)),
-                    "sample": str(store.sample_path(cell.hash).relative_to(store.root)),
-                })
-            store.append_rows(rows)
-            bar.update(len(batch))
-    return RunSummary(store, cells, len(todo), len(cells) - len(todo),
-                      time.perf_counter() - start)
 
 
 def _plain(cfg: Config) -> dict:
