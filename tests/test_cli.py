@@ -86,3 +86,32 @@ def test_every_config_file_composes(study, model):
         cfg = compose(config_name="config", overrides=overrides)
     validated = to_config(cfg)
     assert validated.name and validated.prompts and validated.samplers and validated.steps
+
+
+USER_STUDY = """# @package _global_
+name: mine
+prompts:
+  - {text: "a cat", topic: animals, seed: 1}
+samplers: [euler]
+steps: [2, 4]
+width: 32
+height: 32
+"""
+
+
+@pytest.mark.parametrize("route", ["--config-dir", "hydra.searchpath"])
+def test_user_study_outside_the_package_runs_from_any_directory(capsys, tmp_path, monkeypatch,
+                                                                 route):
+    """The configs ship in the package (pkg://convergence.conf): a study in the user's own
+    folder, run from an unrelated directory, composes over them."""
+    (tmp_path / "mine" / "study").mkdir(parents=True)
+    (tmp_path / "mine" / "study" / "mine.yaml").write_text(USER_STUDY)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.delenv("CONVERGENCE_CONF", raising=False)
+    where = (["--config-dir", str(tmp_path / "mine")] if route == "--config-dir"
+             else [f"hydra.searchpath=[file://{tmp_path / 'mine'}]"])
+    code, out, err = run_main(capsys, "run", *where, "study=mine",
+                              f"results_dir={tmp_path / 'results'}", "progress=false")
+    assert code == 0, err
+    assert len(pd.read_parquet(tmp_path / "results" / "mine" / "cells.parquet")) == 2

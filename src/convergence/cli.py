@@ -1,7 +1,9 @@
 """The ``convergence`` command: ``run``, ``analyze``, ``report``, ``samplers``.
 
-Entry points only parse and dispatch. Each subcommand is a Hydra app over ``conf/``, so
-every key can be overridden and ``--multirun`` sweeps work. User errors print one line
+Entry points only parse and dispatch. Each subcommand is a Hydra app over the configs
+shipped in the package (``pkg://convergence.conf``; ``CONVERGENCE_CONF=DIR`` replaces
+them), so every key can be overridden, ``--multirun`` sweeps work, and user studies outside
+the package come in through ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``. User errors print one line
 and exit with status 2, without a traceback.
 """
 
@@ -15,7 +17,17 @@ from pathlib import Path
 
 from convergence.errors import ConvergenceError
 
-CONF_DIR = Path(os.environ.get("CONVERGENCE_CONF", Path(__file__).resolve().parents[2] / "conf"))
+#: the package's own configs; found by Hydra as ``pkg://convergence.conf`` so a plain
+#: ``pip install`` works in any directory
+PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
+#: the configs in use: ``CONVERGENCE_CONF`` (a folder) replaces the package's
+CONF_DIR = Path(os.environ["CONVERGENCE_CONF"]) if os.environ.get("CONVERGENCE_CONF") else PACKAGE_CONF
+
+
+def config_path() -> str:
+    """Hydra's primary config path: the override folder, else the package's configs."""
+    override = os.environ.get("CONVERGENCE_CONF")
+    return str(Path(override).resolve()) if override else "pkg://convergence.conf"
 
 
 def fail(message: str) -> None:
@@ -59,7 +71,7 @@ def _hydra_app(task: Callable):
 
     register_configs()
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=config_path(), config_name="config", version_base="1.3")
     def app(dcfg: DictConfig) -> None:
         try:
             cfg = to_config(dcfg)
