@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from convergence import metrics as M
+from convergence.atomic import staged_files
 from convergence.claims import evaluate_claims
 from convergence.config import Config
 from convergence.errors import ConvergenceError
@@ -26,7 +27,7 @@ from convergence.plan import expand
 from convergence.rates import bootstrap_b, fit_power
 from convergence.references import EXACT_LIMITS
 from convergence.samplers.registry import resolve_sampler
-from convergence.store import Store, atomic_write_bytes
+from convergence.store import Store
 
 GROUP = ["model", "topic", "prompt", "seed", "sampler", "schedule", "cfg"]
 META = ["hash", "model", "topic", "prompt", "seed", "sampler", "schedule", "steps", "cfg", "nfe",
@@ -51,20 +52,24 @@ def _load_cells(cfg: Config, model) -> tuple[Store, pd.DataFrame]:
     if df.empty:
         raise ConvergenceError(f"no cells stored in {store.root}; run `convergence run` first "
                                "with the same overrides")
-    done = set(df.hash)
-    missing = [c for c in planned if c.hash not in done or not store.sample_path(c.hash).exists()]
+    done = store.done_hashes()  # damaged files count as missing cells
+    missing = [c for c in planned if c.hash not in done]
     if missing:
         ex = "; ".join(f"{c.sampler}/{c.schedule}/{c.steps} steps/seed {c.seed}/{c.topic}"
                        for c in missing[:3])
         msg = (f"{len(missing)} of {len(planned)} planned cells are missing from {store.root} "
                f"(e.g. {ex})")
+        bad = [c.hash for c in missing if c.hash in store.damaged]
+        if bad:
+            msg += (f", {len(bad)} of them damaged ({store.describe(bad[0])}: "
+                    f"{store.damaged[bad[0]]})")
         if cfg.analysis.on_missing == "warn":
             warnings.warn(msg + "; analysing the cells that are there", stacklevel=2)
             print(f"warning: {msg}; analysing the cells that are there")
         else:
             raise ConvergenceError(msg + "; run `convergence run` with the same overrides, or set "
                                    "analysis.on_missing=warn to analyse what is there")
-    want = {c.hash for c in planned}
+    want = {c.hash for c in planned} & done
     df = df[df.hash.isin(want)].reset_index(drop=True)
     if df.empty:
         raise ConvergenceError(f"none of the study's planned cells are in {store.root}")
@@ -399,8 +404,8 @@ def calibration_table(cfg: Config, model, dist: pd.DataFrame, samples: np.ndarra
     return pd.concat([out[out.configured], out[~out.configured]], ignore_index=True)
 
 
-def _write_csv(store: Store, name: str, df: pd.DataFrame) -> None:
-    atomic_write_bytes(store.root / name, df.to_csv(index=False).encode())
+def _write_csv(put, name: str, df: pd.DataFrame) -> None:
+    put(name, df.to_csv(index=False).encode())
 
 
 def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
@@ -430,24 +435,26 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
     lim = limits_table(dist, rates, a.metric) if model.name == "analytic" else pd.DataFrame()
     claims = evaluate_claims(kp, rates, dist, metric=a.metric, indicative=a.indicative,
                              few_steps=a.few_steps, limits=lim)
-    buf = io.BytesIO()
-    dist.to_parquet(buf, index=False)
-    atomic_write_bytes(store.root / "distances.parquet", buf.getvalue())
     out = {"distances": dist, "keypoints": kp, "rates": rates, "claims": claims}
-    _write_csv(store, "keypoints.csv", kp)
-    _write_csv(store, "rates.csv", rates)
-    _write_csv(store, "claims.csv", claims)
-    if model.name == "analytic":
-        cal = calibration_table(cfg, model, dist, samples, df)
-        _write_csv(store, "calibration.csv", cal)
-        out["calibration"] = cal
-        c = cal.iloc[0]
-        notes.append(f"coherence calibration (configured thresholds vs ground truth): TP={c.tp} "
-                     f"FP={c.fp} FN={c.fn} TN={c.tn} precision={c.precision:.3f} "
-                     f"recall={c.recall:.3f}")
-        if not lim.empty:
-            _write_csv(store, "limits.csv", lim)
-            out["limits"] = lim
+    # all tables replace the previous ones together, and only once every one is computed
+    with staged_files(store.root) as put:
+        buf = io.BytesIO()
+        dist.to_parquet(buf, index=False)
+        put("distances.parquet", buf.getvalue())
+        _write_csv(put, "keypoints.csv", kp)
+        _write_csv(put, "rates.csv", rates)
+        _write_csv(put, "claims.csv", claims)
+        if model.name == "analytic":
+            cal = calibration_table(cfg, model, dist, samples, df)
+            _write_csv(put, "calibration.csv", cal)
+            out["calibration"] = cal
+            c = cal.iloc[0]
+            notes.append(f"coherence calibration (configured thresholds vs ground truth): TP={c.tp} "
+                         f"FP={c.fp} FN={c.fn} TN={c.tn} precision={c.precision:.3f} "
+                         f"recall={c.recall:.3f}")
+            if not lim.empty:
+                _write_csv(put, "limits.csv", lim)
+                out["limits"] = lim
     _print_summary(cfg, store, kp, claims, notes)
     return out
 

@@ -1,7 +1,7 @@
 """Claim files with expiry, so writers sharing one study do not compute a cell twice.
 
 Before computing a batch a writer claims its cells (``claims/<cell hash>``, holding
-``pid@host``) under the store's lock; cells another live writer holds are left to it.
+``pid@host`` and a token) under the store's lock; cells another live writer holds are left to it.
 A claim lapses when its writer's process is gone (same host) or when it has not been
 renewed for ``ttl`` seconds (any host): a daemon thread renews a live writer's claims
 every ``ttl / 4``, so only a dead or frozen writer's claims expire.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -28,7 +29,8 @@ class Leases:
         self.mine: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.me = f"{os.getpid()}@{HOST}"
+        #: ``pid@host token``: the token tells writers of one process apart
+        self.me = f"{os.getpid()}@{HOST} {uuid.uuid4().hex[:8]}"
 
     def __enter__(self) -> Leases:
         self._thread = threading.Thread(target=self._renew, daemon=True)
@@ -52,7 +54,7 @@ class Leases:
             return None
         if owner == self.me:
             return owner if cell_hash in self.mine else None
-        pid, _, host = owner.partition("@")
+        pid, _, host = owner.split(" ")[0].partition("@")
         alive = owner_alive(int(pid), host) if pid.isdigit() else False
         if alive is False or age > self.ttl:
             return None

@@ -118,8 +118,11 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
         with store.leases(cfg.claim_seconds) as leases, \
                 tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
                      disable=not cfg.progress) as bar:
+            computed: set[str] = set()
+
             def finished() -> set[str]:
-                return store.row_hashes() - damaged
+                """Stored by this run, or by others since it started (not the damaged rows)."""
+                return (store.row_hashes() - damaged) | computed
 
             pending = todo
             while pending:
@@ -144,6 +147,7 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
                             "max_abs": max_abs, "diverged": max_abs > DIVERGENCE_FACTOR,
                         })
                     store.append_rows(rows)
+                    computed |= mine
                     leases.release(mine)
                     diverged += [r["hash"] for r in rows if r["diverged"]]
                     if not ran:  # only a run that stored something describes the study

@@ -15,6 +15,8 @@ register_model = MODELS.register
 @register_model("analytic")
 def _analytic(model_cfg, width: int, height: int) -> Model:
     from convergence.models.analytic import AnalyticModel
+    from convergence.models.device import check_cpu_only
+    check_cpu_only(model_cfg.device, "the analytic model")
     return AnalyticModel(width, height)
 
 

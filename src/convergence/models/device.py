@@ -59,3 +59,13 @@ def select_dtype(device: torch.device | str, name: str = "auto") -> torch.dtype:
     if dtype == torch.float64 and device.type == "mps":
         raise ConvergenceError("dtype float64 is not supported on Apple MPS; use float32")
     return dtype
+
+
+def check_cpu_only(name: str, what: str) -> None:
+    """A model that runs on the CPU only: ``auto``/``cpu`` are fine, any other named device
+    fails (with select_device's message if it does not exist here)."""
+    if str(name).strip().lower() in ("auto", "cpu"):
+        return
+    select_device(name)
+    raise ConvergenceError(f"model.device={name!r}: {what} runs on the CPU only (float64); "
+                           "use model.device=auto or cpu")
