@@ -1,10 +1,18 @@
 """`convergence analyze` end to end on a tiny study (generated once per session, in-process):
 files, columns, exact references, claims that degrade, missing cells."""
 
+import math
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
 from inprocess import main_status as cli
+
+from convergence.analysis import claims as C
+from convergence.analysis import tables as T
+from convergence.store import Store
 
 TINY = ["name=tiny", "samplers=[euler,heun]", "steps=[4,8,16,24]", "width=32", "height=32",
         "prompts=[{topic:food,text:burger,seed:1}]", "seeds_per_prompt=2", "progress=false",
@@ -28,37 +36,89 @@ def test_analyze_writes_tables(tiny, capsys):
     need = {"hash", "model", "topic", "prompt", "seed", "sampler", "schedule", "steps", "cfg",
             "nfe", "seconds", "reference", "metric", "value"}
     assert need <= set(d.columns)
-    assert {"rmse", "psnr", "gmsd", "noise"} <= set(d.metric)
+    assert {"rel_rmse", "rmse", "psnr", "gmsd", "noise"} <= set(d.metric)
     assert {"highest", "next", "heun@max", "exact-denoised", "exact-zero"} <= set(d.reference)
     kp = pd.read_csv(root / "tiny" / "keypoints.csv")
     assert {"topic", "sampler", "schedule", "cfg", "point", "steps", "nfe", "seconds", "metric",
             "threshold", "reference", "n_seeds", "n_reached", "spread", "converges",
             "status"} <= set(kp.columns)
+    seeds = pd.read_csv(root / "tiny" / "keypoints_seed.csv")
+    assert set(seeds.seed) == {1, 2} and len(seeds) == 2 * 2 * 3  # samplers x seeds x points
     rates = pd.read_csv(root / "tiny" / "rates.csv")
     assert {"topic", "sampler", "schedule", "cfg", "x", "reference", "metric", "a", "b", "b_lo",
-            "b_hi", "n_seeds"} <= set(rates.columns)
-    assert "exact-denoised" in set(rates.reference)
+            "b_hi", "n_seeds", "x_lo", "x_hi", "slopes", "asymptotic", "order"} <= set(rates.columns)
+    assert "exact-denoised" in set(rates.reference) and "heun@max" not in set(rates.reference)
+    assert rates[~rates.asymptotic].order.isna().all()  # no order where not asymptotic
     lim = pd.read_csv(root / "tiny" / "limits.csv")
-    assert set(lim.sampler) == {"euler", "heun"} and lim.closest.str.startswith("exact").all()
+    assert set(lim.sampler) == {"euler", "heun"} and lim.limit.str.startswith("exact").all()
     cal = pd.read_csv(root / "tiny" / "calibration.csv")
     assert cal.configured.iloc[0] and (cal[["tp", "fp", "fn", "tn"]].sum(1) == 16).all()  # 2 samplers x 4 steps x 2 seeds
     claims = pd.read_csv(root / "tiny" / "claims.csv")
-    assert list(claims.columns) == ["claim", "measurement", "value", "verdict", "details"]
-    assert len(claims) == 6 and "guide's claims" in out
+    assert list(claims.columns) == T.columns("claims")
+    assert "guide's claims" in out and "analyze: key points" not in out  # progress=false: quiet
     # euler+heun on one topic: the claims about other samplers/topics cannot be tested here
-    v = dict(zip(claims.claim, claims.verdict, strict=False))
-    assert v["K_EULER_A and K_DPM_2_A never converge"] == "not testable here"
-    assert v["faces and bodies (people, animals) converge later than nature or food"] == \
-        "not testable here"
+    v = claims.groupby("claim").verdict.agg(set)
+    assert v[C.Q_CONVERGE] <= {"holds", "contradicted", "not testable here"}
+    assert v[C.Q_LATER] == {"not testable here"} and v[C.Q_TOWARDS] == {"not testable here"}
 
 
-def test_three_step_counts_degrade_instead_of_crashing(tiny, capsys):
+def _points_table(root):
+    kp = pd.read_csv(root / "keypoints_seed.csv")
+    return kp.pivot_table(index=["prompt", "seed", "sampler", "schedule", "cfg"], columns="point",
+                          values="steps", dropna=False).fillna(math.inf)
+
+
+def test_key_points_ordered_for_every_curve(tiny):
+    root, _ = tiny
+    p = _points_table(root / "tiny")
+    assert len(p) == 4 and ((p.indicative <= p.coherent) & (p.coherent <= p.converged)).all()
+    kp = pd.read_csv(root / "tiny" / "keypoints.csv")
+    agg = kp[kp.point.isin(["indicative", "coherent", "converged"])].pivot_table(
+        index=["topic", "sampler"], columns="point", values="steps", dropna=False).fillna(math.inf)
+    assert ((agg.indicative <= agg.coherent) & (agg.coherent <= agg.converged)).all()
+
+
+def test_darkened_copy_has_the_same_key_points(tiny, tmp_path):
+    """Every sample (and image) scaled towards black: x -> 0.4 (x + 1) - 1. The key points
+    are measured relative to each picture's own variation, so none moves."""
     root, res = tiny
+    src, dst = root / "tiny", tmp_path / "tiny"
+    shutil.copytree(src, dst)
+    store = Store(dst)
+    for h in store.load().hash:
+        store.write_sample(h, 0.4 * (store.load_sample(h) + 1) - 1)
+        store.write_image(h, (store.load_image(h) * 0.4).astype(np.uint8))
+    assert cli("analyze", *TINY, f"results_dir={tmp_path}") == 0
+    a, b = _points_table(src), _points_table(dst)
+    pd.testing.assert_frame_equal(a, b)
+    assert pd.read_csv(src / "keypoints.csv").steps.equals(pd.read_csv(dst / "keypoints.csv").steps)
+
+
+def test_store_is_analysed_whole(tiny, capsys, tmp_path):
+    """A study extended on the command line is analysed by a plain `analyze` as a whole."""
+    root, _ = tiny
+    shutil.copytree(root / "tiny", tmp_path / "tiny")
+    res = f"results_dir={tmp_path}"
+    more = [a if not a.startswith("steps=") else "steps=[4,8,16,24,32]" for a in TINY]
+    assert cli("run", *more, res) == 0
+    assert cli("analyze", *TINY, res) == 0
+    d = pd.read_parquet(tmp_path / "tiny" / "distances.parquet")
+    assert 32 in set(d.steps)
+
+
+def test_three_step_counts_degrade_instead_of_crashing(tiny, capsys, tmp_path):
+    root, _ = tiny
+    three = tmp_path / "tiny"
+    shutil.copytree(root / "tiny", three)
+    store = Store(three)
+    cells = store.load()
+    store.table_path.unlink()
+    store.append_rows(cells[cells.steps != 24].to_dict("records"))
     args = [a if not a.startswith("steps=") else "steps=[4,8,16]" for a in TINY]
-    assert cli("analyze", *args, res, "analysis.rate_min_steps=20") == 0
-    claims = pd.read_csv(root / "tiny" / "claims.csv")
-    first = claims[claims.claim == "first-order samplers converge slowly"].iloc[0]
-    assert first.verdict == "not testable here" and first.details
+    assert cli("analyze", *args, f"results_dir={tmp_path}", "analysis.rate_min_steps=20") == 0
+    claims = pd.read_csv(three / "claims.csv")
+    first = claims[claims.source == "harness"].iloc[0]
+    assert first.verdict in (C.UNTESTABLE, C.PRE_ASYMPTOTIC) and first.details
 
 
 def test_missing_cells_are_named(tiny):

@@ -35,7 +35,7 @@ def test_every_scheduler_is_registered_with_its_class_name():
         assert specs[v.name].family == "diffusers"
         assert specs[v.name].stochastic == v.stochastic
     for alias, name in [("uni_pc", "UniPCMultistepScheduler_bh1"),
-                        ("uni_pc_bh2", "UniPCMultistepScheduler"), ("deis", "DEISMultistepScheduler"),
+                        ("uni_pc_bh2", "UniPCMultistepScheduler"),
                         ("lcm", "LCMScheduler"), ("ddpm", "DDPMScheduler"),
                         ("eulerdiscretescheduler", "EulerDiscreteScheduler")]:
         assert resolve_sampler(alias).spec.name == name

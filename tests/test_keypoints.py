@@ -4,7 +4,12 @@ import math
 
 import numpy as np
 
-from convergence.keypoints import aggregate, curve_points, earliest_from_which, forward_changes
+from convergence.analysis.keypoints import (
+    aggregate,
+    curve_points,
+    earliest_from_which,
+    forward_changes,
+)
 
 STEPS = [4, 8, 10, 20, 30, 40, 50, 100]
 KW = dict(indicative=0.05, converged=0.0078, coherent_noise=0.06, coherent_change=0.05,
@@ -55,13 +60,29 @@ def test_late_excursion_after_settling():
     assert p["indicative"] == 40
 
 
-def test_coherence_needs_low_noise_and_stability():
-    d = [math.nan] * 8  # no reference at all: coherence must still be defined
+def test_coherence_needs_low_noise_stability_and_the_indicative_point():
     ch = [0.3, 0.2, 0.04, 0.03, 0.02, 0.01, 0.005, math.nan]
     noise = [0.3, 0.2, 0.2, 0.05, 0.04, 0.04, 0.04, 0.04]
+    p = points([math.nan] * 8, ch, noise)  # no reference: nothing is indicative, so not coherent
+    assert p["coherent"] is None and p["indicative"] is None
+    assert p["coherent_heuristic"] == 20  # the reference-free part alone
+    d = [0.3, 0.04, 0.03, 0.02, 0.01, 0.005, 0.004, math.nan]
     p = points(d, ch, noise)
-    assert p["coherent"] == 20
-    assert p["indicative"] is None
+    assert (p["indicative"], p["coherent"], p["converged"]) == (8, 20, 40)
+
+
+def test_points_are_ordered_on_random_curves():
+    """converged => coherent => indicative, cell by cell, so the points are ordered even
+    where the separate conditions would disagree (noisy, non-monotone curves)."""
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        d = list(np.exp(rng.uniform(-6, 0, 7))) + [math.nan]
+        ch = list(np.exp(rng.uniform(-6, 0, 8)))
+        noise = list(rng.uniform(0, 0.1, 8))
+        p = points(d, ch, noise)
+        inf = math.inf
+        ind, coh, conv = (inf if p[k] is None else p[k] for k in ("indicative", "coherent", "converged"))
+        assert ind <= coh <= conv
 
 
 def test_aggregate_median_counts_missing_as_not_reached():
@@ -72,7 +93,7 @@ def test_aggregate_median_counts_missing_as_not_reached():
 
 
 def test_nonconvergence_relative_to_deterministic_samplers():
-    from convergence.keypoints import deterministic_baseline
+    from convergence.analysis.keypoints import deterministic_baseline
     # a smooth picture: ancestral fresh noise (0.02) is below the absolute bar 0.05, but far
     # above every ODE solver's late change (<= 0.002): it does not converge
     anc = [0.3, 0.2, 0.1, 0.04, 0.03, 0.025, 0.02, math.nan]

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from convergence.keypoints import curve_points, forward_changes
+from convergence.analysis.keypoints import curve_points, forward_changes
+from convergence.analysis.rates import asymptotic_fit, bootstrap_b, fit_power, local_slopes
+from convergence.analysis.references import denoise
 from convergence.metrics import rmse
 from convergence.models.analytic import exact_solution
 from convergence.plan import Cell
-from convergence.rates import bootstrap_b, fit_power
-from convergence.references import _denoise, schedule_span
-from convergence.runner import sample_batch
+from convergence.runner import cell_metadata, sample_batch
 
 
 def test_fit_recovers_exponent_with_and_without_reference():
@@ -28,6 +28,27 @@ def test_fit_recovers_exponent_with_and_without_reference():
     assert lo <= b <= hi and abs(b + 1) < 0.1
 
 
+def test_local_slopes_with_and_without_reference():
+    x = np.array([10, 20, 30, 40, 80.0])  # ladder: 80, 40, 20, 10 (30 is too close to 40/20)
+    lx, sl = local_slopes(x, 2.0 * x**-1.5)
+    assert list(lx) == [10, 20, 40, 80] and np.allclose(sl, 1.5)
+    lx, sl = local_slopes(x[:-1], 2.0 * (x[:-1] ** -1.5 - 80.0**-1.5), x_ref=80.0)
+    assert np.allclose(sl, 1.5, atol=1e-4)
+
+
+def test_order_refused_where_local_slopes_disagree():
+    x = np.array([12, 24, 48, 96, 192.0])
+    ok = asymptotic_fit([(x, 3.0 * x**-2.0)], math.inf)
+    assert ok["asymptotic"] and abs(ok["order"] - 2) < 1e-3 and (ok["x_lo"], ok["x_hi"]) == (24, 192)
+    # the issue's euler-on-discrete curve: local slopes 3.2, 5.6, 0.37 over the last doublings
+    d = 1e-2 * np.cumprod([1.0, 2**-3.2, 2**-5.6, 2**-0.37, 2**-0.64])
+    bad = asymptotic_fit([(x, d)], math.inf)
+    assert not bad["asymptotic"] and math.isnan(bad["order"]) and math.isnan(bad["b"])
+    assert bad["slopes"] == "3.20,5.60,0.37,0.64" and not math.isnan(bad["order_fit"])
+    flat = asymptotic_fit([(x, 0.1 + 0 * x)], math.inf)  # a plateau has no order
+    assert not flat["asymptotic"]
+
+
 SEEDS = [1, 2]
 STEPS = [12, 24, 48]
 
@@ -40,23 +61,29 @@ def _run(model, sampler, steps):
 
 @pytest.fixture(scope="module")
 def limits(model32):
-    s0, smin, _ = schedule_span(model32, "karras", STEPS[0])
+    m = cell_metadata(model32, "euler", "karras", STEPS[0])
+    s0, smin = m["sigma_start"], m["sigma_min"]
     x0 = model32.initial_noise(SEEDS, 32, 32).double() * s0
     cond = model32.encode_prompts(["p"] * 2, ["food"] * 2)
     x_min = exact_solution(model32, x0, s0, smin, cond, 1.0)
     zero = exact_solution(model32, x_min, smin, 0.0, cond, 1.0)
-    return {"denoised": _denoise(model32, x_min, smin, cond, 1.0).numpy(), "zero": zero.numpy()}
+    return {"denoised": denoise(model32, x_min, smin, cond, 1.0).numpy(), "zero": zero.numpy()}
 
 
 @pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("dpm_2", 2), ("dpmpp_2m", 2)])
 def test_measured_order_matches_theory(model32, limits, sampler, order):
-    nfe, err = [], []
-    for n in STEPS:
+    """Karras runs at CFG 1, steps 12-96: the order is ACCEPTED (last local slopes agree
+    within 0.3) and within 0.25 of theory (measured: 1.01, 2.08, 2.07, 2.13)."""
+    units = [[], []]
+    for n in [*STEPS, 96]:
         r = _run(model32, sampler, n)  # float64 in memory (the store keeps fp32)
-        nfe.append(r.nfe)
-        err.append(np.median(rmse(r.samples.numpy(), limits["denoised"])))
-    _, b = fit_power(np.array(nfe, float), np.array(err))
-    assert abs(-b - order) <= 0.25, (sampler, -b, err)
+        err = rmse(r.samples.numpy(), limits["denoised"])
+        for i in range(len(SEEDS)):
+            units[i].append((r.nfe, err[i]))
+    fit = asymptotic_fit([(np.array(u, float).T[0], np.array(u, float).T[1]) for u in units],
+                         math.inf)
+    assert fit["asymptotic"], (sampler, fit["slopes"])
+    assert abs(fit["order"] - order) <= 0.25, (sampler, fit)
 
 
 def test_which_limit_each_sampler_approaches(model32, limits):

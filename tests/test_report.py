@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cdp import Browser, chromium
 from PIL import Image
 from test_report_inputs import write_analysis
 
@@ -78,11 +79,15 @@ def test_report_writes_page_figures_and_tables(study):
         assert (report / "figures" / f"{stem}.png").is_file()
         assert (report / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
     for name in ("keypoints_indicative", "keypoints_coherent", "keypoints_converged", "speed",
-                 "cheapest", "batch_workflow", "rates", "claims", "cells"):
+                 "cheapest", "batch_workflow", "rates", "claims", "cells", "keypoints_guide",
+                 "speed_guide", "batch_recipes", "variety"):
         assert len(pd.read_csv(report / "tables" / f"{name}.csv")) > 0, name
     text = index.read_text()
     assert "http://" not in text and "https://" not in text  # nothing fetched from a network
-    assert "<script" not in text.lower().replace("&lt;script", "")  # the page runs no code
+    # the only scripts are the viewer's own, inline: its data and its code
+    scripts = re.findall(r"<script[^>]*>", text)
+    assert scripts == ['<script type="application/json" id="viewer-data">', "<script>"]
+    assert len(list((report / "cells").iterdir())) == 48  # every cell, for the viewer
 
 
 def test_prompt_with_script_tag_is_shown_as_text(study):
@@ -203,10 +208,6 @@ def test_speed_table_measures_nfe_per_step_and_ratios_to_euler():
 
 # -- the rendered page, the notebook and the command ------------------------------------
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def find_patch(shot: np.ndarray, patch: np.ndarray) -> bool:
     """Whether ``patch`` appears pixel-exact in ``shot`` (the grid PNG drawn 1:1).
 
@@ -231,53 +232,124 @@ def find_patch(shot: np.ndarray, patch: np.ndarray) -> bool:
     return False
 
 
-def test_page_renders_in_headless_chromium(study, tmp_path):
+@pytest.fixture(scope="module")
+def page(study, tmp_path_factory):
+    """The report opened from file:// in headless Chromium (DevTools over a pipe)."""
     exe = chromium()
     if exe is None:
         pytest.skip("chromium is not installed and could not be: `make test` installs it "
                     "(apt-get install -y chromium, needs root)")
     root, index = study
-    shots = {}
-    # the page as a reader first sees it, then the whole page in one tall window
-    for size in ("1400,2000", "1400,9000"):
-        png = tmp_path / f"shot{len(shots)}.png"
-        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                        "--no-first-run", "--disable-background-networking",
-                        "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}",
-                        f"--window-size={size}", index.as_uri()],
-                       capture_output=True, timeout=120, check=False)
-        assert png.is_file(), "chromium wrote no screenshot"
-        shots[size] = np.asarray(Image.open(png).convert("RGB"))
-    top = shots["1400,2000"]
-    assert top.shape[:2] == (2000, 1400)
+    with Browser(exe, tmp_path_factory.mktemp("profile"), 1400, 1000) as b:
+        b.open(index.as_uri())
+        yield b
+
+
+def centre(b: Browser, selector: str) -> tuple[float, float]:
+    """Scroll ``selector`` into view; its centre in viewport pixels."""
+    return tuple(b.eval(f"""(() => {{ const e = document.querySelector({selector!r});
+        e.scrollIntoView({{block: "center"}}); const r = e.getBoundingClientRect();
+        return [r.x + r.width / 2, r.y + r.height / 2]; }})()"""))
+
+
+def fmt3(v: float) -> str:
+    """The viewer's number format (3 significant digits)."""
+    return f"{float(f'{v:.3g}'):g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.2e}"
+
+
+def test_page_renders_in_headless_chromium(study, page, tmp_path):
+    root, _ = study
+    top = np.asarray(Image.open(page.screenshot(tmp_path / "top.png")).convert("RGB"))
+    assert top.shape[:2] == (1000, 1400)
     assert top.std() > 20, "the page is blank"
     assert (top < 100).all(-1).mean() > 0.005, "no text on the page"
+    # open every fold and load its lazy images now, as scrolling through the page would
+    page.eval("""document.querySelectorAll('details').forEach(d => d.open = true);
+        Promise.all([...document.querySelectorAll('img[loading=lazy]')].map(i => {
+            i.loading = 'eager'; return i.decode().catch(() => null); }))""")
+    whole = np.asarray(Image.open(page.screenshot(tmp_path / "all.png", full_page=True)).convert("RGB"))
     grid = np.asarray(Image.open(sorted((root / "report" / "grids").glob("*.png"))[0]).convert("RGB"))
     # a patch of the first grid's first thumbnail row, labels and images: the grid loaded
     patch = grid[grid.shape[0] // 3: grid.shape[0] // 3 + 24, 40:200]
-    assert find_patch(shots["1400,9000"], patch), "the grid image is not on the rendered page"
+    assert find_patch(whole, patch), "the grid image is not on the rendered page"
 
 
-def test_notebook_runs_on_a_small_study(study):
-    import nbformat
-    from nbclient import NotebookClient
+def viewer_cell(root: Path, topic_index: int, row: int, col: int) -> pd.Series:
+    """The stored cell the viewer shows at (row, col) of a topic's first seed."""
+    s = load_study(root)
+    spec = [g for g in grid_specs(s) if g.topic == s.topics[topic_index]][0]
+    sampler, schedule = spec.rows[row]
+    c = spec.cells
+    return c[(c["sampler"] == sampler) & (c["schedule"] == schedule)
+             & (c["steps"] == spec.steps[col])].iloc[0]
+
+
+def test_viewer_hover_shows_the_cells_distance(study, page):
     root, _ = study
-    nb = nbformat.read(REPO / "notebooks" / "convergence_report.ipynb", as_version=4)
-    old = os.environ.get("CONVERGENCE_STUDY")
-    os.environ["CONVERGENCE_STUDY"] = str(root)
-    try:
-        NotebookClient(nb, timeout=120, kernel_name="python3",
-                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-    finally:
-        if old is None:
-            os.environ.pop("CONVERGENCE_STUDY")
-        else:
-            os.environ["CONVERGENCE_STUDY"] = old
+    page.mouse(*centre(page, '#v-grid button.v-cell[data-r="1"][data-c="2"]'))
+    tip = page.eval("[document.getElementById('v-tip').hidden, "
+                    "document.getElementById('v-tip').getAttribute('data-cell'), "
+                    "document.getElementById('v-tip').innerText]")
+    assert tip[0] is False and tip[1] == "1,2"
+    cell = viewer_cell(root, 0, 1, 2)
+    d = pd.read_parquet(root / "distances.parquet")
+    dist = d[(d["hash"] == cell["hash"]) & (d["metric"] == "rmse") & (d["reference"] == "highest")]
+    assert f"{cell['sampler']} · {cell['schedule']}, {cell['steps']} steps" in tip[2]
+    assert f"rmse to its own highest step count\t{fmt3(dist['value'].iloc[0])}" in tip[2]
+    assert f"NFE\t{cell['nfe']}" in tip[2]
+
+
+def test_viewer_step_slider_flips_to_the_right_cell(study, page):
+    root, _ = study
+    page.eval("document.getElementById('v-topic').value = '0';"
+              "document.getElementById('v-topic').dispatchEvent(new Event('change'))")
+    page.mouse(*centre(page, "#v-step"), kind="mousePressed")  # focus the slider as a user would
+    page.eval("document.getElementById('v-step').value = '0';"
+              "document.getElementById('v-step').dispatchEvent(new Event('input'))")
+    seen = []
+    for col in range(3):
+        if col:
+            page.key("ArrowRight", 39)
+        state = page.eval("[document.querySelector('#v-a img').getAttribute('src'), "
+                          "document.querySelector('#v-a .v-nums').innerText, "
+                          "document.getElementById('v-step-label').textContent]")
+        cell = viewer_cell(root, 0, 0, col)
+        assert state[0] == f"cells/{cell['hash']}.png", col
+        assert f"{cell['steps']} steps" in state[2]
+        assert f"NFE\t{cell['nfe']}" in state[1]
+        seen.append(state[0])
+    assert len(set(seen)) == 3
+    loaded = page.eval("[...document.querySelectorAll('#v-a img, #v-b img')].map(i => i.complete && i.naturalWidth)")
+    assert all(loaded), "a pane image did not load"
+
+
+def test_viewer_page_has_no_errors_and_no_network(study, page):
+    root, _ = study
+    assert page.problems() == []
+    urls = page.requests()
+    assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+    # lazy: the page does not fetch every cell image up front
+    cells = [u for u in urls if "/cells/" in u]
+    assert len(cells) < len(load_study(root).cells)
+
+
+def test_notebook_runs_with_the_documented_command(study, tmp_path):
+    """docs/report.md's command: `jupyter execute` (nbclient, in the dev extras)."""
+    import nbformat
+    root, _ = study
+    jupyter = Path(sys.executable).parent / "jupyter"
+    out = tmp_path / "executed"
+    r = subprocess.run([str(jupyter), "execute", f"--output={out}",
+                        "notebooks/convergence_report.ipynb"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "CONVERGENCE_STUDY": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    nb = nbformat.read(out.with_suffix(".ipynb"), as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(pngs) >= 3 + 2  # curves (all + 2 topics) and one grid per topic
+    html_tables = " ".join(o["data"].get("text/html", "") for o in outputs if "data" in o)
+    assert "guide it/s (M1 Max)" in html_tables  # the guide tables are drawn
 
 
 def test_cli_report_prints_where_the_report_is(study):

@@ -60,29 +60,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def staged_files(root: Path) -> Iterator[Callable[[str, bytes], None]]:
-    """Collect several files and move them into ``root`` together when the block ends
-    without an error; on an error none of them replaces what was there."""
-    staged: list[tuple[Path, Path]] = []
-
-    def put(name: str, data: bytes) -> None:
-        dest = Path(root) / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_name(dest)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        staged.append((tmp, dest))
-
+def staged_into(root: Path) -> Iterator[Path]:
+    """A scratch folder whose files move into ``root`` together when the block ends without
+    an error; on an error none of them replaces what was there."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    work = tmp_name(root / "staged", "new")
+    work.mkdir()
     try:
-        yield put
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, dest in staged:
-        os.replace(tmp, dest)
+        yield work
+        for p in sorted(work.rglob("*")):
+            if p.is_file() and not p.name.endswith(".tmp"):
+                dest = root / p.relative_to(work)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(p, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager

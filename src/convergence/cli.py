@@ -30,6 +30,19 @@ def config_path() -> str:
     return str(Path(override).resolve()) if override else "pkg://convergence.conf"
 
 
+def _quiet_known_warnings() -> None:
+    """Installed on import, so launcher workers (which import this module to run a job)
+    are as quiet as the main process."""
+    # k-diffusion imports `clip`, which warns about pkg_resources on every start
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    # conf/hydra/launcher/*.yaml carry the plugins' names, so Hydra checks them against the
+    # plugins' schemas (wanted) and warns that it will stop doing so (they work either way)
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against")
+
+
+_quiet_known_warnings()
+
+
 def fail(message: str, code: int = 2) -> None:
     print(f"convergence: error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -93,6 +106,7 @@ def _hydra_app(task: Callable):
     from omegaconf import DictConfig
 
     from convergence.config import register_configs, to_config
+    from convergence.worker import assign_device
 
     register_configs()
 
@@ -100,6 +114,7 @@ def _hydra_app(task: Callable):
     def app(dcfg: DictConfig) -> None:
         try:
             cfg = to_config(dcfg)
+            cfg.model.device = assign_device(cfg.model.device)
             if cfg.threads:
                 import torch
                 torch.set_num_threads(cfg.threads)
@@ -174,8 +189,6 @@ stored is lost), 3 internal error (--debug shows the traceback), 130 interrupted
 
 
 def main(argv: list[str] | None = None) -> None:
-    # k-diffusion imports `clip`, which warns about pkg_resources on every start
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

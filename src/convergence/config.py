@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import MISSING as MISSING_FACTORY
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from convergence.errors import ConvergenceError
+from convergence.shard import parse_shard
 
 
 @dataclass
@@ -51,12 +53,13 @@ class ModelConfig:
 class AnalysisConfig:
     """Thresholds and choices of the analysis; rationale in docs/analysis.md."""
 
-    #: metric of the key points (rmse: model-space floats, [-1, 1] pixel scale)
-    metric: str = "rmse"
+    #: metric of the key points: rel_rmse = rmse of the model-space floats divided by the
+    #: reference's own std (independent of brightness and contrast; docs/analysis.md)
+    metric: str = "rel_rmse"
     #: metrics written to distances.parquet ("lpips" only when its weights are cached;
     #: "flip" is opt-in: one library call per pair, ~8 ms each at 64x64 on one core)
-    metrics: list[str] = field(default_factory=lambda: ["rmse", "mse", "psnr", "ssim", "haarpsi",
-                                                        "gmsd"])
+    metrics: list[str] = field(default_factory=lambda: ["rel_rmse", "rmse", "mse", "psnr", "ssim",
+                                                        "haarpsi", "gmsd"])
     #: references: "highest" (group's highest steps), "SAMPLER@STEPS" (cross-sampler),
     #: "exact" (analytic model: exact-denoised, exact-zero, exact-end limits; skipped with a
     #: one-line note on models without an exact solution). Exact limits are what rates and
@@ -68,19 +71,22 @@ class AnalysisConfig:
     #: image metrics (psnr, ssim, haarpsi, gmsd, flip, lpips) are computed against these
     #: references only (FLIP costs ~30 ms a pair on a CPU); model-space metrics against all
     image_references: list[str] = field(default_factory=lambda: ["highest"])
-    #: indicative: distance to the reference at most this (rmse 0.05 ~ 6/255 RMS)
-    indicative: float = 0.05
-    #: converged: distance to the reference at most this (one 8-bit level, 2/255)
-    converged: float = 0.0078
-    #: coherent: residual-noise estimate at most this ...
-    coherent_noise: float = 0.25
-    #: ... and change to the next swept step count at most this (metric of the key points).
-    #: Both calibrated on the analytic model's ground truth (docs/analysis.md: best balanced
-    #: accuracy with the change bound still a small change, <= 0.2 ~ 25/255 RMS)
-    coherent_change: float = 0.2
-    #: "does not converge": not converged, never settled, and the change between the two
-    #: largest swept step counts is still at least this (the image keeps moving)
-    nonconvergence_change: float = 0.05
+    #: Thresholds are in units of the metric (rel_rmse: fractions of the reference's own
+    #: std). indicative: distance to the reference at most this (0.1: on a picture of the
+    #: default study's median contrast, std 0.55 in [-1, 1], that is ~7/255 RMS)
+    indicative: float = 0.1
+    #: converged: distance to the reference at most this (0.015: ~1 8-bit level, 2/255, at
+    #: median contrast) ...
+    converged: float = 0.015
+    #: coherent: residual-noise estimate (relative to the image's own std) at most this ...
+    coherent_noise: float = 0.4
+    #: ... and change to the next swept step count at most this. Both calibrated on the
+    #: analytic model's ground truth (docs/analysis.md: best balanced accuracy with the
+    #: change bound still a small change, <= 0.4 of the picture's std)
+    coherent_change: float = 0.4
+    #: "does not converge" without deterministic samplers in the study: not converged,
+    #: never settled, and the change between the two largest swept step counts at least this
+    nonconvergence_change: float = 0.1
     #: ground truth of coherence on the analytic model: Mahalanobis/d to the nearest
     #: component at most this (a clean sample scores ~1, sigma_min-level grain ~3) ...
     truth_mahalanobis: float = 4.0
@@ -112,6 +118,9 @@ class ReportConfig:
     #: grid cell size in pixels: larger images are downscaled, smaller ones enlarged by
     #: whole pixels only (64 px -> 128 px)
     thumbnail: int = 128
+    #: longest side of the viewer's images (report/cells/): larger images are scaled
+    #: down to it once, smaller ones are linked as stored
+    viewer_size: int = 256
     #: frame the indicative / coherent / converged cells on the grids
     mark_keypoints: bool = True
     #: distance drawn and tabulated; null = the analysis' metric
@@ -131,9 +140,14 @@ class Config:
     #: seeds for every prompt; null = each prompt's own seed, + (seeds_per_prompt - 1) more
     seeds: Optional[list[int]] = None
     seeds_per_prompt: int = 1
-    samplers: list[str] = field(default_factory=list)
-    #: schedules axis; "native" = each sampler's home schedule
-    schedules: list[str] = field(default_factory=lambda: ["native"])
+    #: sampler names (any spelling `convergence samplers` lists) or Hydra nodes
+    #: ``{_target_: pkg.module.fn, name: ..., order: ..., **options}`` (docs/plugins.md)
+    samplers: list[Any] = field(default_factory=list)
+    #: schedules axis; "native" = each sampler's home schedule; names or ``_target_`` nodes
+    schedules: list[Any] = field(default_factory=lambda: ["native"])
+    #: modules imported before anything else: they register samplers, schedules, metrics,
+    #: models (docs/plugins.md)
+    plugins: list[str] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     cfg: list[float] = field(default_factory=lambda: [7.5])
     width: int = 64
@@ -151,6 +165,9 @@ class Config:
     #: this many seconds (its writer frozen, or dead on another host) lapses. Live writers
     #: renew every claim_seconds / 4; a dead writer on the same host lapses at once
     claim_seconds: float = 120.0
+    #: run only shard i of n ("i/n", cells split by hash; null = all cells): one launcher
+    #: job per shard, all writing into one study folder (docs/scale.md)
+    shard: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -163,10 +180,16 @@ def register_configs() -> None:
 
 
 def to_config(cfg: DictConfig | dict) -> Config:
-    """Hydra's DictConfig (or a plain dict, for tests) -> a validated Config."""
+    """Hydra's DictConfig (or a plain dict, for tests) -> a validated Config.
+
+    Imports the ``plugins`` first, then registers ``_target_`` samplers and schedules and
+    replaces them by their names, so every later stage sees plain names."""
+    raw = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    check_keys(OmegaConf.to_container(raw, resolve=False), Config)
     base = OmegaConf.structured(Config)
     merged = OmegaConf.merge(base, cfg)
     obj: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    _load_plugins(obj)
     validate(obj)
     return obj
 
@@ -198,6 +221,34 @@ def _check_seed(seed, where: str) -> None:
     if not 0 <= int(seed) <= MAX_SEED:
         raise ConvergenceError(f"{where} {seed} is out of range: seeds are integers from 0 to "
                                f"{MAX_SEED} (2**63 - 1)")
+def check_keys(node: Any, schema: type, where: str = "") -> None:
+    """Unknown keys are an error naming the key and the close valid ones (Hydra lets
+    ``+key=value`` add any key; a typo must not be silently ignored)."""
+    import difflib
+    from dataclasses import fields, is_dataclass
+    if not isinstance(node, dict):
+        return
+    known = {f.name: f for f in fields(schema)}
+    for key, value in node.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid keys: {', '.join(known)}"
+            raise ConvergenceError(f"unknown config key {where + str(key)!r}; {hint}")
+        sub = known[key].default_factory if known[key].default_factory is not MISSING_FACTORY else None
+        if sub is not None and is_dataclass(sub):
+            check_keys(value, sub, f"{where}{key}.")
+
+
+def _load_plugins(cfg: Config) -> None:
+    if cfg.plugins:
+        from convergence.registry import import_plugins
+        import_plugins(cfg.plugins)
+    if any(not isinstance(s, str) for s in cfg.samplers):
+        from convergence.samplers.registry import sampler_from_target
+        cfg.samplers = [s if isinstance(s, str) else sampler_from_target(s) for s in cfg.samplers]
+    if any(not isinstance(s, str) for s in cfg.schedules):
+        from convergence.samplers.schedules import canonical_schedule
+        cfg.schedules = [s if isinstance(s, str) else canonical_schedule(s) for s in cfg.schedules]
 
 
 def validate(cfg: Config) -> None:
@@ -242,6 +293,7 @@ def validate(cfg: Config) -> None:
         raise ConvergenceError("the sweep has no schedules (schedules=[] is empty)")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConvergenceError(f"threads must be >= 1 (or null), got {cfg.threads}")
+    parse_shard(cfg.shard)
     if cfg.batch_size < 1:
         raise ConvergenceError(f"batch_size must be >= 1, got {cfg.batch_size}")
     for label, v in (("width", cfg.width), ("height", cfg.height)):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from convergence.errors import ConvergenceError
+from convergence.registry import Registry
 
 MetricFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -31,7 +32,19 @@ class MetricSpec:
     description: str = ""
 
 
-_METRICS: dict[str, MetricSpec] = {}
+def _metric_spec(name: str, obj, meta: dict) -> MetricSpec:
+    """A MetricSpec from a plain ``fn(x, ref)`` (entry point / _target_): its
+    ``convergence_meta`` or ``meta`` give space (default "sample") and lower_is_better."""
+    if isinstance(obj, MetricSpec):
+        return obj
+    merged = {"space": "sample", **getattr(obj, "convergence_meta", {}), **meta}
+    return MetricSpec(name, obj, merged["space"], bool(merged.get("lower_is_better", True)),
+                      merged.get("description", (obj.__doc__ or "").strip().split("\n")[0]))
+
+
+#: third parties add metrics through the ``convergence.metrics`` entry-point group or
+#: plugins (docs/plugins.md)
+METRICS: Registry[MetricSpec] = Registry("metric", group="convergence.metrics", wrap=_metric_spec)
 
 
 def register_metric(name: str, *, space: str, lower_is_better: bool = True,
@@ -41,28 +54,25 @@ def register_metric(name: str, *, space: str, lower_is_better: bool = True,
         raise ValueError(f"metric space must be 'sample' or 'image', got {space!r}")
 
     def deco(fn: MetricFn) -> MetricFn:
-        if name in _METRICS:
-            raise ValueError(f"metric {name!r} registered twice")
-        _METRICS[name] = MetricSpec(name, fn, space, lower_is_better,
-                                    description or (fn.__doc__ or "").strip().split("\n")[0])
+        METRICS.add(name, MetricSpec(name, fn, space, lower_is_better,
+                                     description or (fn.__doc__ or "").strip().split("\n")[0]))
         return fn
 
     return deco
 
 
 def metric_names() -> list[str]:
-    return list(_METRICS)
+    return METRICS.names()
 
 
 def get_metric(name: str) -> MetricSpec:
     """The metric registered as ``name``, or a ConvergenceError listing the known ones."""
-    if name not in _METRICS:
-        raise ConvergenceError(f"unknown metric {name!r}; known: {', '.join(_METRICS)}")
-    if name == "lpips":
+    spec = METRICS.get(name)
+    if spec.name == "lpips":
         reason = lpips_unavailable_reason()
         if reason:
             raise ConvergenceError(f"LPIPS is unavailable: {reason}")
-    return _METRICS[name]
+    return spec
 
 
 def compute(name: str, x: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -85,6 +95,17 @@ def mse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 @register_metric("rmse", space="sample", description="root mean squared error in model space")
 def rmse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.sqrt(mse(x, ref))
+
+
+@register_metric("rel_rmse", space="sample",
+                 description="rmse divided by the reference's own standard deviation")
+def rel_rmse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """RMSE in units of the reference's variation (std over all its values): unchanged by
+    any brightness/contrast change a*x + b of both pictures, and the same definition in
+    pixel and in latent space, so one set of thresholds serves the analytic and real
+    models (docs/analysis.md)."""
+    r = ref.reshape(len(ref), -1).astype(np.float64)
+    return rmse(x, ref) / np.maximum(r.std(1), 1e-12)
 
 
 # -- images -----------------------------------------------------------------------------
@@ -209,8 +230,7 @@ def available(names: list[str]) -> tuple[list[str], list[str]]:
     """Split ``names`` into (usable here, one-line messages about the others)."""
     ok, notes = [], []
     for n in names:
-        if n not in _METRICS:
-            raise ConvergenceError(f"unknown metric {n!r}; known: {', '.join(_METRICS)}")
+        METRICS.canonical(n)  # an unknown name fails with the close ones
         reason = lpips_unavailable_reason() if n == "lpips" else None
         if reason:
             notes.append(f"LPIPS is unavailable: {reason}")

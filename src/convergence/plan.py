@@ -11,7 +11,7 @@ from itertools import product
 
 from convergence.config import Config
 from convergence.samplers.registry import resolve_sampler
-from convergence.samplers.schedules import SCHEDULES
+from convergence.samplers.schedules import canonical_schedule
 
 #: bump when a change to the harness alters images for the same cell
 HASH_VERSION = 1
@@ -66,11 +66,9 @@ def prompt_seeds(cfg: Config) -> list[tuple]:
 def expand(cfg: Config, model_name: str, model_fingerprint: dict) -> list[Cell]:
     """All cells of the study (deduplicated, in a stable order)."""
     mh = fingerprint_hash(model_fingerprint)
-    for s in cfg.schedules:
-        if s != "native":
-            SCHEDULES.get(s, extra_names=("native",))  # fails naming the value
+    schedules = [canonical_schedule(s) for s in cfg.schedules]  # fails naming the value
     cells: dict[str, Cell] = {}
-    for sampler_name, schedule, cfg_scale in product(cfg.samplers, cfg.schedules, cfg.cfg):
+    for sampler_name, schedule, cfg_scale in product(cfg.samplers, schedules, cfg.cfg):
         resolved = resolve_sampler(sampler_name, backend=cfg.model.sampler_backend)
         sched = resolved.schedule or schedule
         if sched == "native" or resolved.spec.family == "diffusers":

@@ -15,10 +15,12 @@ from convergence.config import Config
 from convergence.errors import ConvergenceError, Interrupted
 from convergence.models import build_model
 from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
+from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
 from convergence.samplers.schedules import get_sigmas
+from convergence.shard import select_shard
 from convergence.store import Store
 
 
@@ -83,6 +85,17 @@ def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
 DIVERGENCE_FACTOR = 1e3
 
 
+def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict:
+    """What the analysis needs to know about a cell without importing the samplers or
+    building a model: the sampler's family and stochasticity, and the sigma span the
+    exact references start and stop at (stored in each cell row)."""
+    spec = resolve_sampler(sampler).spec
+    s = get_sigmas(model, schedule, steps)
+    return {"family": spec.family, "stochastic": bool(spec.stochastic),
+            "sigma_start": float(s[0]), "sigma_min": float(s[s > 0].min()),
+            "stops_above_zero": bool(s[-1] > 0)}
+
+
 @dataclass
 class RunSummary:
     store: Store
@@ -106,7 +119,8 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
     are missing or damaged are recomputed; cells another live writer has claimed are left
     to it (and waited for), so overlapping runs do not compute a cell twice."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
-    cells = expand(cfg, model.name, model.fingerprint())
+    planned = expand(cfg, model.name, model.fingerprint())
+    cells = select_shard(planned, cfg.shard)
     store = Store(study_root(cfg))
     store.clean_stale()
     done = store.done_hashes()
@@ -134,10 +148,11 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
                         continue
                     res = sample_batch(model, batch, cfg.sampler_options)
                     rows = []
+                    meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
                     for i, cell in enumerate(batch):
                         max_abs = float(res.samples[i].abs().max())
                         rows.append({
-                            "hash": cell.hash, **cell.__dict__, "nfe": res.nfe,
+                            "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
                             "model_evals": res.model_evals,
                             "seconds": res.seconds / len(batch),
                             "model_seconds": res.model_seconds / len(batch),
@@ -151,7 +166,7 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
                     leases.release(mine)
                     diverged += [r["hash"] for r in rows if r["diverged"]]
                     if not ran:  # only a run that stored something describes the study
-                        _write_study(store, cfg, model, cells)
+                        _write_study(store, cfg, model, planned)
                     ran += len(batch)
                     took += len(batch)
                     bar.update(len(batch))
@@ -165,15 +180,16 @@ def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
                           f"stored in {store.root} ({ran} by this run); run the same command "
                           "again to resume (stored cells are not recomputed)") from None
     if not ran:
-        _write_study(store, cfg, model, cells)
+        _write_study(store, cfg, model, planned)
     store.compact()
     return RunSummary(store, cells, ran, len(cells) - len(todo),
                       time.perf_counter() - start, diverged)
 
 
-def _write_study(store: Store, cfg: Config, model: Model, cells: list[Cell]) -> None:
+def _write_study(store: Store, cfg: Config, model: Model, planned: list[Cell]) -> None:
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(cells)})
+                                    "n_cells": len(planned),
+                                    "device_name": device_name(model.device)})
 
 
 def _plain(cfg: Config) -> dict:

@@ -8,7 +8,9 @@ from convergence.models.base import Model
 from convergence.registry import Registry
 
 ModelFactory = Callable[..., Model]
-MODELS: Registry[ModelFactory] = Registry("model")
+#: ``factory(model_cfg, width, height) -> Model``; third parties add to it through the
+#: ``convergence.models`` entry-point group or plugins (docs/plugins.md)
+MODELS: Registry[ModelFactory] = Registry("model", group="convergence.models")
 register_model = MODELS.register
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,17 +97,25 @@ class GuidedDenoiser:
         self.rows_evaluated = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, conditioning: Conditioning,
-                 cfg_scale: float = 1.0) -> torch.Tensor:
+                 cfg_scale: float = 1.0,
+                 post_cfg: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+        """``post_cfg`` receives the unconditional prediction (CFG++ samplers renoise
+        with it); at CFG 1 that is the conditional one, as no other row is evaluated."""
         sigma = sigma.to(x.dtype)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         if cfg_scale == 1.0:
             self.rows_evaluated += x.shape[0]
-            return self.model.denoise(x, sigma, conditioning.cond)
+            out = self.model.denoise(x, sigma, conditioning.cond)
+            if post_cfg is not None:
+                post_cfg(out)
+            return out
         both = self.model.cat_cond(conditioning.cond, conditioning.uncond)
         self.rows_evaluated += 2 * x.shape[0]
         out = self.model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
         cond_out, uncond_out = out.chunk(2)
+        if post_cfg is not None:
+            post_cfg(uncond_out)
         return uncond_out + (cond_out - uncond_out) * cfg_scale
 
 

@@ -69,3 +69,22 @@ def check_cpu_only(name: str, what: str) -> None:
     select_device(name)
     raise ConvergenceError(f"model.device={name!r}: {what} runs on the CPU only (float64); "
                            "use model.device=auto or cpu")
+
+
+def device_name(device: torch.device | str) -> str:
+    """What a reader needs to judge a timing: the GPU's model name (``NVIDIA H100 80GB
+    HBM3``), Apple MPS, or the CPU with its core count."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    import os
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model here; platform.processor() is often just the architecture
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

@@ -18,6 +18,7 @@ from convergence.errors import ConvergenceError
 from convergence.report.curves import curve_figure, write_curves
 from convergence.report.data import StudyData, load_study
 from convergence.report.grids import grid_specs, grid_tiles, render_grid, write_grids
+from convergence.report.guide import batch_recipes, keypoints_guide_layout, speed_vs_guide
 from convergence.report.html import render
 from convergence.report.tables import (
     _fmt_num,
@@ -30,6 +31,8 @@ from convergence.report.tables import (
     rates_table,
     speed_table,
 )
+from convergence.report.variety import variety_table
+from convergence.report.viewer import script_json, viewer_data, write_cell_images
 
 __all__ = ["write_report", "build_report", "load_study", "StudyData", "curve_figure",
            "grid_specs", "grid_tiles", "render_grid", "keypoint_tables", "speed_table",
@@ -43,6 +46,8 @@ def check_report_config(rc: ReportConfig) -> None:
     """Reject settings that would draw nothing or nonsense, naming the value."""
     if rc.thumbnail < 16:
         raise ConvergenceError(f"report.thumbnail must be >= 16 pixels, got {rc.thumbnail}")
+    if rc.viewer_size < 16:
+        raise ConvergenceError(f"report.viewer_size must be >= 16 pixels, got {rc.viewer_size}")
     if rc.max_grid_columns < 1 or rc.max_grid_rows < 1:
         raise ConvergenceError("report.max_grid_columns and report.max_grid_rows must be >= 1")
     if rc.batch_candidates < 1 or not 0 <= rc.batch_refined <= rc.batch_candidates:
@@ -78,7 +83,12 @@ def _render(study: StudyData, rc: ReportConfig, out: Path) -> Path:
     batch = batch_workflow(study, rc.batch_candidates, rc.batch_refined)
     rates = rates_table(study)
     claims = claims_table(study)
-    tables = [*kp_tables, speed, cheapest, batch, *(t for t in (rates, claims) if t is not None)]
+    guide_kp = keypoints_guide_layout(study)
+    speed_guide = speed_vs_guide(study)
+    recipes = batch_recipes(study, batch, rc.batch_candidates, rc.batch_refined)
+    variety = variety_table(study)
+    tables = [*kp_tables, speed, cheapest, batch, guide_kp, speed_guide, recipes,
+              *(t for t in (rates, claims, variety) if t is not None)]
     for t in tables:
         t.data.to_csv(out / "tables" / f"{t.key}.csv", index=False)
     study.cells.drop(columns=[c for c in ("sample",) if c in study.cells]).to_csv(
@@ -90,16 +100,19 @@ def _render(study: StudyData, rc: ReportConfig, out: Path) -> Path:
     grids = _grid_context(study, write_grids(study, out / "grids", thumb=rc.thumbnail,
                                              max_columns=rc.max_grid_columns,
                                              max_rows=rc.max_grid_rows, mark=rc.mark_keypoints), out)
+    viewer = _viewer_context(study, out, rc)
     page = render(
         name=study.name, description=study.study.get("config", {}).get("description", ""),
         summary=_summary(study), metric=study.metric, reference=study.reference,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
-        speed=speed, batch=batch, rates=rates, curves=curves, grids=grids,
+        speed=speed, batch=batch, rates=rates, curves=curves, grids=grids, viewer=viewer,
+        guide_kp=guide_kp, speed_guide=speed_guide, recipes=recipes, variety=variety,
         batch_best=_batch_best(batch), n=rc.batch_candidates, k=rc.batch_refined,
         verdict_col=list(claims.shown.columns).index("verdict") if claims is not None
         and "verdict" in claims.shown.columns else -1,
-        files=sorted(rel(p, out) for p in out.rglob("*") if p.is_file() and p.name != "index.html"))
+        files=sorted(rel(p, out) for p in out.rglob("*")
+                     if p.is_file() and p.name != "index.html" and p.parent.name != "cells"))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -121,6 +134,18 @@ def _grid_context(study: StudyData, written, out: Path) -> list[dict]:
                     "width": min(PAGE_WIDTH, Image.open(p).width)} for p in paths]
         (t["first"] if (spec.seed, spec.cfg) == t["key"] else t["more"]).extend(entries)
     return [by_topic[t] for t in study.topics if t in by_topic]
+
+
+def _viewer_context(study: StudyData, out: Path, rc: ReportConfig) -> dict:
+    """The viewer's JSON and legend; its images go to report/cells/."""
+    images = write_cell_images(study, out / "cells", rc.viewer_size)
+    data = viewer_data(study, images)
+    native = int(max(study.cells["width"].max(), study.cells["height"].max()))
+    data |= {"thumb": rc.thumbnail, "view": max(rc.viewer_size, rc.thumbnail),
+             "frameWidth": max(2, rc.thumbnail // 32),
+             "pixelated": native <= min(rc.viewer_size, rc.thumbnail)}
+    return {"json": script_json(data), "colours": data["colours"],
+            "marks_note": "median over seeds, on the first swept step at or after it"}
 
 
 def _summary(study: StudyData) -> str:
@@ -147,6 +172,6 @@ def _warnings(study: StudyData) -> list[str]:
 def _batch_best(batch) -> list[dict]:
     best = batch_headline(batch)
     return [{"topic": "all topics" if r.topic == "all" else r.topic, "sampler": r.sampler, "ind": _fmt_steps(r.indicative_steps),
-             "conv": _fmt_steps(r.converged_steps), "A": _fmt_num(r.A_seconds),
-             "B": _fmt_num(r.B_seconds), "sp_s": _fmt_num(r.speedup_seconds, 2) + "×",
+             "conv": _fmt_steps(r.converged_steps), "A": f"{r.A_nfe:,.0f}",
+             "B": f"{r.B_nfe:,.0f}", "sp_s": _fmt_num(r.speedup_seconds, 2) + "×",
              "sp_n": _fmt_num(r.speedup_nfe, 2) + "×"} for r in best.itertuples()]

@@ -18,7 +18,7 @@ from convergence.errors import ConvergenceError
 
 #: the analysis files the report needs, and the optional ones it shows when present
 REQUIRED = ("distances.parquet", "keypoints.csv")
-OPTIONAL = ("rates.csv", "claims.csv")
+OPTIONAL = ("rates.csv", "claims.csv", "keypoints_seed.csv")
 POINTS = ("indicative", "coherent", "converged")
 
 
@@ -38,6 +38,8 @@ class StudyData:
     stale: list[str] = field(default_factory=list)
     #: things a reader should know about what was left out
     notes: list[str] = field(default_factory=list)
+    #: key points of each seed's curve (keypoints_seed.csv; None from an older analysis)
+    keypoints_seed: pd.DataFrame | None = None
 
     @property
     def name(self) -> str:
@@ -146,4 +148,5 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
     stale = [n for n in (*REQUIRED, *OPTIONAL)
              if (root / n).exists() and (root / n).stat().st_mtime < changed]
     return StudyData(root, cells, distances, keypoints, optional["rates.csv"],
-                     optional["claims.csv"], study, metric or "rmse", stale, notes)
+                     optional["claims.csv"], study, metric or "rmse", stale, notes,
+                     optional["keypoints_seed.csv"])

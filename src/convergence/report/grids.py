@@ -100,14 +100,16 @@ def grid_specs(study: StudyData) -> list[GridSpec]:
 
 
 def keypoint_marks(study: StudyData, spec: GridSpec) -> dict[tuple[str, str, int], list[str]]:
-    """(sampler, schedule, steps) -> key points to frame on that cell.
-
-    keypoints.csv holds the median over seeds, which need not be a swept step count: the
-    frame goes on the first swept step at or above it (the first column showing it)."""
-    kp = study.keypoints
-    if kp.empty:
+    """(sampler, schedule, steps) -> key points to frame on that cell: those of the seed
+    the grid shows (keypoints_seed.csv). Only an older analysis without per-seed points
+    falls back to the median over seeds, framed on the first swept step at or above it."""
+    per_seed = study.keypoints_seed is not None and not study.keypoints_seed.empty
+    kp = study.keypoints_seed if per_seed else study.keypoints
+    if kp is None or kp.empty:
         return {}
     kp = kp[(kp["topic"] == spec.topic) & (kp["metric"] == study.metric)]
+    if per_seed:
+        kp = kp[(kp["prompt"] == spec.prompt) & (kp["seed"].astype(int) == spec.seed)]
     if "cfg" in kp:
         kp = kp[(kp["cfg"].astype(float) - spec.cfg).abs() < 1e-9]
     marks: dict[tuple[str, str, int], list[str]] = {}
@@ -118,6 +120,11 @@ def keypoint_marks(study: StudyData, spec: GridSpec) -> dict[tuple[str, str, int
         if at:
             marks.setdefault((r.sampler, r.schedule, at[0]), []).append(r.point)
     return marks
+
+
+def _marks_label(study: StudyData) -> str:
+    per_seed = study.keypoints_seed is not None and not study.keypoints_seed.empty
+    return "(this seed)" if per_seed else "(median over seeds)"
 
 
 def non_converging(study: StudyData, spec: GridSpec) -> set[tuple[str, str]]:
@@ -155,7 +162,7 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     row_h = max(cell, label_f.size + 2 * (small_f.size + 2) + 2 * pad)
     grid_w = label_w + len(steps) * cell
     legend_w = (sum(_text_width(probe, p, small_f) + small_f.size + 4 * pad for p in POINTS)
-                + _text_width(probe, "(median over seeds)", small_f) + 2 * pad)
+                + _text_width(probe, _marks_label(study), small_f) + 2 * pad)
     width = max(grid_w, 480, legend_w if marks else 0)
     title_lines = fit_lines(spec.prompt, width - 2 * pad, title_f, max_lines=3)
     line_h = title_f.size + pad
@@ -215,7 +222,7 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
             lx += small_f.size + pad
             d.text((lx, ly), point, fill=FG, font=small_f)
             lx += _text_width(d, point, small_f) + 3 * pad
-        d.text((lx, ly), "(median over seeds)", fill=MUTED, font=small_f)
+        d.text((lx, ly), _marks_label(study), fill=MUTED, font=small_f)
     return img
 
 

@@ -12,14 +12,15 @@ from convergence.samplers.registry import register_sampler
 
 
 def _eps(model, x, sigma, extra_args):
+    extra_args = extra_args or {}
     s_in = x.new_ones([x.shape[0]])
     return (x - model(x, sigma * s_in, **extra_args)) / sigma
 
 
 @register_sampler("ddim", family="compvis", native_schedule="ddim_uniform",
-                  aliases=("DDIM",))
+                  aliases=("DDIM",), order=1)
 @torch.no_grad()
-def sample_ddim(model, x, sigmas, extra_args, ctx, callback=None):
+def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DDIM, deterministic (eta = 0): 1 NFE/step."""
     for i in range(len(sigmas) - 1):
         eps = _eps(model, x, sigmas[i], extra_args)
@@ -29,10 +30,11 @@ def sample_ddim(model, x, sigmas, extra_args, ctx, callback=None):
     return x
 
 
+# 4th-order Adams-Bashforth after 2nd- and 3rd-order starting steps: global order 2
 @register_sampler("plms", family="compvis", native_schedule="ddim_uniform",
-                  aliases=("PLMS", "pndm_plms"))
+                  aliases=("PLMS", "pndm_plms"), order=2, nfe_offset=1)
 @torch.no_grad()
-def sample_plms(model, x, sigmas, extra_args, ctx, callback=None):
+def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """PLMS (pseudo linear multistep, CompVis): 4th-order Adams-Bashforth on eps with a
     2nd-order first step that costs one extra model call (NFE = steps + 1)."""
     old_eps: list[torch.Tensor] = []

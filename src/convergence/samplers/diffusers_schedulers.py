@@ -49,7 +49,7 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
     SchedulerVariant("DDIMScheduler", "DDIMScheduler",
                      description="diffusers DDIM (eta = 0), 1 NFE/step"),
     SchedulerVariant("PNDMScheduler", "PNDMScheduler", {"skip_prk_steps": True},
-                     aliases=("PLMSScheduler",),
+                     aliases=("PLMSScheduler", "pndm"),
                      description="diffusers PNDM with skip_prk_steps (PLMS), as SD ships it"),
     SchedulerVariant("DDPMScheduler", "DDPMScheduler", {}, True, ("ddpm", "DDPM"),
                      "diffusers DDPM (ancestral, stochastic)"),
@@ -74,7 +74,7 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
                      ("DPMSolverMultistepSDEScheduler",),
                      "diffusers DPM-Solver++(2M) SDE (stochastic)"),
     SchedulerVariant("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
-                     {"algorithm_type": "dpmsolver++", "solver_order": 2},
+                     {"algorithm_type": "dpmsolver++", "solver_order": 2}, aliases=("dpmpp_2s",),
                      description="diffusers DPM-Solver++ single-step, order 2"),
     SchedulerVariant("UniPCMultistepScheduler", "UniPCMultistepScheduler",
                      {"solver_type": "bh2"}, aliases=("uni_pc_bh2", "UniPC bh2"),
@@ -84,9 +84,25 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
                      description="diffusers UniPC, B(h) = bh1 (ComfyUI uni_pc, A1111 UniPC); ends at "
                      "sigma_min: its bh1 update is NaN on a last step to sigma = 0"),
     SchedulerVariant("DEISMultistepScheduler", "DEISMultistepScheduler", {},
-                     aliases=("deis", "DEIS"), description="diffusers DEIS multistep, order 2"),
+                     description="diffusers DEIS multistep, order 2 (ComfyUI's `deis` is the "
+                     "k-diffusion-form one in samplers/comfy.py)"),
     SchedulerVariant("LCMScheduler", "LCMScheduler", {}, True, ("lcm", "LCM"),
                      "diffusers LCM (for LCM-distilled models; stochastic between steps)"),
+    SchedulerVariant("TCDScheduler", "TCDScheduler", {}, True, ("tcd", "TCD"),
+                     "diffusers TCD (for TCD-distilled models; gamma = 0.3 re-noises)"),
+    SchedulerVariant("DPMSolverMultistepScheduler_3M", "DPMSolverMultistepScheduler",
+                     {"algorithm_type": "dpmsolver++", "solver_order": 3}, aliases=("dpmpp_3m",),
+                     description="diffusers DPM-Solver++(3M) (InvokeAI dpmpp_3m)"),
+    # InvokeAI's *_k names of methods only diffusers has: its Karras sigmas
+    *(SchedulerVariant(f"{cls}_karras", base, {**over, "use_karras_sigmas": True},
+                       aliases=(invoke,), description=f"{cls} with Karras sigmas (InvokeAI {invoke})")
+      for cls, base, over, invoke in (
+          ("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
+           {"algorithm_type": "dpmsolver++", "solver_order": 2}, "dpmpp_2s_k"),
+          ("DPMSolverMultistepScheduler_3M", "DPMSolverMultistepScheduler",
+           {"algorithm_type": "dpmsolver++", "solver_order": 3}, "dpmpp_3m_k"),
+          ("UniPCMultistepScheduler", "UniPCMultistepScheduler", {"solver_type": "bh2"},
+           "unipc_k"))),
 )
 
 #: the same method in the k-diffusion / CompVis family -> its diffusers scheduler; used by
@@ -96,7 +112,7 @@ EQUIVALENTS = {
     "euler_ancestral": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
     "dpm_2": "KDPM2DiscreteScheduler", "dpm_2_ancestral": "KDPM2AncestralDiscreteScheduler",
     "lms": "LMSDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE",
+    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE", "deis": "DEISMultistepScheduler",
 }
 
 
@@ -146,7 +162,9 @@ def _t_to_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _make_adapter(variant: SchedulerVariant):
-    def sample(model, x, sigmas, extra_args, ctx, callback=None):
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, context=None):
+        ctx = context
+        extra_args = extra_args or {}
         scheduler = build_scheduler(variant, ctx)
         try:
             scheduler.set_timesteps(ctx.steps, device=x.device)
@@ -183,9 +201,16 @@ def _make_adapter(variant: SchedulerVariant):
     return sample
 
 
+#: two model calls per step but the last (their final step to sigma = 0 is first order)
+TWO_STAGE = {"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"}
+#: PLMS: one extra call on the first step
+FIRST_EXTRA = {"PNDMScheduler"}
+
 for _v in VARIANTS:
-    register_sampler(_v.name, family="diffusers", stochastic=_v.stochastic,
+    register_sampler(_v.name, _make_adapter(_v), family="diffusers", stochastic=_v.stochastic,
                      native_schedule="discrete", aliases=_v.aliases,
-                     description=_v.description)(_make_adapter(_v))
+                     description=_v.description,
+                     nfe_per_step=2 if _v.name in TWO_STAGE else 1,
+                     nfe_offset=-1 if _v.name in TWO_STAGE else int(_v.name in FIRST_EXTRA))
 for _k, _d in EQUIVALENTS.items():
     register_equivalent(_k, _d)

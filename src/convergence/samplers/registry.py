@@ -1,26 +1,34 @@
-"""Sampler registry: every sampler is one plain function with one signature.
+"""Sampler registry: a sampler is a plain function with k-diffusion's signature,
 
-``fn(model, x, sigmas, extra_args, ctx) -> x_final`` where ``model`` is the counting
-denoiser (``model(x, sigma, **extra_args)``), ``x`` is the initial noise already scaled
-by ``sigmas[0]``, and ``ctx`` (:class:`SamplingContext`) carries what some samplers need
-besides sigmas: per-cell noise, the model's discrete schedule, the step count.
+    fn(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
+       **options) -> x_final
 
-Names from InvokeAI (K_LMS), A1111 ("DPM++ 2M Karras"), ComfyUI (dpmpp_2m) and
-diffusers class names resolve through :func:`resolve_sampler`; adding a sampler is one
-decorated function (or an entry point in the ``convergence.samplers`` group).
+plus metadata (claimed order, NFE per step, stochastic or not), so any k-diffusion or
+ComfyUI sampler registers unchanged. ``model`` is the counting denoiser
+(``model(x, sigma, **extra_args)``), ``x`` the initial noise already scaled by
+``sigmas[0]``. The harness passes only the keywords the function accepts: a seeded
+per-cell ``noise_sampler`` (so a stochastic image depends on its cell's seed only), the
+study's ``sampler_options``, and ``context`` (:class:`SamplingContext`: the step count,
+the model's discrete schedule, ...) to functions that ask for it.
+
+Names from InvokeAI (K_LMS), A1111 ("DPM++ 2M Karras"), ComfyUI (dpmpp_2m) and diffusers
+class names resolve through :func:`resolve_sampler`, ignoring case. Third parties register
+with :func:`register_sampler`, an entry point in the ``convergence.samplers`` group, a
+Hydra ``_target_`` in ``samplers=[…]``, or ``plugins=[module]`` (docs/plugins.md).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
+import inspect
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 from convergence.errors import ConvergenceError
+from convergence.registry import Registry, load_object, normalize
 from convergence.samplers.noise import CellNoise
 
 
@@ -37,20 +45,133 @@ class SamplingContext:
 
 
 SamplerFn = Callable[..., torch.Tensor]
+NOISE_KINDS = ("gaussian", "brownian")
+#: metadata keys a `_target_` node or sampler_meta may set
+META_KEYS = ("family", "stochastic", "order", "nfe_per_step", "nfe_offset", "noise",
+             "native_schedule", "description", "rows_independent")
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
+    """A registered sampler: the function (or a lazy ``module:attr``) and its claims."""
+
     name: str
-    fn: SamplerFn
-    family: str
-    stochastic: bool
-    native_schedule: str
+    sampler: SamplerFn | str
+    family: str = "plugin"
+    stochastic: bool = False
+    #: claimed order of accuracy of the deterministic method (None: no claim)
+    order: float | None = None
+    #: claimed NFE: ``nfe_per_step * steps + nfe_offset`` model calls per image
+    #: (heun: 2, -1: its last step to sigma = 0 is an Euler step); None = adaptive
+    nfe_per_step: float | None = 1
+    nfe_offset: int = 0
+    #: the noise_sampler handed to stochastic samplers: "gaussian" (independent draws) or
+    #: "brownian" (a Brownian tree, for SDE samplers)
+    noise: str = "gaussian"
+    native_schedule: str = "discrete"
     aliases: tuple[str, ...] = ()
     description: str = ""
     #: False when the sampler couples batch rows (adaptive step control on a batch-wide
     #: error norm): such cells run one per batch so each image depends on its cell only
     rows_independent: bool = True
+
+    def function(self) -> SamplerFn:
+        return load_object(self.sampler) if isinstance(self.sampler, str) else self.sampler
+
+    def claimed_nfe(self, steps: int) -> int | None:
+        if self.nfe_per_step is None:
+            return None
+        return int(round(self.nfe_per_step * steps + self.nfe_offset))
+
+    def fn(self, model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict,
+           ctx: SamplingContext, callback=None) -> torch.Tensor:
+        """Run the sampler the way the harness does: its k-diffusion signature, with the
+        keywords it accepts."""
+        fn = self.function()
+        params = _parameters(fn)
+        if _legacy(params):   # the harness's earlier signature fn(model, x, sigmas, extra_args, ctx)
+            return fn(model, x, sigmas, extra_args, ctx, callback=callback)
+        kwargs: dict[str, Any] = {"extra_args": extra_args, "callback": callback,
+                                  "disable": True}
+        if "noise_sampler" in params:
+            kwargs["noise_sampler"] = self.noise_sampler(x, sigmas, ctx)
+        if "context" in params:
+            kwargs["context"] = ctx
+        kwargs.update(ctx.options)
+        if not _var_kw(params):   # options a sampler does not take are not its options
+            kwargs = {k: v for k, v in kwargs.items() if k in params}
+        return fn(model, x, sigmas, **kwargs)
+
+    def noise_sampler(self, x: torch.Tensor, sigmas: torch.Tensor, ctx: SamplingContext):
+        """Per-row seeded noise, so a cell's image does not depend on its batch."""
+        if self.noise == "brownian":
+            pos = sigmas[sigmas > 0]
+            return ctx.noise.brownian(x, float(pos.min()), float(pos.max()))
+        return ctx.noise.gaussian(x)
+
+
+def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _var_kw(params: dict[str, inspect.Parameter]) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _legacy(params: dict[str, inspect.Parameter]) -> bool:
+    names = list(params)
+    return len(names) >= 5 and names[4] == "ctx"
+
+
+def sampler_meta(**meta: Any) -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator attaching claims to a plain function, for entry points and ``_target_``
+    that name the function itself: ``@sampler_meta(order=2, nfe_per_step=1)``."""
+    bad = set(meta) - set(META_KEYS) - {"aliases"}
+    if bad:
+        raise ValueError(f"unknown sampler metadata {sorted(bad)}; use {', '.join(META_KEYS)}")
+
+    def deco(fn: SamplerFn) -> SamplerFn:
+        fn.convergence_meta = dict(meta)  # type: ignore[attr-defined]
+        return fn
+    return deco
+
+
+def make_spec(name: str, obj: Any, meta: dict) -> SamplerSpec:
+    """A SamplerSpec from a plain function (+ its ``convergence_meta``) or an existing spec."""
+    if isinstance(obj, SamplerSpec):
+        return replace(obj, name=name, **meta)
+    merged = {**getattr(obj, "convergence_meta", {}), **meta}
+    if not callable(obj) and not isinstance(obj, str):
+        raise ConvergenceError(f"sampler {name!r} is not callable ({type(obj).__name__})")
+    doc = "" if isinstance(obj, str) else (getattr(obj, "__doc__", "") or "")
+    merged.setdefault("description", doc.strip().split("\n")[0])
+    merged["aliases"] = tuple(merged.get("aliases", ()))
+    spec = SamplerSpec(name, obj, **merged)
+    _check_spec(spec)
+    return spec
+
+
+def _check_spec(spec: SamplerSpec) -> None:
+    if spec.noise not in NOISE_KINDS:
+        raise ValueError(f"sampler {spec.name!r}: noise must be one of {NOISE_KINDS}")
+    if spec.nfe_per_step is not None and not (spec.nfe_per_step > 0 and math.isfinite(spec.nfe_per_step)):
+        raise ValueError(f"sampler {spec.name!r}: nfe_per_step must be > 0 or None")
+
+
+SAMPLERS: Registry[SamplerSpec] = Registry(
+    "sampler", group="convergence.samplers",
+    builtins=("convergence.samplers.compvis", "convergence.samplers.kdiffusion",
+              "convergence.samplers.comfy_registry",
+              "convergence.samplers.diffusers_schedulers"),
+    wrap=make_spec)
+#: names that also fix the schedule (A1111's "DPM++ 2M Karras") -> (sampler, schedule)
+_SCHEDULED: dict[str, tuple[str, str]] = {}
+#: sampler -> the diffusers-scheduler sampler of the same method (model.sampler_backend)
+_EQUIVALENTS: dict[str, str] = {}
+BACKENDS = ("k-diffusion", "diffusers")
 
 
 @dataclass(frozen=True)
@@ -59,44 +180,22 @@ class ResolvedSampler:
     schedule: str | None  # schedule named inside the alias (A1111 style), if any
 
 
-_REGISTRY: dict[str, SamplerSpec] = {}
-_ALIASES: dict[str, tuple[str, str | None]] = {}
-#: sampler -> the diffusers-scheduler sampler of the same method (model.sampler_backend)
-_EQUIVALENTS: dict[str, str] = {}
-BACKENDS = ("k-diffusion", "diffusers")
-_PLUGINS_LOADED = False
+def register_sampler(name: str, fn: SamplerFn | str | None = None, *,
+                     aliases: tuple[str, ...] = (),
+                     scheduled_aliases: dict[str, str] | None = None, **meta: Any):
+    """Register a k-diffusion-signature sampler ``fn`` (or lazy ``"module:attr"``) under
+    ``name``; a decorator when ``fn`` is omitted. ``meta``: order, nfe_per_step,
+    nfe_offset, stochastic, noise, native_schedule, family, description, rows_independent.
+    ``scheduled_aliases`` maps names that also fix the schedule to that schedule."""
 
-
-def _key(name: str) -> str:
-    """Normalise a user-typed name: case, spaces, dashes, '+' and underscores."""
-    return re.sub(r"[\s_\-]+", "", name.strip().lower()).replace("+", "p")
-
-
-def register_sampler(name: str, *, family: str, stochastic: bool = False,
-                     native_schedule: str = "discrete", aliases: tuple[str, ...] = (),
-                     scheduled_aliases: dict[str, str] | None = None,
-                     description: str = "",
-                     rows_independent: bool = True) -> Callable[[SamplerFn], SamplerFn]:
-    """Decorator: register ``fn`` under ``name`` and its aliases.
-
-    ``scheduled_aliases`` maps names that also fix the schedule (A1111's
-    "DPM++ 2M Karras") to that schedule.
-    """
-
-    def deco(fn: SamplerFn) -> SamplerFn:
-        if name in _REGISTRY:
-            raise ValueError(f"sampler {name!r} registered twice")
-        spec = SamplerSpec(name, fn, family, stochastic, native_schedule, tuple(aliases),
-                           description or (fn.__doc__ or "").strip().split("\n")[0],
-                           rows_independent)
-        _REGISTRY[name] = spec
-        for alias in (name, *aliases):
-            _ALIASES.setdefault(_key(alias), (name, None))
+    def deco(obj: SamplerFn | str) -> SamplerFn | str:
+        spec = make_spec(name, obj, {"aliases": tuple(aliases), **meta})
+        SAMPLERS.add(name, spec, aliases=spec.aliases)
         for alias, sched in (scheduled_aliases or {}).items():
-            _ALIASES.setdefault(_key(alias), (name, sched))
-        return fn
+            _SCHEDULED.setdefault(normalize(alias), (name, sched))
+        return obj
 
-    return deco
+    return deco(fn) if fn is not None else deco
 
 
 def register_equivalent(sampler: str, scheduler: str) -> None:
@@ -105,23 +204,14 @@ def register_equivalent(sampler: str, scheduler: str) -> None:
     _EQUIVALENTS[sampler] = scheduler
 
 
-def _load_builtin_and_plugins() -> None:
-    global _PLUGINS_LOADED
-    if _PLUGINS_LOADED:
-        return
-    _PLUGINS_LOADED = True
-    from convergence.samplers import compvis, kdiffusion  # noqa: F401  (registers)
-    try:
-        from convergence.samplers import diffusers_schedulers  # noqa: F401
-    except ImportError:
-        pass
-    for ep in entry_points(group="convergence.samplers"):
-        ep.load()
-
-
 def available_samplers() -> dict[str, SamplerSpec]:
-    _load_builtin_and_plugins()
-    return dict(_REGISTRY)
+    return {name: e.load() for name, e in SAMPLERS.entries().items()}
+
+
+def sampler_from_target(node) -> str:
+    """Register a ``{_target_: pkg.fn, name: ..., order: ..., **options}`` config entry;
+    its name."""
+    return SAMPLERS.from_target(node, META_KEYS)
 
 
 def resolve_sampler(name: str, backend: str = "k-diffusion") -> ResolvedSampler:
@@ -130,20 +220,16 @@ def resolve_sampler(name: str, backend: str = "k-diffusion") -> ResolvedSampler:
     ``backend="diffusers"`` picks the diffusers scheduler for names that exist in both
     families (euler -> EulerDiscreteScheduler, DDIM -> DDIMScheduler, ...), unless the
     name also fixes a schedule ("Euler Karras"), which only the k-diffusion one follows."""
-    _load_builtin_and_plugins()
     if backend not in BACKENDS:
         raise ConvergenceError(f"unknown sampler_backend {backend!r}; use one of: {', '.join(BACKENDS)}")
-    hit = _ALIASES.get(_key(str(name)))
-    if hit is None:
-        by_key: dict[str, str] = {}
-        for spec in _REGISTRY.values():  # canonical names first, one spelling per key
-            for n in (spec.name, *spec.aliases):
-                by_key.setdefault(_key(n), n)
-        keys = difflib.get_close_matches(_key(str(name)), list(by_key), n=5, cutoff=0.6)
-        close = [by_key[k] for k in keys]
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConvergenceError(f"unknown sampler {name!r}{hint} (run `convergence samplers` for the list)")
-    sampler, schedule = hit
-    if backend == "diffusers" and schedule is None and _EQUIVALENTS.get(sampler) in _REGISTRY:
+    SAMPLERS.load_builtins()
+    scheduled = _SCHEDULED.get(normalize(str(name)))
+    if scheduled is not None and str(name) not in SAMPLERS:
+        return ResolvedSampler(SAMPLERS.get(scheduled[0]), scheduled[1])
+    if str(name) not in SAMPLERS:
+        raise ConvergenceError(SAMPLERS.unknown_message(str(name))
+                               + " (run `convergence samplers` for the list)")
+    sampler = SAMPLERS.canonical(str(name))
+    if backend == "diffusers" and _EQUIVALENTS.get(sampler) in SAMPLERS.names():
         sampler = _EQUIVALENTS[sampler]
-    return ResolvedSampler(_REGISTRY[sampler], schedule)
+    return ResolvedSampler(SAMPLERS.get(sampler), None)

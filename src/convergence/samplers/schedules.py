@@ -7,6 +7,7 @@ sampler uses in its home software" and is resolved per sampler.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,15 +16,28 @@ from k_diffusion.external import DiscreteSchedule
 
 from convergence.errors import ConvergenceError
 from convergence.models.vp import sigmas_from_alphas_cumprod
-from convergence.registry import Registry
+from convergence.registry import Registry, normalize
 
 ScheduleFn = Callable[[object, int], torch.Tensor]
-SCHEDULES: Registry[ScheduleFn] = Registry("schedule")
+#: ``fn(model, steps) -> steps + 1 sigmas``; third parties add to it through the
+#: ``convergence.schedules`` entry-point group, plugins or a ``_target_`` (docs/plugins.md)
+SCHEDULES: Registry[ScheduleFn] = Registry("schedule", group="convergence.schedules")
 register_schedule = SCHEDULES.register
+NATIVE = "native"
 
 
 def schedule_names() -> list[str]:
-    return [*SCHEDULES.names(), "native"]
+    return [*SCHEDULES.names(), NATIVE]
+
+
+def canonical_schedule(name) -> str:
+    """The registered name of any spelling ("Karras" -> "karras"), "native", or the name
+    a ``{_target_: ...}`` mapping was registered under; a ConvergenceError otherwise."""
+    if not isinstance(name, str):
+        return SCHEDULES.from_target(name)
+    if normalize(name) == NATIVE:
+        return NATIVE
+    return SCHEDULES.canonical(name, extra_names=(NATIVE,))
 
 
 def _discrete_sigmas(model) -> torch.Tensor:
@@ -70,7 +84,90 @@ def ddim_uniform(model, n: int) -> torch.Tensor:
     return torch.cat([sig[ts].flip(0), sig[:1]]).double()
 
 
+# ComfyUI's schedulers, from their definitions. On a VP model the training time t runs
+# over the discrete table (0 .. T-1, log-sigma interpolated between entries).
+
+
+def _timesteps(model) -> DiscreteSchedule:
+    return DiscreteSchedule(_discrete_sigmas(model), quantize=False)
+
+
+def _t_span(model, n: int, endpoint: bool) -> torch.Tensor:
+    ds = _timesteps(model)
+    hi = ds.sigma_to_t(torch.tensor(model.sigma_max, dtype=torch.float64))
+    lo = ds.sigma_to_t(torch.tensor(model.sigma_min, dtype=torch.float64))
+    t = torch.linspace(float(hi), float(lo), n + (0 if endpoint else 1), dtype=torch.float64)
+    return ks.append_zero(ds.t_to_sigma(t if endpoint else t[:-1])).double()
+
+
+@register_schedule("normal")
+def normal(model, n: int) -> torch.Tensor:
+    """ComfyUI's default: uniform in training time t from t(sigma_max) to t(sigma_min),
+    then 0. On a model whose sigma range is its training table this equals ``discrete``."""
+    return _t_span(model, n, endpoint=True)
+
+
+@register_schedule("sgm_uniform")
+def sgm_uniform(model, n: int) -> torch.Tensor:
+    """Uniform in t over n + 1 points from t(sigma_max) towards t(sigma_min), the last
+    dropped for 0 (Stability's SGM "uniform" discretization): skips the smallest sigma."""
+    return _t_span(model, n, endpoint=False)
+
+
+@register_schedule("simple")
+def simple(model, n: int) -> torch.Tensor:
+    """Every (T/n)-th training sigma from the top (ComfyUI's "simple"), then 0."""
+    sig = _discrete_sigmas(model)
+    T = len(sig)
+    if n > T:
+        raise ConvergenceError(f"simple cannot take {n} steps (the model has {T} timesteps)")
+    idx = [T - 1 - int(k * T / n) for k in range(n)]
+    return ks.append_zero(sig[idx]).double()
+
+
+@register_schedule("beta")
+def beta(model, n: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
+    """Lee et al. (2024), "Beta Sampling is All You Need" (arXiv:2407.12173): timesteps
+    at the Beta(0.6, 0.6) quantiles of 1 - k/n, dense at both ends. t stays continuous
+    (rounding to integer timesteps repeats sigmas once n nears T)."""
+    from scipy.stats import beta as beta_dist
+
+    ds = _timesteps(model)
+    q = 1 - torch.arange(n, dtype=torch.float64).numpy() / n
+    t = torch.from_numpy(beta_dist.ppf(q, alpha, beta_)) * (len(ds.sigmas) - 1)
+    return ks.append_zero(ds.t_to_sigma(t.to(torch.float64))).double()
+
+
+@register_schedule("linear_quadratic")
+def linear_quadratic(model, n: int, threshold: float = 0.025) -> torch.Tensor:
+    """Mochi's (Genmo 2024) schedule for flow models, sigma = sigma_max (1 - u(i)): u linear
+    from 0 to ``threshold`` over the first n//2 steps, then the quadratic with matching
+    value and slope at n//2 that reaches 1 at step n."""
+    lin = n // 2
+    if lin == 0:
+        return torch.tensor([model.sigma_max, 0.0], dtype=torch.float64)
+    i = torch.arange(n + 1, dtype=torch.float64)
+    slope = threshold / lin
+    quad = n - lin
+    a = (1 - threshold - slope * quad) / quad**2
+    u = torch.where(i <= lin, slope * i, a * (i - lin) ** 2 + slope * i)
+    return model.sigma_max * (1 - u)
+
+
+@register_schedule("kl_optimal")
+def kl_optimal(model, n: int) -> torch.Tensor:
+    """Sabour, Fidler & Kreis (2024), "Align Your Steps" (arXiv:2404.14507, App. on the
+    KL-optimal schedule): uniform in arctan(sigma) from sigma_max to sigma_min, then 0."""
+    a = torch.linspace(math.atan(model.sigma_max), math.atan(model.sigma_min), n,
+                       dtype=torch.float64)
+    return ks.append_zero(torch.tan(a))
+
+
 def get_sigmas(model, schedule: str, steps: int) -> torch.Tensor:
     if steps < 1:
         raise ConvergenceError(f"steps must be >= 1, got {steps}")
-    return SCHEDULES.get(schedule, extra_names=("native",))(model, steps)
+    sigmas = SCHEDULES.get(schedule, extra_names=(NATIVE,))(model, steps)
+    if len(sigmas) != steps + 1:
+        raise ConvergenceError(f"schedule {schedule!r} returned {len(sigmas)} sigmas for "
+                               f"steps={steps}; a schedule returns steps + 1")
+    return torch.as_tensor(sigmas).double().cpu()

@@ -1,0 +1,145 @@
+"""``convergence analyze``: distances, key points, convergence rates and the guide's claims.
+
+A package of pure stages, each reading and writing the typed tables of
+:mod:`convergence.analysis.tables`: inputs (the cells in the store) -> references and
+distances -> key points per seed -> key points over seeds -> rates and limits -> claims
+(and, on the analytic model, calibration). Writes to ``results/<study>/``:
+distances.parquet, keypoints_seed.csv, keypoints.csv, rates.csv, claims.csv and, on the
+analytic model, limits.csv and calibration.csv. Definitions and thresholds: docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from convergence import metrics as M
+from convergence.analysis import tables as T
+from convergence.analysis.calibration import calibration_table
+from convergence.analysis.claims import evaluate_claims
+from convergence.analysis.distances import compute_distances, noise_estimate
+from convergence.analysis.inputs import load_cells
+from convergence.analysis.keypoints import POINTS, aggregate_points, seed_points
+from convergence.analysis.rates import compute_rates, limits_table
+from convergence.analysis.references import EXACT_LIMITS
+from convergence.atomic import staged_into
+from convergence.config import AnalysisConfig, Config
+from convergence.errors import ConvergenceError
+from convergence.store import Store
+
+__all__ = ["analyze_study", "check_options", "noise_estimate"]
+
+
+@contextmanager
+def phase(name: str, enabled: bool = True) -> Iterator[None]:
+    """One line per phase, with its duration when it ends (the slow ones also have bars)."""
+    start = time.perf_counter()
+    if enabled:
+        print(f"analyze: {name} ...", flush=True)
+    yield
+    if enabled:
+        print(f"analyze: {name} done in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+def check_options(a: AnalysisConfig) -> None:
+    """Reject analysis settings that cannot work, naming the value (before any work)."""
+    if a.on_missing not in ("error", "warn"):
+        raise ConvergenceError(f"analysis.on_missing must be 'error' or 'warn', got {a.on_missing!r}")
+    if not M.get_metric(a.metric).lower_is_better:
+        raise ConvergenceError(f"analysis.metric={a.metric!r} is a similarity (higher is better); "
+                               "key points need a distance: rel_rmse, rmse, mse or gmsd")
+    ref = a.reference
+    if ref == "exact":
+        raise ConvergenceError("analysis.reference=exact is ambiguous: use exact-denoised, "
+                               "exact-zero or exact-end")
+    if ref not in ("highest", *EXACT_LIMITS) and "@" not in ref:
+        raise ConvergenceError(f"unknown analysis.reference {ref!r}: use highest, exact-denoised, "
+                               "exact-zero, exact-end or SAMPLER@STEPS")
+    if ref in EXACT_LIMITS and "exact" not in a.references:
+        raise ConvergenceError(f"analysis.reference={ref} needs 'exact' in analysis.references")
+
+
+def _exact_model(cfg: Config, cells: pd.DataFrame):
+    """The analytic model the cells were made with (it is cheap to build), for exact
+    references and calibration; None for other models or another model version."""
+    if set(cells.model) != {"analytic"} or cfg.model.name != "analytic":
+        return None
+    from convergence.models import build_model
+    from convergence.plan import fingerprint_hash
+    w, h = int(cells.width.iloc[0]), int(cells.height.iloc[0])
+    model = build_model(cfg.model, w, h)
+    if set(cells.model_hash) != {fingerprint_hash(model.fingerprint())} or cells.width.nunique() > 1 \
+            or cells.height.nunique() > 1:
+        return None
+    return model
+
+
+def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
+    """Analyse the cells stored for the study and write its tables (module docstring).
+
+    The tables are written aside and replace the previous ones together, once all of them
+    are computed: a failed analysis leaves the last good one as it was."""
+    with staged_into(Path(cfg.results_dir) / cfg.name) as out:
+        return _analyze(cfg, out)
+
+
+def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
+    a = cfg.analysis
+    check_options(a)
+    show = cfg.progress
+    with phase("loading the stored cells", show):
+        store, cells = load_cells(cfg)
+        samples = np.stack([store.load_sample(h) for h in cells.hash]).astype(np.float64)
+    model = _exact_model(cfg, cells) if "exact" in a.references else None
+    with phase(f"distances ({len(cells)} cells)", show):
+        dist, notes = compute_distances(a, store, cells, samples, model, progress=show)
+        dist = T.write(out_dir, "distances", dist)
+    with phase("key points", show):
+        lower = M.get_metric(a.metric).lower_is_better
+        seeds = T.write(out_dir, "keypoints_seed", seed_points(a, dist, cells, lower))
+        kp = T.write(out_dir, "keypoints", aggregate_points(a, seeds, cells))
+    with phase("rates and limits", show):
+        rates = T.write(out_dir, "rates", compute_rates(a, dist, cells))
+        lim = limits_table(dist, rates, a.rate_metrics[0]) if model is not None else None
+        if lim is not None:
+            lim = T.write(out_dir, "limits", lim)
+    claims = T.write(out_dir, "claims", evaluate_claims(
+        kp, seeds, dist, metric=a.metric, indicative=a.indicative, few_steps=a.few_steps,
+        limits=lim))
+    out = {"distances": dist, "keypoints_seed": seeds, "keypoints": kp, "rates": rates,
+           "claims": claims}
+    if lim is not None:
+        out["limits"] = lim
+    if model is not None:
+        with phase("coherence calibration", show):
+            cal = T.write(out_dir, "calibration", calibration_table(a, model, dist, samples,
+                                                                       cells))
+        out["calibration"] = cal
+        c = cal.iloc[0]
+        notes.append(f"coherence calibration (configured thresholds vs ground truth): TP={c.tp} "
+                     f"FP={c.fp} FN={c.fn} TN={c.tn} precision={c.precision:.3f} "
+                     f"recall={c.recall:.3f}")
+    _print_summary(a, store, kp, claims, notes, sorted(out))
+    return out
+
+
+def _print_summary(a: AnalysisConfig, store: Store, kp: pd.DataFrame, claims: pd.DataFrame,
+                   notes: list[str], written: list[str]) -> None:
+    for n in notes:
+        print(n)
+    t = kp[(kp.topic == "all") & kp.point.isin(POINTS)].set_index(
+        ["sampler", "schedule", "cfg", "point"]).steps.unstack().reindex(columns=list(POINTS))
+    t["convergence"] = kp[kp.topic == "all"].groupby(["sampler", "schedule", "cfg"]).status.first()
+    print(f"key points (median steps over seeds and topics; {a.metric} vs {a.reference}; "
+          f"indicative<={a.indicative}, converged<={a.converged}):")
+    print(t.to_string())
+    print("guide's claims (and the harness's own):")
+    for r in claims.itertuples():
+        who = f"{r.sampler}, " if r.sampler else ""
+        print(f"  [{r.verdict}] ({who}cfg {r.cfg:g}, {r.source}) {r.claim} {r.value}")
+    print(f"wrote {store.root}/: " + ", ".join(T.FILES[n] for n in written))

@@ -1,0 +1,97 @@
+"""Distances: one row per cell x metric x reference, plus each cell's residual-noise
+estimate (metric ``noise``, reference ``self``), written to distances.parquet."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from convergence import metrics as M
+from convergence.analysis import tables as T
+from convergence.analysis.references import EXACT_LIMITS, exact_limits, pairs
+from convergence.config import AnalysisConfig
+from convergence.store import Store
+
+META = [c for c, _ in T.SCHEMAS["distances"][:11]]
+
+
+def noise_estimate(x: np.ndarray) -> np.ndarray:
+    """Residual-noise std per image (Immerkaer 1996: |Laplacian-difference| mean), batched,
+    divided by the image's own std, so it does not change with brightness or contrast.
+    Needs no reference: it is what makes coherence independent of the final image."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    b, c, h, w = t.shape
+    k = torch.tensor([[1., -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=torch.float64).reshape(1, 1, 3, 3)
+    r = torch.nn.functional.conv2d(t.reshape(b * c, 1, h, w), k).abs().reshape(b, -1).mean(1)
+    scale = t.reshape(b, -1).std(1, correction=0).clamp_min(1e-12)
+    return (r * math.sqrt(math.pi / 2) / 6 / scale).numpy()
+
+
+def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np.ndarray,
+                      model=None, progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """The distances table and one-line notes on what was skipped. ``model`` is the
+    analytic model when exact references are wanted (None elsewhere)."""
+    names, notes = M.available(list(dict.fromkeys([a.metric, *a.metrics])))
+    images = np.stack([store.load_image(h) for h in cells.hash]) if any(
+        M.get_metric(n).space == "image" for n in names) else None
+    refs = list(dict.fromkeys(["next", a.reference, *a.references]))
+    out: list[pd.DataFrame] = []
+    meta = cells[META]
+
+    def emit(rows: np.ndarray, ref_name: str, metric: str, values: np.ndarray,
+             ref_hash: list[str]) -> None:
+        part = meta.iloc[rows].copy()
+        part["reference"] = ref_name
+        part["ref_hash"] = ref_hash
+        part["metric"] = metric
+        part["value"] = values
+        out.append(part)
+
+    for ref in refs:
+        if ref == "exact" or ref in EXACT_LIMITS:
+            continue
+        pp = pairs(cells, ref)
+        if not pp:
+            notes.append(f"reference {ref!r}: no matching cells in this study")
+            continue
+        i, j = np.array(pp).T
+        for n in names:
+            spec = M.get_metric(n)
+            if spec.space == "image" and (ref not in a.image_references or ref == "next"):
+                continue
+            x, r = (samples[i], samples[j]) if spec.space == "sample" else (images[i], images[j])
+            emit(i, ref, n, M.compute(n, x, r), list(cells.hash.iloc[j]))
+    if "exact" in refs:
+        if model is None:
+            notes.append("exact references: this model has no exact solution; skipped")
+        else:
+            _exact(a, store, cells, samples, images, model, names, notes, emit, progress)
+    emit(np.arange(len(cells)), "self", "noise", noise_estimate(samples), [""] * len(cells))
+    return pd.concat(out, ignore_index=True), notes
+
+
+def _exact(a, store, cells, samples, images, model, names, notes, emit, progress) -> None:
+    # diffusers schedulers pick their own start (timestep and noise scale): the exact ODE
+    # from the cell's schedule would describe another trajectory
+    own = (cells.family != "diffusers").to_numpy()
+    if not own.all():
+        notes.append("exact references: skipped for diffusers-scheduler samplers "
+                     "(they choose their own start)")
+    rows = np.flatnonzero(own)
+    lim = exact_limits(model, store, cells.iloc[rows].to_dict("records"), a.exact_rtol,
+                       progress=progress)
+    for name in EXACT_LIMITS:
+        k = np.array([n for n, d in enumerate(lim) if name in d], dtype=int)
+        if len(k) == 0:
+            continue
+        at = rows[k]
+        ref = np.stack([lim[n][name] for n in k]).astype(np.float64)
+        for n in names:
+            if M.get_metric(n).space == "sample":
+                emit(at, name, n, M.compute(n, samples[at], ref), [""] * len(at))
+            elif name in a.image_references:
+                img = model.decode(torch.from_numpy(ref))
+                emit(at, name, n, M.compute(n, images[at], img), [""] * len(at))

@@ -1,0 +1,135 @@
+"""References a cell is measured against: its group's highest step count, the next swept
+step count, another sampler's run, and on the analytic model the exact ODE limits.
+
+Exact limits (DESIGN §3.1): from the cell's own start x_T = noise(seed) * sigma_start, the
+probability-flow ODE solved to the schedule's smallest positive sigma, then
+- ``exact-denoised``: D(x(sigma_min)), where samplers whose last step is a denoise end;
+- ``exact-zero``: the ODE continued to sigma = 0;
+- ``exact-end``: x(sigma_min) itself, only for schedules that stop above 0 (ddim_uniform).
+The sigma span comes from the cell's row (the runner records it). Solves are batched over
+rows that share (sigma_start, sigma_min, cfg) and cached in ``<study>/exact/<key>.npz`` so a
+re-analysis costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from convergence.analysis.tables import GROUP
+from convergence.store import Store, atomic_write_bytes
+
+EXACT_LIMITS = ("exact-denoised", "exact-zero", "exact-end")
+
+
+def canonical_sampler(name: str, known: set[str]) -> str:
+    """A sampler name as stored (aliases such as K_HEUN resolve through the registry, which
+    is imported only for a name the store does not already use)."""
+    if name in known:
+        return name
+    from convergence.samplers.registry import resolve_sampler
+    return resolve_sampler(name).spec.name
+
+
+def pairs(df: pd.DataFrame, ref: str) -> list[tuple[int, int]]:
+    """(row, reference row) pairs of ``df`` for a cell reference name: ``highest``, ``next``
+    or ``SAMPLER@STEPS`` / ``SAMPLER@max`` (same prompt, seed and CFG scale; same schedule
+    when the other sampler ran it, else its first)."""
+    out: list[tuple[int, int]] = []
+    if ref in ("highest", "next"):
+        for _, g in df.groupby(GROUP, sort=False):
+            idx = list(g.sort_values("steps").index)
+            out += [(i, idx[-1]) for i in idx[:-1]] if ref == "highest" else list(
+                zip(idx[:-1], idx[1:], strict=False))
+        return out
+    sampler, _, steps = ref.partition("@")
+    cand = df[df.sampler == canonical_sampler(sampler, set(df.sampler))]
+    if cand.empty:
+        return []
+    cand = cand[cand.steps == (int(cand.steps.max()) if steps == "max" else int(steps))]
+    lookup: dict[tuple, dict] = {}
+    for i, r in cand.iterrows():
+        lookup.setdefault((r.model, r.prompt, r.seed, r.cfg), {})[r.schedule] = i
+    for i, r in df.iterrows():
+        hit = lookup.get((r.model, r.prompt, r.seed, r.cfg))
+        if hit:
+            j = hit.get(r.schedule, hit[sorted(hit)[0]])
+            if j != i:
+                out.append((i, j))
+    return out
+
+
+def _key(row: dict, rtol: float) -> str:
+    payload = json.dumps({"m": row["model_hash"], "p": row["prompt"], "t": row["topic"],
+                          "seed": int(row["seed"]), "cfg": float(row["cfg"]),
+                          "s0": float(row["sigma_start"]), "smin": float(row["sigma_min"]),
+                          "rtol": rtol, "w": int(row["width"]), "h": int(row["height"])},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def exact_limits(model, store: Store, rows: list[dict], rtol: float, batch_size: int = 16,
+                 progress: bool = False) -> list[dict[str, np.ndarray]]:
+    """Exact limits for each row of the cells table: {limit name: float64 sample}.
+    Cached per unique start."""
+    from convergence.models.analytic import exact_solution
+    out: list[dict[str, np.ndarray] | None] = [None] * len(rows)
+    todo: dict[tuple, list[tuple[int, str]]] = {}
+    for i, r in enumerate(rows):
+        key = _key(r, rtol)
+        path = store.root / "exact" / f"{key}.npz"
+        if path.exists():
+            with np.load(path) as f:
+                out[i] = {k: f[k] for k in f.files}
+        else:
+            todo.setdefault((float(r["sigma_start"]), float(r["sigma_min"]), float(r["cfg"])),
+                            []).append((i, key))
+    n_solves = sum(len({k for _, k in items}) for items in todo.values())
+    with tqdm(total=n_solves, desc="analyze: exact ODE solves", unit="start",
+              disable=not progress or n_solves == 0) as bar:
+        for (s0, smin, cfg_scale), items in todo.items():
+            unique: dict[str, int] = {}
+            for i, key in items:
+                unique.setdefault(key, i)
+            keys = list(unique)
+            for start in range(0, len(keys), batch_size):
+                chunk = keys[start:start + batch_size]
+                rr = [rows[unique[k]] for k in chunk]
+                w, h = int(rr[0]["width"]), int(rr[0]["height"])
+                x0 = model.initial_noise([int(r["seed"]) for r in rr], w, h).to(torch.float64) * s0
+                cond = model.encode_prompts([r["prompt"] for r in rr], [r["topic"] for r in rr])
+                with torch.no_grad():
+                    x_min = exact_solution(model, x0, s0, smin, cond, cfg_scale, rtol=rtol,
+                                           atol=rtol)
+                    den = denoise(model, x_min, smin, cond, cfg_scale)
+                    zero = exact_solution(model, x_min, smin, 0.0, cond, cfg_scale, rtol=rtol,
+                                          atol=rtol)
+                res_by_key = {}
+                for j, k in enumerate(chunk):
+                    res = {"exact-denoised": den[j].numpy(), "exact-zero": zero[j].numpy(),
+                           "exact-end": x_min[j].numpy()}
+                    buf = io.BytesIO()
+                    np.savez_compressed(buf, **res)
+                    atomic_write_bytes(store.root / "exact" / f"{k}.npz", buf.getvalue())
+                    res_by_key[k] = res
+                for i, key in items:
+                    if key in res_by_key:
+                        out[i] = dict(res_by_key[key])
+                bar.update(len(chunk))
+    for i, r in enumerate(rows):
+        if not r["stops_above_zero"]:
+            out[i].pop("exact-end", None)  # type: ignore[union-attr]
+    return out  # type: ignore[return-value]
+
+
+def denoise(model, x: torch.Tensor, sigma: float, cond, cfg_scale: float) -> torch.Tensor:
+    """The guided denoiser D(x, sigma) at one sigma for a batch."""
+    from convergence.models.base import GuidedDenoiser
+    s = torch.full((x.shape[0],), float(sigma), dtype=torch.float64)
+    return GuidedDenoiser(model)(x, s, conditioning=cond, cfg_scale=cfg_scale)

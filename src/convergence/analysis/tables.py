@@ -1,0 +1,137 @@
+"""The analysis' tables: every column declared once, here, and checked on write and read.
+
+Each stage (references, distances, key points, rates, claims, calibration) reads and writes
+these tables only, so a stage can be re-run or tested alone and the report can rely on the
+columns it reads. A column is (name, kind) with kind one of str, int, float, bool; ``int``
+columns may hold NaN (a key point not reached) and are stored as floats by pandas.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from convergence.errors import ConvergenceError
+
+GROUP = ["model", "topic", "prompt", "seed", "sampler", "schedule", "cfg"]
+CURVE = ["sampler", "schedule", "cfg"]
+
+_CELL = [("hash", "str"), ("model", "str"), ("topic", "str"), ("prompt", "str"), ("seed", "int"),
+         ("sampler", "str"), ("schedule", "str"), ("steps", "int"), ("cfg", "float"),
+         ("nfe", "float"), ("seconds", "float")]
+
+SCHEMAS: dict[str, list[tuple[str, str]]] = {
+    # what the analysis needs of each stored cell (cells.parquet holds more)
+    "cells": [*_CELL, ("model_hash", "str"), ("width", "int"), ("height", "int"),
+              ("family", "str"), ("stochastic", "bool"), ("sigma_start", "float"),
+              ("sigma_min", "float"), ("stops_above_zero", "bool")],
+    "distances": [*_CELL, ("reference", "str"), ("ref_hash", "str"), ("metric", "str"),
+                  ("value", "float")],
+    # key points of one curve (one prompt x seed), before any aggregation
+    "keypoints_seed": [("model", "str"), ("topic", "str"), ("prompt", "str"), ("seed", "int"),
+                       ("sampler", "str"), ("schedule", "str"), ("cfg", "float"),
+                       ("metric", "str"), ("reference", "str"), ("point", "str"),
+                       ("steps", "int"), ("nfe", "float"), ("seconds", "float"),
+                       ("does_not_converge", "bool"), ("settled", "bool"),
+                       ("top_change", "float"), ("baseline_change", "float"),
+                       ("tail_ratio", "float")],
+    "keypoints": [("topic", "str"), ("sampler", "str"), ("schedule", "str"), ("cfg", "float"),
+                  ("metric", "str"), ("reference", "str"), ("converges", "bool"),
+                  ("status", "str"), ("point", "str"), ("steps", "int"), ("nfe", "float"),
+                  ("seconds", "float"), ("threshold", "str"), ("n_seeds", "int"),
+                  ("n_reached", "int"), ("steps_lo", "int"), ("steps_hi", "int"),
+                  ("spread", "float"), ("n_settled", "int"), ("top_change", "float"),
+                  ("baseline_change", "float"), ("tail_ratio", "float")],
+    "rates": [("level", "str"), ("topic", "str"), ("seed", "int"), ("sampler", "str"),
+              ("schedule", "str"), ("cfg", "float"), ("x", "str"), ("reference", "str"),
+              ("metric", "str"), ("a", "float"), ("b", "float"), ("b_lo", "float"),
+              ("b_hi", "float"), ("n_seeds", "int"), ("x_lo", "float"), ("x_hi", "float"),
+              ("slopes", "str"), ("asymptotic", "bool"), ("order_fit", "float"),
+              ("order", "float")],
+    "limits": [("sampler", "str"), ("schedule", "str"), ("cfg", "float"), ("metric", "str"),
+               ("limit", "str"), ("steps", "int"), ("d_top", "float"), ("slopes", "str"),
+               ("approached", "bool"), ("closest", "bool"), ("x_lo", "float"),
+               ("x_hi", "float"), ("asymptotic", "bool"), ("order", "float"),
+               ("order_lo", "float"), ("order_hi", "float")],
+    "claims": [("claim", "str"), ("source", "str"), ("sampler", "str"), ("cfg", "float"),
+               ("measurement", "str"), ("cells", "str"), ("anchor", "str"), ("value", "str"),
+               ("verdict", "str"), ("details", "str")],
+    "calibration": [("coherent_noise", "float"), ("coherent_change", "float"),
+                    ("truth_mahalanobis", "float"), ("truth_responsibility", "float"),
+                    ("tp", "int"), ("fp", "int"), ("fn", "int"), ("tn", "int"),
+                    ("accuracy", "float"), ("precision", "float"), ("recall", "float"),
+                    ("balanced_accuracy", "float"), ("configured", "bool")],
+}
+
+FILES = {"distances": "distances.parquet", "keypoints_seed": "keypoints_seed.csv",
+         "keypoints": "keypoints.csv", "rates": "rates.csv", "limits": "limits.csv",
+         "claims": "claims.csv", "calibration": "calibration.csv"}
+
+
+def columns(name: str) -> list[str]:
+    return [c for c, _ in SCHEMAS[name]]
+
+
+def empty(name: str) -> pd.DataFrame:
+    """A table with the schema's columns and no rows."""
+    return conform(name, pd.DataFrame(columns=columns(name)))
+
+
+def _coerce(s: pd.Series, kind: str) -> pd.Series:
+    if kind == "str":
+        return s.astype(object).where(s.notna(), "").astype(str)
+    if kind == "bool":
+        if s.dtype == object:
+            s = s.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+        return s.fillna(False).astype(bool)
+    v = pd.to_numeric(s, errors="raise")
+    return v.astype("float64") if kind == "float" or v.isna().any() else v.astype("int64")
+
+
+def conform(name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with exactly the schema's columns, in its order and kinds; a missing or
+    extra column, or a value of the wrong kind, is an error naming the table and column
+    (a stage that writes something else is a bug, a file that reads otherwise is stale)."""
+    want = columns(name)
+    missing = [c for c in want if c not in df.columns]
+    extra = [c for c in df.columns if c not in want]
+    if missing or extra:
+        raise ConvergenceError(f"table {name!r}: missing columns {missing}, unexpected {extra}; "
+                               "re-run `convergence analyze`")
+    out = df[want].copy()
+    for col, kind in SCHEMAS[name]:
+        try:
+            out[col] = _coerce(out[col], kind)
+        except (ValueError, TypeError) as e:
+            raise ConvergenceError(f"table {name!r}: column {col!r} is not {kind} ({e})") from None
+    return out.reset_index(drop=True)
+
+
+def write(root: Path, name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Check ``df`` against the schema and write it atomically; returns the checked table."""
+    from convergence.store import atomic_write_bytes
+    df = conform(name, df)
+    path = Path(root) / FILES[name]
+    if path.suffix == ".parquet":
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(path, buf.getvalue())
+    else:
+        atomic_write_bytes(path, df.to_csv(index=False).encode())
+    return df
+
+
+def read(root: Path, name: str) -> pd.DataFrame:
+    """Read one analysis table and check it against the schema."""
+    path = Path(root) / FILES[name]
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
+            path, keep_default_na=True, dtype={c: str for c, k in SCHEMAS[name] if k == "str"})
+    except FileNotFoundError:
+        raise ConvergenceError(f"{path} not found: run `convergence analyze` first") from None
+    except Exception as e:  # pyarrow/pandas raise several types for a damaged file
+        raise ConvergenceError(f"cannot read {path} ({type(e).__name__}); "
+                               "re-run `convergence analyze`") from None
+    return conform(name, df)
