@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["CONVERGENCE_DEBUG"] = "1"  # libraries keep their own log lines too
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return

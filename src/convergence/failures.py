@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from convergence.errors import ConvergenceError
 
@@ -121,3 +125,26 @@ def explain(e: BaseException, overrides: list[str]) -> tuple[str, int]:
             return one_line(msg), USER
     return (f"internal error: {type(e).__name__}: {one_line(str(e))[:300]} (a bug, please report "
             "it; run with --debug for the traceback)", INTERNAL)
+
+
+@contextmanager
+def quiet_library() -> Iterator[None]:
+    """Silence diffusers' and transformers' log lines and progress bars while a model loads: a
+    failure becomes our one line, so its multi-line account is noise. ``--debug``
+    (CONVERGENCE_DEBUG=1) keeps them."""
+    if os.environ.get("CONVERGENCE_DEBUG") == "1":
+        yield
+        return
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    for m in (dlog, tlog):
+        m.set_verbosity(logging.CRITICAL + 1)
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, level, bars in saved:
+            m.set_verbosity(level)
+            if bars:
+                m.enable_progress_bar()

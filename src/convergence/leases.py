@@ -74,8 +74,13 @@ class Leases:
         return got
 
     def release(self, hashes: Iterable[str]) -> None:
-        for h in hashes:
-            if h in self.mine:
+        """Give up claims (after the cells' rows are stored). Under the lock, so a writer
+        in :meth:`take` sees either the claim or the stored row, never neither."""
+        hashes = [h for h in hashes if h in self.mine]
+        if not hashes:
+            return
+        with self.lock():
+            for h in hashes:
                 self.mine.discard(h)
                 try:
                     if self._path(h).read_text().strip() == self.me:

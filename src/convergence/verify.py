@@ -34,7 +34,8 @@ def verify_study(cfg: Config) -> list[str]:
     for line in problems:
         print(line)
     if problems:
-        print(f"{store.root}: {len(problems)} problems in {n} cells; `convergence run` with the "
+        s = "" if len(problems) == 1 else "s"
+        print(f"{store.root}: {len(problems)} problem{s} in {n} cells; `convergence run` with the "
               "study's settings recomputes damaged cells")
     else:
         print(f"{store.root}: {n} cells, every image and sample matches its sha256")

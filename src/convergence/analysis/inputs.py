@@ -77,6 +77,10 @@ def load_cells(cfg: Config) -> tuple[Store, pd.DataFrame]:
         print(f"warning: {int((~have).sum())} stored cells are damaged and left out (e.g. "
               f"{store.describe(bad)}: {store.damaged.get(bad)}); `convergence run` recomputes them")
         df = df[have]
+        if df.empty:
+            raise ConvergenceError(f"every stored cell in {store.root} is damaged (e.g. "
+                                   f"{store.describe(bad)}: {store.damaged.get(bad)}); "
+                                   "`convergence run` recomputes them")
     df = _fill_metadata(df.reset_index(drop=True), str(df.model.iloc[0]))
     _check_config(cfg, df, store)
     return store, T.conform("cells", df[T.columns("cells")])

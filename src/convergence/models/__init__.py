@@ -24,8 +24,10 @@ def _analytic(model_cfg, width: int, height: int) -> Model:
 
 @register_model("diffusers")
 def _diffusers(model_cfg, width: int, height: int) -> Model:
+    from convergence.failures import quiet_library
     from convergence.models.diffusers_backend import load_diffusers_model
-    return load_diffusers_model(model_cfg, width, height)
+    with quiet_library():
+        return load_diffusers_model(model_cfg, width, height)
 
 
 def build_model(model_cfg, width: int, height: int) -> Model:
