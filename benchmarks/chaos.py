@@ -59,9 +59,9 @@ def writer(cfg, model, log: Path) -> int:
         real = runner.sample_batch
         fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
-        def logged(m, cells, options=None):
+        def logged(m, cells, *args):
             os.write(fd, "".join(f"{c.hash}\n" for c in cells).encode())
-            return real(m, cells, options)
+            return real(m, cells, *args)
 
         runner.sample_batch = logged
         runner.run_study(cfg, model)

@@ -26,14 +26,16 @@ def _writer(cfg, model, log) -> int:
         import convergence.runner as runner
         real = runner.sample_batch
 
-        def logged(m, cells, options=None):
+        def logged(m, cells, *args):
             with open(log, "a") as f:
                 f.write("".join(f"{c.hash}\n" for c in cells))
-            return real(m, cells, options)
+            return real(m, cells, *args)
 
         runner.sample_batch = logged
         run_study(cfg, model)
     except BaseException:  # noqa: BLE001 - the parent sees the status
+        import traceback
+        traceback.print_exc()
         code = 1
     os._exit(code)
 
@@ -75,5 +77,6 @@ def test_killed_writer_loses_nothing_and_relaunch_does_the_rest(study_config, mo
     alone = run_study(study_config(results_dir=str(tmp_path / "alone")), model32).store
     assert _images(store) == _images(alone) and not store.problems()
     runs = Counter(log.read_text().split())
-    # at most the victim's one-cell batch in flight is computed again
-    assert len(runs) == 16 and sum(runs.values()) <= 17
+    # computed again: at most the victim's cells in flight, one batch (batch_size=1) being
+    # computed and one being written by the store's writer thread
+    assert len(runs) == 16 and sum(runs.values()) <= 18

@@ -128,7 +128,7 @@ CASES = [
     Case("cfg zero", "run", ["cfg=[0]"], 2, "cfg scales must be > 0"),
     Case("size not /8", "run", ["width=30"], 2, "width=30 is not a positive multiple of 8"),
     Case("size too large", "run", ["width=1024"], 2, "cannot make width=1024"),
-    Case("batch zero", "run", ["batch_size=0"], 2, "batch_size must be >= 1, got 0"),
+    Case("batch zero", "run", ["batch_size=0"], 2, "batch_size must be 'auto' or an integer >= 1"),
     Case("threads zero", "run", ["threads=0"], 2, "threads must be >= 1"),
     Case("cuda without cuda", "run", ["model.device=cuda"], 2, "CUDA is not available here",
          setup=_no_cuda),

@@ -395,5 +395,19 @@ def test_report_of_the_real_analysis(tmp_path):
     assert s.reference == "highest" and s.metric == cfg.analysis.metric
     from convergence.report.curves import curve_data
     assert set(curve_data(s)["sampler"]) == {"euler", "heun"}
+    # the viewer frames each seed's own key points: the same cells as that seed's grid
+    import json
+
+    from convergence.report.grids import keypoint_marks
+    data = json.loads(re.search(
+        r'<script type="application/json" id="viewer-data">(.*?)</script>', text, re.S).group(1))
+    specs = {(g.topic, g.seed): g for g in grid_specs(s)}
+    assert s.keypoints_seed is not None and "the frames follow the seed shown" in text
+    for topic in data["topics"]:
+        for view in topic["views"]:
+            spec = specs[(topic["name"], view["seed"])]
+            want = {(spec.rows.index((sa, sc)), spec.steps.index(st), p)
+                    for (sa, sc, st), ps in keypoint_marks(s, spec).items() for p in ps}
+            assert {tuple(m) for m in view["marks"]} == want
     kp = pd.read_csv(index.parent / "tables" / "keypoints_indicative.csv")
     assert set(kp["sampler"]) == {"euler", "heun"} and set(kp["topic"]) == {"food", "people", "all"}

@@ -123,15 +123,14 @@ def test_cfg_one_evaluates_one_row(model32):
 
 @pytest.mark.parametrize("name", [n for n in KDIFFUSION if n != "dpm_adaptive"] + ["ddim", "plms"])
 def test_cell_is_independent_of_its_batch(model32, name):
-    """Same cell alone and inside a batch of other prompts and seeds: identical image.
-
-    The floats agree to BLAS rounding (a batched matmul may sum in another order)."""
+    """Same cell alone and inside a batch of other prompts and seeds: identical floats
+    (the analytic model's denoiser is row-independent to the bit, analytic.MIN_ROWS)."""
     target = cell(name, steps=5, seed=11, topic="people")
     others = [cell(name, steps=5, seed=s, topic=t) for s, t in ((1, "food"), (2, "anime"))]
     alone = sample_batch(model32, [target])
     batched = sample_batch(model32, [others[0], target, others[1]])
     assert np.array_equal(alone.images[0], batched.images[1])
-    torch.testing.assert_close(alone.samples[0], batched.samples[1], rtol=0, atol=1e-7)
+    assert torch.equal(alone.samples[0], batched.samples[1])
 
 
 @pytest.mark.parametrize("name", ["euler_ancestral", "dpm_2_ancestral", "dpmpp_sde", "dpmpp_2m_sde"])

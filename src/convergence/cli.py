@@ -50,10 +50,12 @@ def fail(message: str, code: int = 2) -> None:
 
 def cmd_run(cfg) -> None:
     from convergence.runner import run_study
+    if cfg.search == "adaptive":
+        from convergence.adaptive import run_adaptive as run_study
     summary = run_study(cfg)
     print(f"ran {summary.ran} cells, {summary.skipped} already stored, in {summary.seconds:.1f}s "
           f"-> {summary.store.root}")
-    if summary.diverged:
+    if getattr(summary, "diverged", None):
         print(f"warning: {len(summary.diverged)} cells diverged (|x| above "
               f"{DIVERGENCE_NOTE}), e.g. {summary.store.describe(summary.diverged[0])}; they are "
               "stored with diverged=true", file=sys.stderr)
@@ -157,17 +159,148 @@ def _run_app(task: Callable, overrides: list[str], debug: bool) -> None:
             os.environ["HYDRA_FULL_ERROR"] = before
 
 
+def compose_config(overrides: list[str]):
+    """A validated Config from Hydra overrides without a Hydra app (``convergence bench``)."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from convergence.config import register_configs, to_config
+
+    register_configs()
+    override = os.environ.get("CONVERGENCE_CONF")
+    init = (initialize_config_dir(str(Path(override).resolve()), version_base="1.3") if override
+            else initialize_config_module("convergence.conf", version_base="1.3"))
+    try:
+        with init:
+            cfg = to_config(compose("config", overrides=list(overrides)))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConvergenceError(str(e).strip().splitlines()[0]) from None
+    if cfg.threads:
+        import torch
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
 def list_samplers() -> None:
     from convergence.samplers.registry import available_samplers
     from convergence.samplers.schedules import schedule_names
     for name, spec in available_samplers().items():
         kind = "stochastic" if spec.stochastic else "deterministic"
         alias = ", ".join(spec.aliases)
-        print(f"{name:22s} {spec.family:12s} {kind:13s} native={spec.native_schedule:12s} {alias}")
+        nfe = "adaptive" if spec.nfe_per_step is None else (
+            f"{spec.nfe_per_step:g}/step" + (f"{spec.nfe_offset:+d}" if spec.nfe_offset else ""))
+        order = "-" if spec.order is None else f"{spec.order:g}"
+        print(f"{name:22s} {spec.family:12s} {kind:13s} order={order:3s} nfe={nfe:10s} "
+              f"native={spec.native_schedule:12s} {alias}")
     print("schedules:", ", ".join(schedule_names()))
 
 
-USAGE = """usage: convergence {run,analyze,report,all,verify,samplers} [hydra overrides] [--debug]
+class _Args:
+    """argparse whose errors are the one-line ``convergence: error:`` of every command."""
+
+    @staticmethod
+    def parser(prog: str, description: str):
+        import argparse
+
+        class Parser(argparse.ArgumentParser):
+            def error(self, message: str) -> None:  # type: ignore[override]
+                fail(f"{prog}: {message}")
+
+        p = Parser(prog=f"convergence {prog}", description=description)
+        p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first (it registers samplers); repeatable")
+        return p
+
+
+def _check_parser():
+    p = _Args.parser("check", "Check a sampler against its claims and its baseline on a small "
+                     "fixed study of the analytic model (docs/plugins.md). Exit status: 0 "
+                     "passed, 1 a check failed, 2 bad input.")
+    p.add_argument("sampler", help="a registered name, module:function, or a {_target_: ...} node")
+    p.add_argument("--baseline", help="baseline file (default: results/baselines/NAME.json "
+                   "when it exists)")
+    p.add_argument("--no-baseline", action="store_true", help="check the claims only")
+    p.add_argument("--order", type=float, help="claimed order (overrides the registered one)")
+    p.add_argument("--nfe-per-step", type=float, help="claimed model calls per step")
+    p.add_argument("--nfe-offset", type=int, help="claimed extra calls per image")
+    return p
+
+
+def _claims(args) -> dict:
+    return {k: v for k, v in (("order", args.order), ("nfe_per_step", args.nfe_per_step),
+                              ("nfe_offset", args.nfe_offset)) if v is not None}
+
+
+def _sampler_arg(text: str):
+    """A name, or a ``{_target_: ...}`` node written inline (YAML flow mapping)."""
+    if text.lstrip().startswith("{"):
+        from omegaconf import OmegaConf
+        try:
+            return OmegaConf.to_container(OmegaConf.create(text))
+        except Exception as e:  # OmegaConf's YAML errors have several types
+            raise ConvergenceError(f"cannot parse sampler node {text!r}: {e}") from None
+    return text
+
+
+def cmd_check(argv: list[str]) -> int:
+    from convergence import baseline
+    from convergence.check import check_sampler
+    from convergence.registry import import_plugins
+    args = _check_parser().parse_args(argv)
+    import_plugins(args.plugin)
+    from convergence.check import resolve_for_check
+    spec = resolve_for_check(_sampler_arg(args.sampler))
+    base = None
+    if not args.no_baseline:
+        path = Path(args.baseline) if args.baseline else baseline.baseline_path(spec.name)
+        if args.baseline or path.exists():
+            base = baseline.load(path)
+            if base.sampler != spec.name:
+                raise ConvergenceError(f"baseline {str(path)!r} is for {base.sampler!r}, "
+                                       f"not {spec.name!r}")
+    report = check_sampler(spec.name, base, **_claims(args))
+    print(report.table())
+    print(report.summary())
+    return 0 if report.passed else 1
+
+
+def cmd_baseline(argv: list[str]) -> int:
+    from convergence import baseline
+    from convergence.check import check_sampler
+    from convergence.registry import import_plugins
+    p = _Args.parser("baseline", "Save what `convergence check` measures as the baseline of "
+                     "SAMPLER (only after its claims pass, unless --force).")
+    p.add_argument("action", choices=["save"])
+    p.add_argument("samplers", nargs="+", help="sampler names, or 'all' for every registered one")
+    p.add_argument("--dir", help="folder (default: results/baselines, or $CONVERGENCE_BASELINES)")
+    p.add_argument("--force", action="store_true", help="save even when a claim fails")
+    args = p.parse_args(argv)
+    import_plugins(args.plugin)
+    names = args.samplers
+    if names == ["all"]:
+        from convergence.samplers.registry import available_samplers
+        names = list(available_samplers())
+    status = 0
+    for name in names:
+        try:
+            report = check_sampler(_sampler_arg(name))
+        except ConvergenceError as e:   # one bad sampler does not stop `all`
+            print(f"not saved: {name}: {e}")
+            status = 1
+            continue
+        if not report.passed and not args.force:
+            print(report.table())
+            print(f"not saved: {report.summary()} (use --force to save anyway)")
+            status = 1
+            continue
+        path = baseline.save(report.measurement, baseline.baseline_path(
+            report.spec.name, Path(args.dir) if args.dir else None))
+        print(f"saved {path}")
+    return status
+
+
+USAGE = """usage: convergence {run,analyze,report,all,verify,samplers,bench,check,baseline} [options]
        convergence store compact [hydra overrides]
 
   run       generate the study's images into results/<name>/
@@ -176,16 +309,34 @@ USAGE = """usage: convergence {run,analyze,report,all,verify,samplers} [hydra ov
   all       run + analyze + report
   verify    check every stored cell's files against their sha256 (exit 1 if any problem)
   store compact   fold the part files of concurrent writers into cells.parquet
-  samplers  list samplers, aliases and schedules
+  samplers  list samplers (claims, aliases) and schedules
+  bench     the study's speed vs the device's floor, a per-cell and a direct loop (ratios)
+  check     check a sampler against its claims and baseline (exit 1 on a regression)
+  baseline  `baseline save SAMPLER|all`: store what `check` measures
 
 examples:
   convergence run samplers=[euler,heun] steps=[4,8,16] seeds=[1,2]
   convergence run study=smoke
   convergence run --multirun cfg=[5.0],[7.5]
+  convergence check dpmpp_2m
+  convergence check my_pkg.samplers:sample_mine --order 2 --no-baseline
+  convergence run --debug ...   (a failure shows its full traceback)
 
-exit status: 0 done, 1 verify found problems, 2 bad input or damaged file (one line, nothing
-stored is lost), 3 internal error (--debug shows the traceback), 130 interrupted (rerun resumes)
+exit status of run/analyze/report/verify/store: 0 done, 1 verify found problems, 2 bad input
+or damaged file (one line; nothing stored is lost), 3 internal error (--debug shows the
+traceback), 130 interrupted (the same command again resumes)
 """
+
+
+#: subcommands with their own options (not Hydra apps)
+PLAIN: dict[str, Callable[[list[str]], int]] = {"check": cmd_check, "baseline": cmd_baseline}
+
+
+def torch_threads_from_env() -> None:
+    """The check study is tiny: one thread unless OMP_NUM_THREADS says otherwise (threads
+    only add contention on such small matrices)."""
+    import torch
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,6 +352,17 @@ def main(argv: list[str] | None = None) -> None:
     if cmd == "samplers":
         list_samplers()
         return
+    if cmd == "bench":
+        from convergence.bench import main as bench_main
+        bench_main(rest)
+        return
+    if cmd in PLAIN:
+        torch_threads_from_env()
+        try:
+            code = PLAIN[cmd](rest)
+        except ConvergenceError as e:
+            fail(str(e))
+        sys.exit(code)
     if cmd == "store":
         sub = rest[0] if rest else ""
         if sub not in STORE_COMMANDS:
@@ -209,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     elif cmd in COMMANDS:
         task = COMMANDS[cmd]
     else:
-        fail(f"unknown command {cmd!r}; use one of: {', '.join([*COMMANDS, 'store', 'samplers'])}")
+        fail(f"unknown command {cmd!r}; use one of: "
+             f"{', '.join([*COMMANDS, 'store', 'samplers', 'bench', *PLAIN])}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.argv = [f"convergence-{cmd}", *rest]
     _run_app(task, rest, debug)

@@ -152,7 +152,9 @@ class Config:
     cfg: list[float] = field(default_factory=lambda: [7.5])
     width: int = 64
     height: int = 64
-    batch_size: int = 16
+    #: rows per model call (CFG rows included) that the runner gathers from all cells
+    #: running side by side; "auto" sizes it from free device memory (docs/batching.md)
+    batch_size: Any = "auto"
     #: extra keyword options passed to samplers (e.g. rtol for dpm_adaptive)
     sampler_options: dict[str, Any] = field(default_factory=dict)
     results_dir: str = "results"
@@ -168,6 +170,12 @@ class Config:
     #: run only shard i of n ("i/n", cells split by hash; null = all cells): one launcher
     #: job per shard, all writing into one study folder (docs/scale.md)
     shard: Optional[str] = None
+    #: "grid": run every swept step count; "adaptive": the steps are a coarse sweep, then
+    #: each key point is bisected to one step per curve (docs/scale.md)
+    search: str = "grid"
+    #: adaptive search: at most this many sampler steps per curve (null = until every key
+    #: point is known to one step)
+    search_budget: Optional[int] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -294,8 +302,12 @@ def validate(cfg: Config) -> None:
     if cfg.threads is not None and cfg.threads < 1:
         raise ConvergenceError(f"threads must be >= 1 (or null), got {cfg.threads}")
     parse_shard(cfg.shard)
-    if cfg.batch_size < 1:
-        raise ConvergenceError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.search not in ("grid", "adaptive"):
+        raise ConvergenceError(f"search={cfg.search!r} is not a search; use grid or adaptive")
+    if cfg.search_budget is not None and cfg.search_budget < 1:
+        raise ConvergenceError(f"search_budget must be >= 1 (or null), got {cfg.search_budget}")
+    from convergence.budget import parse_batch_size
+    parse_batch_size(cfg.batch_size)
     for label, v in (("width", cfg.width), ("height", cfg.height)):
         if v < 8 or v % 8:
             raise ConvergenceError(f"{label}={v} is not a positive multiple of 8")

@@ -1,6 +1,7 @@
 """Expand a study into cells, each with a stable content hash, and group them into
 batches that share one sigma schedule (same sampler, schedule, steps, cfg, size) so a
-batch runs prompts and seeds side by side."""
+batch runs prompts and seeds side by side. Batches are sized in model rows (a CFG cell
+is two rows per call); the runner runs batches side by side within the same budget."""
 
 from __future__ import annotations
 
@@ -82,14 +83,22 @@ def expand(cfg: Config, model_name: str, model_fingerprint: dict) -> list[Cell]:
     return list(cells.values())
 
 
-def batches(cells: list[Cell], batch_size: int) -> list[list[Cell]]:
-    """Group cells that share a sigma schedule, then chunk to ``batch_size`` (to 1 for
-    samplers whose rows are coupled, so no cell depends on its batch-mates)."""
+def rows_per_cell(cell: Cell) -> int:
+    """Model rows a cell adds to each call: two with classifier-free guidance."""
+    return 1 if cell.cfg == 1.0 else 2
+
+
+def batches(cells: list[Cell], row_budget: int) -> list[list[Cell]]:
+    """Group cells that share a sigma schedule, then chunk so a batch's rows fit
+    ``row_budget`` (at least one cell; one cell for samplers whose rows are coupled, so
+    no cell depends on its batch-mates)."""
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault(c.batch_key, []).append(c)
     out = []
     for key, group in groups.items():
-        size = batch_size if resolve_sampler(key[0]).spec.rows_independent else 1
+        size = max(1, row_budget // rows_per_cell(group[0]))
+        if not resolve_sampler(key[0]).spec.rows_independent:
+            size = 1
         out += [group[i:i + size] for i in range(0, len(group), size)]
     return out

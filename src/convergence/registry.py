@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -67,6 +68,19 @@ class Entry(Generic[T]):
         return self.target
 
 
+def _registering_source() -> str:
+    """"builtin" when the first frame outside the registries is convergence's own code."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in _REGISTRY_MODULES:
+        frame = frame.f_back
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return "builtin" if module.startswith("convergence.") else "plugin"
+
+
+#: modules whose frames are skipped when finding who registers an entry
+_REGISTRY_MODULES = {__name__, "convergence.samplers.registry"}
+
+
 class Registry(Generic[T]):
     """Names (with aliases) -> objects, filled by decorators, entry points and plugins.
 
@@ -87,8 +101,11 @@ class Registry(Generic[T]):
 
     # -- registering ---------------------------------------------------------------
     def add(self, name: str, target: Any, *, aliases: Iterable[str] = (), replace: bool = False,
-            source: str = "builtin", **meta: Any) -> Entry[T]:
-        """Register ``target`` (an object or a lazy ``"module:attr"``) under ``name``."""
+            source: str | None = None, **meta: Any) -> Entry[T]:
+        """Register ``target`` (an object or a lazy ``"module:attr"``) under ``name``.
+        ``source`` defaults to "builtin" when registered from convergence's own modules,
+        else "plugin"."""
+        source = source or _registering_source()
         key = normalize(name)
         if not key:
             raise ValueError(f"{self.kind} name {name!r} is empty")
@@ -208,7 +225,8 @@ class Registry(Generic[T]):
         if options:
             from hydra.utils import instantiate
             try:
-                obj = instantiate({"_target_": target, "_partial_": True, **options})
+                obj = instantiate({"_target_": target.replace(":", "."), "_partial_": True,
+                                   **options})
             except Exception as e:  # Hydra wraps import errors in its own type
                 raise ConvergenceError(f"cannot build {self.kind} {target!r}: {e}") from None
         else:

@@ -1,22 +1,34 @@
-"""Execute cells: one batched sampler run per group of cells that share sigmas, with
-NFE counting, timing, resume from the store and a progress bar."""
+"""Execute cells: one sampler run per group of cells that share sigmas, the groups side
+by side with their model calls gathered into one (``convergence.gather``), with NFE
+counting, timing, call statistics, resume from the store and a progress bar."""
 
 from __future__ import annotations
 
+import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from convergence.budget import row_budget
 from convergence.config import Config
 from convergence.errors import ConvergenceError, Interrupted
+from convergence.gather import CallStats, Gatherer, Job, Ledger
 from convergence.models import build_model
-from convergence.models.base import CountingDenoiser, GuidedDenoiser, Model, NonFiniteSample
+from convergence.models.base import (
+    CountingDenoiser,
+    DenoiseCall,
+    GuidedDenoiser,
+    Model,
+    NonFiniteSample,
+)
 from convergence.models.device import device_name
-from convergence.plan import Cell, batches, expand
+from convergence.plan import Cell, batches, expand, rows_per_cell
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
 from convergence.samplers.schedules import get_sigmas
@@ -39,8 +51,12 @@ def describe(cell: Cell) -> str:
             f"steps={cell.steps}, seed={cell.seed}, topic={cell.topic}, cfg={cell.cfg})")
 
 
-def sample_batch(model: Model, cells: list[Cell], options: dict | None = None) -> BatchResult:
-    """Run one batch of cells that share sampler, schedule, steps, cfg and size."""
+def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
+                 call: DenoiseCall | None = None) -> BatchResult:
+    """Run one batch of cells that share sampler, schedule, steps, cfg and size.
+
+    ``call`` evaluates the model rows (``model.denoise`` unless a gatherer merges them
+    with other batches' rows)."""
     first = cells[0]
     assert all(c.batch_key == first.batch_key for c in cells), "cells of a batch must share sigmas"
     spec = resolve_sampler(first.sampler).spec
@@ -49,7 +65,7 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None) -
     sigmas = get_sigmas(model, first.schedule, first.steps).to(model.device, sigma_dtype)
     seeds = [c.seed for c in cells]
     x = model.initial_noise(seeds, first.width, first.height) * sigmas[0].to(model.dtype)
-    counter = CountingDenoiser(GuidedDenoiser(model))
+    counter = CountingDenoiser(GuidedDenoiser(model, call))
     start = time.perf_counter()
     with torch.no_grad():
         cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
@@ -80,11 +96,6 @@ def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
     return sample.to(torch.float32).numpy().astype(dtype)
 
 
-#: a cell whose float sample leaves the data's range (about 1: pixels in [-1, 1], SD latents
-#: times the VAE scaling factor have unit variance) by this factor is flagged as diverged
-DIVERGENCE_FACTOR = 1e3
-
-
 def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict:
     """What the analysis needs to know about a cell without importing the samplers or
     building a model: the sampler's family and stochasticity, and the sigma span the
@@ -94,6 +105,11 @@ def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict
     return {"family": spec.family, "stochastic": bool(spec.stochastic),
             "sigma_start": float(s[0]), "sigma_min": float(s[s > 0].min()),
             "stops_above_zero": bool(s[-1] > 0)}
+
+
+#: a cell whose float sample leaves the data's range (about 1: pixels in [-1, 1], SD latents
+#: times the VAE scaling factor have unit variance) by this factor is flagged as diverged
+DIVERGENCE_FACTOR = 1e3
 
 
 @dataclass
@@ -111,85 +127,178 @@ def study_root(cfg: Config) -> Path:
     return Path(cfg.results_dir) / cfg.name
 
 
-def run_study(cfg: Config, model: Model | None = None) -> RunSummary:
-    """Plan the study, skip cells already in the store, run the rest batch by batch.
+def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = None) -> RunSummary:
+    """Plan the study, skip cells already in the store, run the rest.
 
-    Each finished batch is stored before the next starts, so an interrupted run resumes
-    where it stopped and gives the same images as an uninterrupted one. Cells whose files
-    are missing or damaged are recomputed; cells another live writer has claimed are left
-    to it (and waited for), so overlapping runs do not compute a cell twice."""
+    The groups of cells run side by side, their model calls gathered up to the row
+    budget (``batch_size``); each finished group is stored at once, so an interrupted run
+    resumes where it stopped and gives the same images as an uninterrupted one. Cells whose
+    files are missing or damaged are recomputed; cells another live writer has claimed are
+    left to it (and waited for), so overlapping runs do not compute a cell twice. ``only``:
+    run just these cell hashes of the plan (the adaptive search's probes, adaptive.py)."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     planned = expand(cfg, model.name, model.fingerprint())
-    cells = select_shard(planned, cfg.shard)
+    cells = [c for c in select_shard(planned, cfg.shard) if only is None or c.hash in only]
     store = Store(study_root(cfg))
     store.clean_stale()
-    done = store.done_hashes()
+    done = store.done_hashes()  # damaged files count as missing: recomputed
     todo = [c for c in cells if c.hash not in done]
-    damaged = set(store.damaged)
     start = time.perf_counter()
-    ran, diverged = 0, []
+    budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
+    stats = CallStats()
+    progress = Progress(store, set(store.damaged))
     try:
+        # files are written by one writer thread while the next model calls run (the writes
+        # wait on the disk, not the CPU); a failed write stops the run at the next batch
         with store.leases(cfg.claim_seconds) as leases, \
                 tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
-                     disable=not cfg.progress) as bar:
-            computed: set[str] = set()
+                     disable=not cfg.progress) as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="convergence-store") as writer:
+            writes: list[Future] = []
 
-            def finished() -> set[str]:
-                """Stored by this run, or by others since it started (not the damaged rows)."""
-                return (store.row_hashes() - damaged) | computed
+            def store_batch(job: Job, res: BatchResult, ledger: Ledger) -> None:
+                for f in writes:
+                    if f.done():
+                        f.result()
+                writes.append(writer.submit(progress.store, leases, model, job.payload, res,
+                                            ledger, budget))
+                bar.update(len(job.payload))
 
             pending = todo
             while pending:
-                took = 0
-                for batch in batches(pending, cfg.batch_size):
-                    mine = set(leases.take([c.hash for c in batch], finished))
-                    batch = [c for c in batch if c.hash in mine]
-                    if not batch:
-                        continue
-                    res = sample_batch(model, batch, cfg.sampler_options)
-                    rows = []
-                    meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
-                    for i, cell in enumerate(batch):
-                        max_abs = float(res.samples[i].abs().max())
-                        rows.append({
-                            "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
-                            "model_evals": res.model_evals,
-                            "seconds": res.seconds / len(batch),
-                            "model_seconds": res.model_seconds / len(batch),
-                            "batch_size": len(batch), "device": str(model.device),
-                            **store.write_image(cell.hash, res.images[i]),
-                            **store.write_sample(cell.hash, _sample_array(model, res.samples[i])),
-                            "max_abs": max_abs, "diverged": max_abs > DIVERGENCE_FACTOR,
-                        })
-                    store.append_rows(rows)
-                    computed |= mine
-                    leases.release(mine)
-                    diverged += [r["hash"] for r in rows if r["diverged"]]
-                    if not ran:  # only a run that stored something describes the study
-                        _write_study(store, cfg, model, planned)
-                    ran += len(batch)
-                    took += len(batch)
-                    bar.update(len(batch))
-                stored = finished()
+                wave = _claim_wave(leases, batches(pending, budget), progress.finished,
+                                   max(16, 4 * budget))
+                if wave:  # a gatherer per wave (a finished one stays cancelled)
+                    wave_stats = Gatherer(model.denoise, budget).run(
+                        _jobs(model, wave, cfg.sampler_options), store_batch)
+                    stats.calls += wave_stats.calls
+                    stats.rows += wave_stats.rows
+                    stats.model_seconds += wave_stats.model_seconds
+                    stats.rows_histogram.update(wave_stats.rows_histogram)
+                    for f in writes:
+                        f.result()
+                    if progress.ran and not progress.described:
+                        _write_study(store, cfg, model, planned)  # only once a cell is stored
+                        progress.described = True
+                stored = progress.finished()
                 pending = [c for c in pending if c.hash not in stored]
-                if pending and not took:
+                if pending and not wave:
                     time.sleep(min(1.0, cfg.claim_seconds / 8))  # held by other writers
     except KeyboardInterrupt:
-        have = len(done & {c.hash for c in cells}) + ran
+        have = len(done & {c.hash for c in cells}) + progress.ran
         raise Interrupted(f"interrupted: {have} of {len(cells)} cells of study {cfg.name!r} are "
-                          f"stored in {store.root} ({ran} by this run); run the same command "
-                          "again to resume (stored cells are not recomputed)") from None
-    if not ran:
+                          f"stored in {store.root} ({progress.ran} by this run); run the same "
+                          "command again to resume (stored cells are not recomputed)") from None
+    if not progress.described:
         _write_study(store, cfg, model, planned)
     store.compact()
-    return RunSummary(store, cells, ran, len(cells) - len(todo),
-                      time.perf_counter() - start, diverged)
+    seconds = time.perf_counter() - start
+    if progress.ran:
+        record_run(store, {
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cells": progress.ran, "batch_size": cfg.batch_size, "row_budget": budget,
+            "device": str(model.device), "threads": torch.get_num_threads(),
+            "seconds": seconds, **stats.as_dict(),
+            "model_share": stats.model_seconds / seconds if seconds > 0 else 0.0})
+    return RunSummary(store, cells, progress.ran, len(cells) - len(todo), seconds,
+                      progress.diverged)
+
+
+def _claim_wave(leases, plan: list[list[Cell]], finished, cap: int) -> list[list[Cell]]:
+    """Claim the cells of ``plan`` nobody else holds or has stored, batch by batch, up to
+    about ``cap`` cells: one gatherer run, after which the claims are released."""
+    wave, n = [], 0
+    for batch in plan:
+        mine = set(leases.take([c.hash for c in batch], finished))
+        batch = [c for c in batch if c.hash in mine]
+        if batch:
+            wave.append(batch)
+            n += len(batch)
+        if n >= cap:
+            break
+    return wave
+
+
+class Progress:
+    """What this run has stored, for claims (``finished``) and the summary."""
+
+    def __init__(self, store: Store, damaged: set[str]):
+        self.store_ = store
+        self.damaged = damaged
+        self.computed: set[str] = set()
+        self.ran = 0
+        self.diverged: list[str] = []
+        self.described = False
+
+    def finished(self) -> set[str]:
+        """Stored by this run, or by other writers since it started (not damaged rows)."""
+        return (self.store_.row_hashes() - self.damaged) | self.computed
+
+    def store(self, leases, model: Model, batch: list[Cell], res: BatchResult, ledger: Ledger,
+              budget: int) -> None:
+        rows = store_rows(self.store_, model, batch, res, ledger, budget)
+        hashes = {c.hash for c in batch}
+        self.computed |= hashes
+        leases.release(hashes)  # after the rows: others see the claim or the row
+        self.ran += len(batch)
+        self.diverged += [r["hash"] for r in rows if r["diverged"]]
 
 
 def _write_study(store: Store, cfg: Config, model: Model, planned: list[Cell]) -> None:
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
                                     "n_cells": len(planned),
                                     "device_name": device_name(model.device)})
+
+
+def _jobs(model: Model, plan: list[list[Cell]], options: dict | None) -> list[Job]:
+    """One job per batch, longest first (fewer idle rows at the end); row-coupled
+    samplers last, with their own model calls."""
+    jobs = []
+    for batch in plan:
+        solo = not resolve_sampler(batch[0].sampler).spec.rows_independent
+
+        def fn(call: DenoiseCall, batch: list[Cell] = batch) -> BatchResult:
+            return sample_batch(model, batch, options, call)
+
+        jobs.append(Job(fn, rows=sum(rows_per_cell(c) for c in batch), solo=solo, payload=batch))
+    return sorted(jobs, key=lambda j: (j.solo, -j.payload[0].steps))
+
+
+def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, ledger: Ledger,
+               budget: int) -> list[dict]:
+    """Write a finished batch: sample, image and one table row per cell (with the files'
+    sha256 and whether the sample diverged); returns the rows."""
+    rows = []
+    meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
+    for i, cell in enumerate(batch):
+        max_abs = float(res.samples[i].abs().max())
+        rows.append({
+            "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
+            "model_evals": res.model_evals,
+            "seconds": ledger.seconds / len(batch),
+            "model_seconds": ledger.model_seconds / len(batch),
+            "batch_size": len(batch), "rows_per_call": ledger.rows_per_call,
+            "row_budget": budget, "device": str(model.device),
+            **store.write_image(cell.hash, res.images[i]),
+            **store.write_sample(cell.hash, _sample_array(model, res.samples[i])),
+            "max_abs": max_abs, "diverged": max_abs > DIVERGENCE_FACTOR,
+        })
+    store.append_rows(rows)
+    return rows
+
+
+RUNS = "runs.json"
+
+
+def record_run(store: Store, run: dict) -> None:
+    """Append this run's call statistics to ``runs.json`` (one entry per run command)."""
+    store.write_json(RUNS, {"runs": [*load_runs(store.root), run]})
+
+
+def load_runs(root: Path) -> list[dict]:
+    """The call statistics of every run of a study (empty if none recorded)."""
+    path = Path(root) / RUNS
+    return json.loads(path.read_text())["runs"] if path.exists() else []
 
 
 def _plain(cfg: Config) -> dict:

@@ -38,6 +38,12 @@ TOPIC_PICTURES: dict[str, tuple[str, ...]] = {
 OFF_TOPIC_LOG_WEIGHT = -math.inf
 
 MIN_SIZE, MAX_SIZE = 32, 256
+#: denoiser calls are padded to at least this many rows: MKL's float64 matrix product
+#: takes another summation path below 4 rows (measured: rows of a 1-3 row product differ
+#: in the last bits from the same rows in a larger one, from 4 rows on they are equal), so
+#: padding (with a margin) makes every row's result independent of its batch-mates, which
+#: cross-cell batching relies on (tests/test_gather.py checks it on this machine's BLAS)
+MIN_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,22 @@ class AnalyticModel(Model):
         resp = torch.softmax(log_w - 0.5 * (quad + logdet), dim=1)             # (B, K)
         return xf, c, proj, full, resp
 
+    def row_bytes(self, width: int, height: int) -> int:
+        """About 16 float64 vectors of the image's size per row (the denoiser's temporaries)."""
+        return 16 * 8 * 3 * width * height
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Row-independent to the bit: small calls are padded to MIN_ROWS rows."""
+        n = x.shape[0]
+        if n < MIN_ROWS:
+            pad = MIN_ROWS - n
+            x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
+            sigma = torch.cat([sigma, sigma[:1].expand(pad)])
+            cond = torch.cat([cond, cond[:1].expand(pad, *cond.shape[1:])])
+            return self._denoise(x, sigma, cond)[:n]
+        return self._denoise(x, sigma, cond)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         xf, c, proj, full, resp = self._stats(x, sigma, cond)
         gain_iso = self.s2 / c                                                 # (B, 1)
         gain_low = (self.lam[None] + self.s2) / full - gain_iso[..., None]     # (B, K, r)

@@ -3,11 +3,14 @@
 A sampler only ever sees ``denoised = denoiser(x, sigma, **extra_args)``. Models
 implement :class:`Model`; :class:`GuidedDenoiser` adds classifier-free guidance as
 one batched call and :class:`CountingDenoiser` counts and times every call, so NFE is
-measured rather than looked up.
+measured rather than looked up. :class:`GuidedDenoiser` sends its rows to a ``call``
+(the model's ``denoise`` by default), which is where the runner's gatherer
+(``convergence.gather``) merges the calls of many cells into one model call.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -84,16 +87,46 @@ class Model(ABC):
 
     def cat_cond(self, a: Any, b: Any) -> Any:
         """Concatenate two conditionings along the batch (for the batched CFG call)."""
-        if isinstance(a, dict):
-            return {k: self.cat_cond(a[k], b[k]) for k in a}
-        return torch.cat([a, b])
+        return cat_rows([a, b])
+
+    def row_bytes(self, width: int, height: int) -> int:
+        """Rough peak memory of one row of a model call, for ``batch_size: auto``.
+
+        The default assumes activations of ~64 latent-sized tensors per row; models with a
+        better estimate (or a measured one) override it."""
+        return 64 * math.prod(self.latent_shape(width, height)) * _itemsize(self.dtype)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def cat_rows(parts: list[Any]) -> Any:
+    """Concatenate conditionings (tensors or dicts of them) along the batch dimension."""
+    if isinstance(parts[0], dict):
+        return {k: cat_rows([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def take_rows(cond: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of a conditioning (tensor or dict of tensors)."""
+    if isinstance(cond, dict):
+        return {k: take_rows(v, start, stop) for k, v in cond.items()}
+    return cond[start:stop]
+
+
+DenoiseCall = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
 class GuidedDenoiser:
-    """Classifier-free guidance as one batched model call (cond and uncond rows)."""
+    """Classifier-free guidance as one batched model call (cond and uncond rows).
 
-    def __init__(self, model: Model):
+    ``call(x, sigma, cond)`` evaluates the rows (``model.denoise`` unless the runner hands
+    in its gatherer's call, which merges them with other cells' rows)."""
+
+    def __init__(self, model: Model, call: DenoiseCall | None = None):
         self.model = model
+        self.call = call or model.denoise
         self.rows_evaluated = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, conditioning: Conditioning,
@@ -106,13 +139,13 @@ class GuidedDenoiser:
             sigma = sigma.expand(x.shape[0])
         if cfg_scale == 1.0:
             self.rows_evaluated += x.shape[0]
-            out = self.model.denoise(x, sigma, conditioning.cond)
+            out = self.call(x, sigma, conditioning.cond)
             if post_cfg is not None:
                 post_cfg(out)
             return out
         both = self.model.cat_cond(conditioning.cond, conditioning.uncond)
         self.rows_evaluated += 2 * x.shape[0]
-        out = self.model.denoise(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
+        out = self.call(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
         cond_out, uncond_out = out.chunk(2)
         if post_cfg is not None:
             post_cfg(uncond_out)

@@ -108,7 +108,7 @@ def _render(study: StudyData, rc: ReportConfig, out: Path) -> Path:
         warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
         speed=speed, batch=batch, rates=rates, curves=curves, grids=grids, viewer=viewer,
         guide_kp=guide_kp, speed_guide=speed_guide, recipes=recipes, variety=variety,
-        batch_best=_batch_best(batch), n=rc.batch_candidates, k=rc.batch_refined,
+        batch_best=_batch_best(batch), marks_note=_marks_note(study), n=rc.batch_candidates, k=rc.batch_refined,
         verdict_col=list(claims.shown.columns).index("verdict") if claims is not None
         and "verdict" in claims.shown.columns else -1,
         files=sorted(rel(p, out) for p in out.rglob("*")
@@ -141,11 +141,19 @@ def _viewer_context(study: StudyData, out: Path, rc: ReportConfig) -> dict:
     images = write_cell_images(study, out / "cells", rc.viewer_size)
     data = viewer_data(study, images)
     native = int(max(study.cells["width"].max(), study.cells["height"].max()))
-    data |= {"thumb": rc.thumbnail, "view": max(rc.viewer_size, rc.thumbnail),
+    data |= {"thumb": rc.thumbnail, "minThumb": min(rc.thumbnail, 48),
+             "view": max(rc.viewer_size, rc.thumbnail),
              "frameWidth": max(2, rc.thumbnail // 32),
              "pixelated": native <= min(rc.viewer_size, rc.thumbnail)}
-    return {"json": script_json(data), "colours": data["colours"],
-            "marks_note": "median over seeds, on the first swept step at or after it"}
+    return {"json": script_json(data), "colours": data["colours"], "marks_note": _marks_note(study)}
+
+
+def _marks_note(study: StudyData) -> str:
+    """Where the key-point frames come from: each seed's own points when the analysis
+    wrote them (keypoints_seed.csv), else the median over seeds."""
+    if study.keypoints_seed is not None and not study.keypoints_seed.empty:
+        return "each seed's own key points: the frames follow the seed shown"
+    return "median over seeds, on the first swept step at or after it"
 
 
 def _summary(study: StudyData) -> str:

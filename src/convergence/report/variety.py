@@ -40,7 +40,8 @@ def pairwise_variety(study: StudyData) -> pd.DataFrame:
             continue
         x = np.stack([load(h) for h in g["hash"]])
         i, j = np.array(list(combinations(range(len(g)), 2))).T
-        d = M.compute(study.metric, x[i], x[j])
+        # both directions: a metric scaled by its reference (rel_rmse) is not symmetric
+        d = (M.compute(study.metric, x[i], x[j]) + M.compute(study.metric, x[j], x[i])) / 2
         rows.append({**dict(zip(KEYS, key, strict=True)), "metric": study.metric,
                      "n_seeds": len(g), "n_pairs": len(d), "mean": float(d.mean()),
                      "min": float(d.min()), "max": float(d.max())})

@@ -61,12 +61,20 @@ def _report(callback, x, i, sigma, den):
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": den})
 
 
-def _f(v) -> float:
-    return float(v)
+def _start(model, x, sigmas, i, extra_args, callback):
+    """(sigma, sigma_next, D(x, sigma)) of step i, reported to ``callback``."""
+    den = _den(model, x, sigmas[i], extra_args)
+    _report(callback, x, i, sigmas[i], den)
+    return sigmas[i], sigmas[i + 1], den
 
 
 def _noise(noise_sampler, x):
     return noise_sampler if noise_sampler is not None else default_noise_sampler(x)
+
+
+def _renoise(x, noise, sigma, sigma_next, std):
+    """Add ``std`` of the step's noise (ancestral sigma_up; none on the step to 0)."""
+    return x + noise(sigma, sigma_next) * std if sigma_next > 0 and std > 0 else x
 
 
 # ------------------------------------------------------------- Euler-type, CFG++ family
@@ -77,19 +85,10 @@ def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disabl
                         noise_sampler=None, eta=0.0, s_noise=1.0):
     """Euler with CFG++ (Chung et al. 2024, arXiv:2406.08070, Alg. 1 in k-diffusion form):
     x_next = D_guided + sigma_next * (x - D_uncond) / sigma. ``eta > 0`` makes it the
-    ancestral variant (k-diffusion's get_ancestral_step splits sigma_next)."""
-    extra_args = extra_args or {}
-    noise = None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den, unc = _den_uncond(model, x, s, extra_args)
-        _report(callback, x, i, s, den)
-        down, up = get_ancestral_step(s, s_next, eta=eta)
-        x = den + (down / s) * (x - unc)
-        if s_next > 0 and up > 0:
-            noise = noise or _noise(noise_sampler, x)
-            x = x + noise(s, s_next) * s_noise * up
-    return x
+    ancestral variant (k-diffusion's get_ancestral_step splits sigma_next). It is the
+    first-order exponential step (DDIM) with CFG++ renoising."""
+    return _exp_multistep(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise,
+                          cfg_pp=True, order=1)
 
 
 @torch.no_grad()
@@ -115,7 +114,7 @@ def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, dis
         if s_next == 0:
             x = den
             continue
-        h = math.log(_f(s) / _f(s_next))
+        h = math.log(float(s) / float(s_next))
         x = (s_next / s) * (x - unc) + den
         if old is not None:
             x = x - math.expm1(-h) * (den - old) / (2 * h_last / h)
@@ -129,7 +128,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
     """DPM-Solver++(2S) (Lu et al. 2022, arXiv:2211.01095, Alg. 1, r = 1/2) ancestral, with
     CFG++ renoising at the midpoint and at sigma_down. 2 NFE/step, 1 on the last."""
     extra_args = extra_args or {}
-    noise = None
+    noise = _noise(noise_sampler, x)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         den, unc = _den_uncond(model, x, s, extra_args)
@@ -138,14 +137,12 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
         if down == 0:
             x = den
             continue
-        h = math.log(_f(s) / _f(down))
+        h = math.log(float(s) / float(down))
         s_mid = s * math.exp(-h / 2)
         x_mid = _cfg_pp((s_mid / s) * x - math.expm1(-h / 2) * den, s, s_mid, den, unc)
         den_mid = _den(model, x_mid, s_mid, extra_args)
         x = _cfg_pp((down / s) * x - math.expm1(-h) * den_mid, s, down, den, unc)
-        if s_next > 0 and up > 0:
-            noise = noise or _noise(noise_sampler, x)
-            x = x + noise(s, s_next) * s_noise * up
+        x = _renoise(x, noise, s, s_next, up * s_noise)
     return x
 
 
@@ -160,18 +157,16 @@ def _adams(model, x, sigmas, extra_args, callback, max_order, variable):
     extra_args = extra_args or {}
     ds: list[torch.Tensor] = []     # newest first
     for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = _den(model, x, s, extra_args)
-        _report(callback, x, i, s, den)
+        s, s_next, den = _start(model, x, sigmas, i, extra_args, callback)
         if s_next == 0:
             x = den
             continue
         ds = [to_d(x, s, den), *ds][:max_order]
         if variable:
-            nodes = [_f(v) for v in sigmas[i - len(ds) + 1:i + 1].flip(0)]
-            w = adams_sigma_weights(nodes, _f(s), _f(s_next))
+            nodes = [float(v) for v in sigmas[i - len(ds) + 1:i + 1].flip(0)]
+            w = adams_sigma_weights(nodes, float(s), float(s_next))
         else:
-            w = [c * _f(s_next - s) for c in _AB[len(ds)]]
+            w = [c * float(s_next - s) for c in _AB[len(ds)]]
         x = x + sum(wj * dj for wj, dj in zip(w, ds, strict=True))
     return x
 
@@ -229,9 +224,17 @@ def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, disab
     points and the phi-function weights integrated exactly, which satisfies the order
     conditions DPM-Solver++(2M)'s approximate weights miss. ``eta > 0``: ancestral
     (steps to sigma_down, then adds sigma_up noise); ``cfg_pp``: CFG++ renoising."""
+    return _exp_multistep(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise,
+                          cfg_pp, order=2)
+
+
+def _exp_multistep(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise,
+                   cfg_pp, order):
+    """Exponential integrator on D, Lagrange in lambda through the last ``order`` points,
+    to sigma_down, then sigma_up of noise (ancestral split of k-diffusion)."""
     extra_args = extra_args or {}
     hist: list[tuple[float, torch.Tensor]] = []
-    noise = None
+    noise = _noise(noise_sampler, x)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         den, unc = _evaluate(model, x, s, extra_args, cfg_pp)
@@ -240,11 +243,9 @@ def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, disab
         if down == 0:
             x = den
             continue
-        hist = [(_f(s), den), *hist][:2]
-        x = _cfg_pp(_exp_step(x, _f(s), _f(down), hist, _ODE), s, down, den, unc)
-        if s_next > 0 and up > 0:
-            noise = noise or _noise(noise_sampler, x)
-            x = x + noise(s, s_next) * s_noise * up
+        hist = [(float(s), den), *hist][:order]
+        x = _cfg_pp(_exp_step(x, float(s), float(down), hist, _ODE), s, down, den, unc)
+        x = _renoise(x, noise, s, s_next, up * s_noise)
     return x
 
 
@@ -355,20 +356,16 @@ def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None
     extra_args = extra_args or {}
     scale = noise_scale or NoiseScale.er_sde_5()
     hist: list[tuple[float, torch.Tensor]] = []
-    noise = None
+    noise = _noise(noise_sampler, x)
     for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        den = _den(model, x, s, extra_args)
-        _report(callback, x, i, s, den)
+        s, s_next, den = _start(model, x, sigmas, i, extra_args, callback)
         if s_next == 0:
             x = den
             continue
-        hist = [(_f(s), den), *hist][:max_stage]
-        x = _exp_step(x, _f(s), _f(s_next), hist, scale, coord=identity)
-        std = scale.noise_std(_f(s), _f(s_next)) * s_noise
-        if std > 0:
-            noise = noise or _noise(noise_sampler, x)
-            x = x + noise(s, s_next) * std
+        hist = [(float(s), den), *hist][:max_stage]
+        x = _exp_step(x, float(s), float(s_next), hist, scale, coord=identity)
+        std = scale.noise_std(float(s), float(s_next)) * s_noise
+        x = _renoise(x, noise, s, s_next, std)
     return x
 
 
@@ -385,29 +382,26 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
     extra_args = extra_args or {}
     scale = NoiseScale.power(1 + eta * eta)
     hist: list[tuple[float, torch.Tensor]] = []
-    noise = None
+    noise = _noise(noise_sampler, x)
     prev = None  # (x before the last predictor step, its sigma, the noise it added)
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         den = _den(model, x, s, extra_args)
         if prev is not None and (pece or s_next > 0):  # PEC's last step needs no correction
             x_prev, s_prev, added = prev
-            nodes = [(_f(s), den), *hist][:corrector_order]
-            x = _exp_step(x_prev, s_prev, _f(s), nodes, scale) + added
+            nodes = [(float(s), den), *hist][:corrector_order]
+            x = _exp_step(x_prev, s_prev, float(s), nodes, scale) + added
             if pece:
                 den = _den(model, x, s, extra_args)
         _report(callback, x, i, s, den)
         if s_next == 0:
             x = den
             continue
-        hist = [(_f(s), den), *hist][:max(predictor_order, corrector_order - 1)]
-        x_next = _exp_step(x, _f(s), _f(s_next), hist[:predictor_order], scale)
-        std = scale.noise_std(_f(s), _f(s_next)) * s_noise
-        added = torch.zeros_like(x)
-        if std > 0:
-            noise = noise or _noise(noise_sampler, x)
-            added = noise(s, s_next) * std
-        prev = (x, _f(s), added)
+        hist = [(float(s), den), *hist][:max(predictor_order, corrector_order - 1)]
+        x_next = _exp_step(x, float(s), float(s_next), hist[:predictor_order], scale)
+        std = scale.noise_std(float(s), float(s_next)) * s_noise
+        added = _renoise(torch.zeros_like(x), noise, s, s_next, std)
+        prev = (x, float(s), added)
         x = x_next + added
     return x
 
@@ -428,9 +422,9 @@ def _seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, 
     all of them lie on one Brownian path: N(s->b) = (phi_b/phi_a) N(s->a) + N(a->b)."""
     extra_args = extra_args or {}
     scale = NoiseScale.power(1 + eta * eta)
-    noise = None
+    noise = _noise(noise_sampler, x)
     for i in range(len(sigmas) - 1):
-        s, s_next = _f(sigmas[i]), _f(sigmas[i + 1])
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         den = _den(model, x, sigmas[i], extra_args)
         _report(callback, x, i, sigmas[i], den)
         if s_next == 0:
@@ -441,13 +435,10 @@ def _seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, 
         last = [(s, den)]
         a, acc = s, torch.zeros_like(x)   # acc = N(s -> a)
         for j, b in enumerate(targets):
-            std = scale.noise_std(a, b) * s_noise
-            if std > 0:
-                noise = noise or _noise(noise_sampler, x)
-                acc = scale.ratio(a, b) * acc + noise(a, b) * std
+            acc = _renoise(scale.ratio(a, b) * acc, noise, a, b, scale.noise_std(a, b) * s_noise)
             x_b = _exp_step(x, s, b, last, scale) + acc
             if j < len(rs):
-                last = [(b, _den(model, x_b, x.new_tensor(b), extra_args)), (s, den)]
+                last = [(b, _den(model, x_b, sigmas.new_tensor(b), extra_args)), (s, den)]
             a = b
         x = x_b
     return x

@@ -30,9 +30,11 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
     return x
 
 
-# 4th-order Adams-Bashforth after 2nd- and 3rd-order starting steps: global order 2
+# 4th-order Adams-Bashforth steps, but on a schedule that ends at sigma = 0 the last step
+# extrapolates eps to sigma = 0 instead of denoising: first order against either exact
+# limit (measured on `convergence check`: 1.09 over 32-128 steps on Karras)
 @register_sampler("plms", family="compvis", native_schedule="ddim_uniform",
-                  aliases=("PLMS", "pndm_plms"), order=2, nfe_offset=1)
+                  aliases=("PLMS", "pndm_plms"), order=1, nfe_offset=1)
 @torch.no_grad()
 def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """PLMS (pseudo linear multistep, CompVis): 4th-order Adams-Bashforth on eps with a

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -138,8 +139,18 @@ def base_config(ctx) -> dict:
     return config
 
 
+#: diffusers' lazy module is not thread-safe on first access; the runner builds schedulers
+#: in several threads at once (cross-cell batching)
+_IMPORT_LOCK = threading.Lock()
+
+
 def build_scheduler(variant: SchedulerVariant, ctx):
     """A fresh scheduler of this variant for one batch (schedulers keep per-run state)."""
+    with _IMPORT_LOCK:
+        return _build_scheduler(variant, ctx)
+
+
+def _build_scheduler(variant: SchedulerVariant, ctx):
     import diffusers
 
     config = base_config(ctx)

@@ -82,7 +82,9 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
                                   atol=atol, order=order, eta=eta)
 
 
-_reg("dpm_fast", sample_dpm_fast, a1111="DPM fast",
+# both integrate from sigma_max to the smallest positive sigma and stop there
+_reg("dpm_fast", sample_dpm_fast, a1111="DPM fast", limit="sigma_min",
      description="DPM-Solver fast (steps = NFE between the schedule's sigma range)")
 _reg("dpm_adaptive", sample_dpm_adaptive, a1111="DPM adaptive", rows_independent=False,
+     limit="sigma_min",
      nfe_per_step=None, description="DPM-Solver adaptive (error-controlled; NFE measured)")

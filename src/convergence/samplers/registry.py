@@ -48,7 +48,8 @@ SamplerFn = Callable[..., torch.Tensor]
 NOISE_KINDS = ("gaussian", "brownian")
 #: metadata keys a `_target_` node or sampler_meta may set
 META_KEYS = ("family", "stochastic", "order", "nfe_per_step", "nfe_offset", "noise",
-             "native_schedule", "description", "rows_independent")
+             "native_schedule", "description", "rows_independent", "limit")
+LIMITS = ("zero", "sigma_min")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class SamplerSpec:
     #: "brownian" (a Brownian tree, for SDE samplers)
     noise: str = "gaussian"
     native_schedule: str = "discrete"
+    #: where it ends on a schedule to sigma = 0: "zero" (the data: D(x(sigma_min)) or x(0))
+    #: or "sigma_min" (x(sigma_min), e.g. k-diffusion's dpm_fast/dpm_adaptive)
+    limit: str = "zero"
     aliases: tuple[str, ...] = ()
     description: str = ""
     #: False when the sampler couples batch rows (adaptive step control on a batch-wide
@@ -155,6 +159,8 @@ def make_spec(name: str, obj: Any, meta: dict) -> SamplerSpec:
 
 
 def _check_spec(spec: SamplerSpec) -> None:
+    if spec.limit not in LIMITS:
+        raise ValueError(f"sampler {spec.name!r}: limit must be one of {LIMITS}")
     if spec.noise not in NOISE_KINDS:
         raise ValueError(f"sampler {spec.name!r}: noise must be one of {NOISE_KINDS}")
     if spec.nfe_per_step is not None and not (spec.nfe_per_step > 0 and math.isfinite(spec.nfe_per_step)):

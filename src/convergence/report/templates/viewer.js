@@ -62,8 +62,12 @@
   }
 
   // -- grid --------------------------------------------------------------------------
+  function cellSize(t) {  // a wide sweep shrinks to the page instead of a 200-megapixel strip
+    var room = root.clientWidth - 200;  // the sampler labels
+    return Math.max(V.minThumb, Math.min(V.thumb, Math.floor(room / t.steps.length) - 4));
+  }
   function renderGrid() {
-    var t = topic(), view = t.views[S.view], grid = el("v-grid");
+    var t = topic(), view = t.views[S.view], grid = el("v-grid"), size = cellSize(t);
     el("v-prompt").textContent = view.prompt;
     grid.textContent = "";
     var head = make("tr");
@@ -81,11 +85,11 @@
       t.steps.forEach(function (s, c) {
         var td = make("td"), cell = view.cells[r][c];
         if (!cell) {
-          td.appendChild(make("div", { "class": "v-missing", style: "width:" + V.thumb + "px;height:" + V.thumb + "px" }, "not run"));
+          td.appendChild(make("div", { "class": "v-missing", style: "width:" + size + "px;height:" + size + "px" }, "not run"));
         } else {
           var b = make("button", { type: "button", "class": "v-cell", "data-r": r, "data-c": c,
                                    "aria-label": title(t, S.view, r, c) });
-          b.appendChild(make("img", { src: cell[0], loading: "lazy", width: V.thumb, height: V.thumb, alt: "" }));
+          b.appendChild(make("img", { src: cell[0], loading: "lazy", width: size, height: size, alt: "" }));
           var f = make("span", { "class": "v-frame" });
           f.style.boxShadow = frame(marksAt(view, r, c), V.frameWidth);
           b.appendChild(f);
@@ -203,6 +207,7 @@
     if (b) showTip(b);
   });
   grid.addEventListener("focusout", hideTip);
+  document.addEventListener("keydown", function (e) { if (e.key === "Escape") hideTip(); });
   grid.addEventListener("click", function (e) {  // a cell becomes pane A at its step count
     var b = e.target.closest("button.v-cell");
     if (!b) return;

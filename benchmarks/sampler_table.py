@@ -1,0 +1,58 @@
+"""NFE per step and empirical order of every registered sampler, measured by the
+`convergence check` study (analytic model, 32x32, CFG 1, Karras schedule, steps 4-128,
+against the exact limit of the probability-flow ODE). Writes the README's table.
+
+    .venv/bin/python benchmarks/sampler_table.py [--plugin MODULE] [--out FILE]
+
+An order is printed only where the local slopes of the last two doublings agree (within
+check.SLOPE_AGREEMENT), with its step range; otherwise "pre-asymptotic" and the slopes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from convergence import check as C
+from convergence.registry import import_plugins
+from convergence.samplers.registry import available_samplers
+
+HEAD = ("| sampler | family | NFE claimed | NFE measured | order claimed | order measured "
+        "(Karras, vs exact limit) | limit | check |\n|---|---|---|---|---|---|---|---|")
+
+
+def row(name: str) -> str:
+    report = C.check_sampler(name)
+    spec, m = report.spec, report.measurement
+    by = {r.check: r for r in report.rows}
+    nfe = by["nfe"]
+    order = by["order"].measured if "order" in by else by["limit"].expected
+    limit = m.limit or "-"
+    if m.errors:
+        limit += f" ({m.errors[C.STEPS[-1]]:.1e} at {C.STEPS[-1]})"
+    verdict = "pass" if report.passed else "FAIL: " + "; ".join(r.check for r in report.failures())
+    return (f"| {name} | {spec.family} | {nfe.expected} | {nfe.measured.split(' (')[0]} | "
+            f"{C._claimed_order(spec)} | {order} | {limit} | {verdict} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--plugin", action="append", default=[])
+    ap.add_argument("--out", default="results/measured/sampler_table.md")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    import_plugins(args.plugin)
+    lines = [HEAD]
+    for name in available_samplers():
+        lines.append(row(name))
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Adaptive key-point search (``search=adaptive``): spend steps only where a key point is
+being decided.
+
+A dense sweep of every step count from ``min(steps)`` to ``max(steps)`` finds each key point
+exactly, at a cost that grows with the square of the range. The adaptive search runs the
+study's own ``steps`` as a coarse sweep, then, per curve (model × prompt × seed × sampler ×
+schedule × cfg), bisects over integer step counts between the last coarse step where a key
+point's condition fails and the first from which it holds, until every point is known to
+one step (or the curve's step budget ``search_budget`` is spent). A point's condition
+is decided by the analysis' own :func:`~convergence.analysis.keypoints.curve_points` at that step
+count, with the dense sweep's meaning of "the change to the next step count": the change
+from ``s`` to ``s + 1``, so step ``s + 1`` is run only where that change can decide the
+point. Bisection assumes a condition that, once it holds, keeps holding at larger step
+counts (what "the earliest step from which it holds" measures); benchmarks/adaptive.py
+compares the points with a dense sweep of every step count.
+
+Every probe is an ordinary cell in the study's store, and the points go to
+``keypoints_adaptive.csv`` (one row per curve and point, column ``search`` = adaptive,
+``known_to`` = the bracket width in steps).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from convergence import metrics as M
+from convergence.analysis.distances import noise_estimate
+from convergence.analysis.keypoints import POINTS, curve_points, earliest_from_which
+from convergence.analysis.tables import GROUP
+from convergence.config import AnalysisConfig, Config
+from convergence.errors import ConvergenceError
+from convergence.models import build_model
+from convergence.models.base import Model
+from convergence.plan import Cell, expand
+from convergence.runner import RunSummary, run_study, study_root
+from convergence.store import Store, atomic_write_bytes
+
+TABLE = "keypoints_adaptive.csv"
+
+
+@dataclass
+class Curve:
+    """What is known of one curve: per probed step count, the distance to the reference
+    (the curve's largest step count), the residual noise, and the change to ``s + 1``."""
+
+    template: Cell
+    top: int
+    distance: dict[int, float] = field(default_factory=dict)
+    noise: dict[int, float] = field(default_factory=dict)
+    change: dict[int, float] = field(default_factory=dict)
+    samples: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    brackets: dict[str, int] = field(default_factory=dict)  # last bracket width per point
+    spent: int = 0  # sampler steps run for this curve
+
+    def cell(self, steps: int) -> Cell:
+        return replace(self.template, steps=int(steps))
+
+    @property
+    def probed(self) -> list[int]:
+        """Probed step counts below the reference (the reference is no evidence)."""
+        return sorted(s for s in self.distance if s < self.top)
+
+
+def holds(curve: Curve, point: str, s: int, a: AnalysisConfig, change: float | None = None) -> bool:
+    """Whether ``point``'s condition holds at step count ``s``, decided by the analysis'
+    own definitions; ``change`` overrides the measured change to ``s + 1``."""
+    ch = curve.change.get(s, math.nan) if change is None else change
+    p = curve_points([s], [curve.distance[s]], [ch], [curve.noise[s]],
+                     indicative=a.indicative, converged=a.converged,
+                     coherent_noise=a.coherent_noise, coherent_change=a.coherent_change,
+                     nonconvergence_change=a.nonconvergence_change,
+                     lower_is_better=M.get_metric(a.metric).lower_is_better)
+    return p[point] == s
+
+
+def _holds_maybe(curve: Curve, point: str, s: int, a: AnalysisConfig) -> bool:
+    """Optimistic where the change to ``s + 1`` is not measured yet (it might still pass)."""
+    if s in curve.change:
+        return holds(curve, point, s, a)
+    return holds(curve, point, s, a, change=0.0)
+
+
+def next_probes(curve: Curve, a: AnalysisConfig) -> tuple[set[int], dict[str, tuple]]:
+    """Step counts this curve needs next, and per point ``(steps or None, known_to)``:
+    ``known_to`` is the width of the bracket the point lies in (1 = exact to one step)."""
+    probed = curve.probed
+    needs: set[int] = set()
+    found: dict[str, tuple] = {}
+    for point in POINTS:
+        e = earliest_from_which(probed, [_holds_maybe(curve, point, s, a) for s in probed])
+        if e is None:  # fails at the largest probe: not reached, if that is the top
+            last = probed[-1] if probed else curve.top
+            if last < curve.top - 1:
+                needs.add(curve.top - 1)
+            found[point] = (None, curve.top - 1 - last)
+            continue
+        lower = [s for s in probed if s < e]
+        width = e - lower[-1] if lower else 0
+        if width > 1:
+            needs.add(_split(curve, point, lower[-1], e, a))
+        elif e not in curve.change and (holds(curve, point, e, a, change=0.0)
+                                        != holds(curve, point, e, a, change=math.inf)):
+            needs.add(e + 1)  # the change to e + 1 decides this point
+        found[point] = (e, width)
+    return needs - set(curve.distance), found
+
+
+#: the distance threshold whose crossing locates each point (probe placement only: whether
+#: a point's condition holds is always decided by the analysis' curve_points)
+_CROSSING = {"indicative": "indicative", "converged": "converged"}
+
+
+def _split(curve: Curve, point: str, lo: int, hi: int, a: AnalysisConfig) -> int:
+    """The probe that splits the bracket (lo fails, hi holds). Where the point is a distance
+    threshold, the crossing is predicted from the bracket's two distances with the model
+    d(s) = c * (s^-r - top^-r) (a power-law approach to a limit, measured against the curve's
+    own top step count); bisection otherwise, and whenever the previous guess left more
+    than half of its bracket, so the search never stalls."""
+    mid = (lo + hi) // 2
+    key = _CROSSING.get(point)
+    last = curve.brackets.get(point)
+    curve.brackets[point] = hi - lo
+    if key is None or (last is not None and 2 * (hi - lo) > last):
+        return mid
+    guess = _crossing(lo, hi, curve.top, curve.distance[lo], curve.distance[hi], getattr(a, key))
+    return mid if guess is None else min(max(guess, lo + 1), hi - 1)
+
+
+def _crossing(lo: int, hi: int, top: int, d_lo: float, d_hi: float, thr: float) -> int | None:
+    """Smallest integer step where d(s) = c * (s^-r - top^-r) through (lo, d_lo) and
+    (hi, d_hi) is at most ``thr`` (None where the model does not fit the two points)."""
+    from scipy.optimize import brentq
+    if not (d_lo > thr >= d_hi > 0):
+        return None
+
+    def ratio(r: float) -> float:
+        return (lo ** -r - top ** -r) / (hi ** -r - top ** -r) - d_lo / d_hi
+
+    try:
+        r = brentq(ratio, 1e-3, 8.0)
+    except ValueError:  # no exponent in range reproduces the two distances
+        return None
+    c = d_hi / (hi ** -r - top ** -r)
+    return math.ceil((thr / c + top ** -r) ** (-1 / r))
+
+
+def _measure(curve: Curve, new: set[int], store: Store, a: AnalysisConfig) -> None:
+    """Distance, noise and change to ``s + 1`` of the newly run step counts."""
+    for s in new:
+        curve.samples[s] = store.load_sample(curve.cell(s).hash).astype(np.float64)[None]
+    ref = curve.samples[curve.top]
+    for s in sorted(new):
+        x = curve.samples[s]
+        curve.distance[s] = math.nan if s == curve.top else float(M.compute(a.metric, x, ref)[0])
+        curve.noise[s] = float(noise_estimate(x)[0])
+    for s in curve.samples:
+        if s + 1 in curve.samples and s not in curve.change:
+            curve.change[s] = float(M.compute(a.metric, curve.samples[s],
+                                              curve.samples[s + 1])[0])
+
+
+def _run(cfg: Config, model: Model, curves: list[Curve], wanted: dict[int, set[int]]) -> int:
+    """Run the wanted (curve, steps) cells through the ordinary runner into the store
+    (cells already stored are not run again)."""
+    cells = [curves[i].cell(s) for i, steps in wanted.items() for s in steps]
+    round_cfg = replace(cfg, steps=sorted({c.steps for c in cells}))
+    return run_study(round_cfg, model, only={c.hash for c in cells}).ran
+
+
+def refine(curves: list[Curve], coarse: list[int], a: AnalysisConfig, budget: float,
+           run_and_measure: Callable[[dict[int, set[int]]], None]) -> list[dict[str, tuple]]:
+    """The search itself: the coarse sweep for every curve, then rounds of probes (all
+    curves' probes of a round run together, so they batch) until no curve needs one or
+    its next probes would spend more than ``budget`` steps. ``run_and_measure`` runs
+    ``{curve index: step counts}`` and fills in the curves' measurements."""
+    wanted = {i: set(coarse) for i in range(len(curves))}
+    found: list[dict[str, tuple]] = [{} for _ in curves]
+    while wanted:
+        run_and_measure(wanted)
+        for i, new in wanted.items():
+            curves[i].spent += sum(new)
+        wanted = {}
+        for i, curve in enumerate(curves):
+            needs, found[i] = next_probes(curve, a)
+            if needs and curve.spent + sum(needs) <= budget:
+                wanted[i] = needs
+    return found
+
+
+def run_adaptive(cfg: Config, model: Model | None = None) -> RunSummary:
+    """Coarse sweep over ``cfg.steps``, then bisection per curve and key point; writes the
+    cells to the store and the points to ``keypoints_adaptive.csv``."""
+    if cfg.shard is not None:
+        raise ConvergenceError("search=adaptive needs whole curves and shard= splits them by cell; "
+                               "split an adaptive study by prompts, seeds or samplers instead")
+    if cfg.analysis.reference != "highest":
+        raise ConvergenceError(f"search=adaptive measures each curve against its largest step "
+                               f"count (analysis.reference=highest), not "
+                               f"{cfg.analysis.reference!r}")
+    if len(set(cfg.steps)) < 2:
+        raise ConvergenceError(f"search=adaptive needs at least two step counts (a coarse sweep), "
+                               f"got steps={list(cfg.steps)}")
+    start = time.perf_counter()
+    model = model or build_model(cfg.model, cfg.width, cfg.height)
+    store = Store(study_root(cfg))
+    coarse = sorted(set(cfg.steps))
+    templates = {c.group_key: c for c in expand(cfg, model.name, model.fingerprint())}
+    curves = [Curve(t, top=coarse[-1]) for t in templates.values()]
+    budget = cfg.search_budget if cfg.search_budget is not None else math.inf
+    ran = 0
+
+    def run_and_measure(wanted: dict[int, set[int]]) -> None:
+        nonlocal ran
+        ran += _run(cfg, model, curves, wanted)
+        for i, new in wanted.items():
+            _measure(curves[i], new, store, cfg.analysis)
+
+    found = refine(curves, coarse, cfg.analysis, budget, run_and_measure)
+    run_study(cfg, model, only=set())  # runs nothing; records the study's own config
+    table = points_table(curves, found, store, cfg.analysis)
+    atomic_write_bytes(store.root / TABLE, table.to_csv(index=False).encode())
+    cells = [c.cell(s) for c in curves for s in sorted(c.distance)]
+    return RunSummary(store, cells, ran, len(cells) - ran, time.perf_counter() - start)
+
+
+def points_table(curves: list[Curve], found: list[dict[str, tuple]], store: Store,
+                 a: AnalysisConfig) -> pd.DataFrame:
+    """One row per curve and key point: the analysis' per-seed columns (keypoints_seed)
+    that a sparse search defines, plus ``search``, ``known_to`` (bracket width in steps:
+    1 = exact, 0 = the lowest step count), the curve's probes and their NFE."""
+    stored = store.load().set_index("hash")
+    rows = []
+    for curve, points in zip(curves, found, strict=True):
+        steps = sorted(curve.distance)
+        cells = stored.reindex([curve.cell(s).hash for s in steps]).set_index(pd.Index(steps))
+        base = {k: getattr(curve.template, k) for k in GROUP}
+        for point in POINTS:
+            s, width = points.get(point, (None, 0))
+            rows.append({**base, "metric": a.metric, "reference": "highest", "point": point,
+                         "steps": s, "nfe": cells.nfe.get(s, math.nan) if s else math.nan,
+                         "seconds": cells.seconds.get(s, math.nan) if s else math.nan,
+                         "search": "adaptive", "known_to": width, "probes": len(steps),
+                         "probe_steps": int(sum(steps)), "probe_nfe": float(cells.nfe.sum())})
+    return pd.DataFrame(rows)
+
+
+def load_points(root: Path | str) -> pd.DataFrame:
+    """The adaptive key points of a study folder (empty if it has none)."""
+    path = Path(root) / TABLE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()

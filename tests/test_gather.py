@@ -1,0 +1,167 @@
+"""Cross-cell batching: gathered model calls, bit-identical cells, call statistics, budget."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from convergence.budget import (
+    AUTO_MAX_ROWS,
+    auto_rows,
+    parse_batch_size,
+    probe_row_bytes,
+    row_budget,
+)
+from convergence.errors import ConvergenceError
+from convergence.gather import Gatherer, Job
+from convergence.models.analytic import MIN_ROWS
+from convergence.runner import load_runs, run_study, sample_batch
+
+#: every sampler family: k-diffusion (plain, ancestral, Brownian, multistep), CompVis,
+#: a diffusers scheduler; different NFE per step, so the mix of rows changes every call
+MIX = ["euler", "heun", "lms", "euler_ancestral", "dpmpp_sde", "plms",
+       "EulerAncestralDiscreteScheduler"]
+
+
+def test_analytic_denoiser_rows_do_not_depend_on_the_batch(model32):
+    """Each row of a call equals, to the bit, the same row in any other call (any size
+    from 1 row, any position): what makes gathered cells bit-identical."""
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    x = torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64) * 3
+    sigma = torch.rand(n, generator=g, dtype=torch.float64) * 5 + 0.05
+    cond = model32.encode_prompts(["p"] * n, (["food", "people", "anime", "nature"] * 10)).cond
+    ref = model32.denoise(x, sigma, cond)
+    for size in (1, 2, 3, MIN_ROWS - 1, MIN_ROWS, 13, 33):
+        for start in (0, 1, n - size):
+            out = model32.denoise(x[start:start + size], sigma[start:start + size],
+                                  cond[start:start + size])
+            assert torch.equal(out, ref[start:start + size]), (size, start)
+
+
+def test_gathered_cells_equal_cells_run_alone(study_config, model32):
+    """Samplers, step counts, seeds, prompts and CFG scales mixed in shared calls give the
+    same floats, bit for bit, as each cell in calls of its own, with the same NFE."""
+    cfg = study_config(samplers=MIX, steps=[2, 4], cfg=[7.5, 1.0], seeds_per_prompt=1,
+                       batch_size=256)
+    shared = run_study(cfg, model32)
+    assert load_runs(shared.store.root)[-1]["rows_per_call"] > 20  # calls really were shared
+    df = shared.store.load().set_index("hash")
+    assert len(df) == len(MIX) * 2 * 2 * 2
+    for cell in shared.cells:
+        alone = sample_batch(model32, [cell])
+        got = shared.store.load_sample(cell.hash)
+        assert (alone.samples[0].numpy().astype(got.dtype) == got).all(), cell
+        assert alone.nfe == df.loc[cell.hash, "nfe"]
+
+
+def test_row_coupled_sampler_keeps_its_own_calls(study_config, tmp_path, model32):
+    cfg = study_config(samplers=["dpm_adaptive", "euler"], steps=[4], seeds_per_prompt=1,
+                       batch_size=64, sampler_options={"rtol": 0.05, "atol": 0.05})
+    seen: list[int] = []
+    real = model32.denoise
+
+    def spy(x, sigma, cond):
+        seen.append(x.shape[0])
+        return real(x, sigma, cond)
+
+    model32.denoise = spy
+    try:
+        summary = run_study(cfg, model32)
+    finally:
+        del model32.denoise
+    df = summary.store.load()
+    adaptive = df[df.sampler == "dpm_adaptive"]
+    assert set(adaptive.rows_per_call) == {2.0}  # one cell, CFG: 2 rows, never shared
+    assert seen.count(4) == 4 and seen.count(2) == int(adaptive.nfe.sum())
+
+
+def test_calls_and_rows_per_call_match_a_hand_count(study_config, model32, tmp_path):
+    """euler (4 calls) and heun (7 calls), 2 cells each with CFG (4 rows a call).
+
+    Budget 8: both run side by side: 4 calls of 8 rows, then 3 of heun's 4 rows.
+    Budget 4: one after the other: 4 + 7 calls of 4 rows."""
+    base = dict(samplers=["euler", "heun"], steps=[4], seeds_per_prompt=1)
+    wide = run_study(study_config(results_dir=str(tmp_path / "w"), batch_size=8, **base), model32)
+    run = load_runs(wide.store.root)[-1]
+    assert (run["model_calls"], run["model_rows"]) == (7, 44)
+    assert run["rows_histogram"] == {"4": 3, "8": 4} and run["row_budget"] == 8
+    assert 0 < run["model_share"] <= 1
+    df = wide.store.load().set_index("sampler")
+    assert set(df.loc["euler", "rows_per_call"]) == {8.0}
+    assert df.loc["heun", "rows_per_call"].tolist() == pytest.approx([(4 * 8 + 3 * 4) / 7] * 2)
+    narrow = run_study(study_config(results_dir=str(tmp_path / "n"), batch_size=4, **base), model32)
+    run = load_runs(narrow.store.root)[-1]
+    assert (run["model_calls"], run["model_rows"], run["rows_histogram"]) == (11, 44, {"4": 11})
+    # a resumed run that had nothing to do records no run
+    again = run_study(study_config(results_dir=str(tmp_path / "n"), batch_size=4, **base), model32)
+    assert again.ran == 0 and len(load_runs(again.store.root)) == 1
+
+
+def test_gatherer_merges_the_calls_of_all_live_jobs():
+    """Three jobs of 1, 2 and 3 rows, 3, 2 and 1 calls: calls of 6, 3 and 1 rows."""
+    sizes: list[int] = []
+
+    def denoise(x, sigma, cond):
+        sizes.append(x.shape[0])
+        return x * 2 + sigma[:, None]
+
+    def job(rows: int, calls: int) -> Job:
+        def fn(call):
+            x = torch.full((rows, 1), float(rows))
+            for _ in range(calls):
+                x = call(x, torch.ones(rows), torch.zeros(rows, 1))
+            return x
+        return Job(fn, rows=rows, payload=rows)
+
+    results = {}
+    stats = Gatherer(denoise, 16).run([job(1, 3), job(2, 2), job(3, 1)],
+                                      lambda j, r, ledger: results.update({j.payload: r}))
+    assert sizes == [6, 3, 1] and stats.calls == 3 and stats.rows == 10
+    assert results[1].flatten().tolist() == [15.0] and results[3].flatten().tolist() == [7.0] * 3
+    assert not [t for t in threading.enumerate() if t.name == "convergence-job"]
+
+
+def test_a_failing_job_stops_the_others_and_keeps_finished_ones():
+    done = []
+
+    def fn_ok(call):
+        return call(torch.zeros(1, 1), torch.ones(1), torch.zeros(1, 1))
+
+    def fn_bad(call):
+        call(torch.zeros(1, 1), torch.ones(1), torch.zeros(1, 1))
+        raise ConvergenceError("boom")
+
+    def fn_long(call):
+        for _ in range(100):
+            call(torch.zeros(1, 1), torch.ones(1), torch.zeros(1, 1))
+
+    jobs = [Job(fn_ok, 1, payload="ok"), Job(fn_bad, 1, payload="bad"), Job(fn_long, 1, payload="long")]
+    with pytest.raises(ConvergenceError, match="boom"):
+        Gatherer(lambda x, s, c: x, 8).run(jobs, lambda j, r, ledger: done.append(j.payload))
+    assert done == ["ok"] and not [t for t in threading.enumerate() if t.name == "convergence-job"]
+
+
+def test_auto_batch_size_picks_a_budget_on_cpu(model32):
+    import psutil
+    budget = row_budget("auto", model32, 32, 32)
+    assert budget == auto_rows(psutil.virtual_memory().available, model32.row_bytes(32, 32))
+    assert 1 <= budget <= AUTO_MAX_ROWS
+    assert auto_rows(free_bytes=10 * 1000, row_bytes=1000) == 5  # half the free memory
+    assert auto_rows(free_bytes=10, row_bytes=1000) == 1
+    assert row_budget(24, model32, 32, 32) == 24
+
+
+def test_probe_measures_peak_memory_per_row(model32):
+    """The CUDA path's arithmetic, with a fake peak-memory counter."""
+    peaks = iter([1000, 1000 + 2 * 4096])
+    assert probe_row_bytes(model32, 32, 32, lambda: next(peaks), lambda: None) == 4096
+
+
+@pytest.mark.parametrize("bad", [0, -3, "big", 2.5, None])
+def test_bad_batch_size_is_a_one_line_error(bad):
+    with pytest.raises(ConvergenceError, match=r"batch_size must be 'auto' or an integer >= 1"):
+        parse_batch_size(bad)
+    assert parse_batch_size("AUTO") == "auto" and parse_batch_size("12") == 12
