@@ -47,6 +47,9 @@ class ModelConfig:
     #: for diffusers models: use the k-diffusion sampler ("k-diffusion") or the diffusers
     #: scheduler ("diffusers") when a sampler name exists in both
     sampler_backend: str = "k-diffusion"
+    #: compiled model calls (torch.compile; CUDA graphs on CUDA) on row buckets; off until
+    #: a GPU measurement shows a gain (docs/batching.md)
+    compile: bool = False
 
 
 @dataclass
@@ -57,9 +60,10 @@ class AnalysisConfig:
     #: reference's own std (independent of brightness and contrast; docs/analysis.md)
     metric: str = "rel_rmse"
     #: metrics written to distances.parquet ("lpips" only when its weights are cached;
-    #: "flip" is opt-in: one library call per pair, ~8 ms each at 64x64 on one core)
+    #: "flip" and "haarpsi" are opt-in: flip is one library call per pair, ~8 ms each at
+    #: 64x64 on one core; haarpsi costs as much as all other metrics together)
     metrics: list[str] = field(default_factory=lambda: ["rel_rmse", "rmse", "mse", "psnr", "ssim",
-                                                        "haarpsi", "gmsd"])
+                                                        "gmsd"])
     #: references: "highest" (group's highest steps), "SAMPLER@STEPS" (cross-sampler),
     #: "exact" (analytic model: exact-denoised, exact-zero, exact-end limits; skipped with a
     #: one-line note on models without an exact solution). Exact limits are what rates and
@@ -173,8 +177,8 @@ class Config:
     #: "grid": run every swept step count; "adaptive": the steps are a coarse sweep, then
     #: each key point is bisected to one step per curve (docs/scale.md)
     search: str = "grid"
-    #: adaptive search: at most this many sampler steps per curve (null = until every key
-    #: point is known to one step)
+    #: adaptive search: at most this many sampler steps per curve, coarse sweep included
+    #: (null = until every key point is known to one step)
     search_budget: Optional[int] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
