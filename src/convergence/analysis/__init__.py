@@ -101,8 +101,11 @@ def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
         dist = T.write(out_dir, "distances", dist)
     with phase("key points", show):
         lower = M.get_metric(a.metric).lower_is_better
-        seeds = T.write(out_dir, "keypoints_seed", seed_points(a, dist, cells, lower))
-        kp = T.write(out_dir, "keypoints", aggregate_points(a, seeds, cells))
+        from convergence.adaptive import search_column, with_adaptive_points
+        seeds = T.write(out_dir, "keypoints_seed", with_adaptive_points(
+            store.root, seed_points(a, dist, cells, lower)))
+        kp = T.write(out_dir, "keypoints", search_column(aggregate_points(a, seeds, cells),
+                                                             seeds))
     with phase("rates and limits", show):
         rates = T.write(out_dir, "rates", compute_rates(a, dist, cells))
         lim = limits_table(dist, rates, a.rate_metrics[0]) if model is not None else None
