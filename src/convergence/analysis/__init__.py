@@ -91,8 +91,11 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
         dist = T.write(store.root, "distances", dist)
     with phase("key points", show):
         lower = M.get_metric(a.metric).lower_is_better
-        seeds = T.write(store.root, "keypoints_seed", seed_points(a, dist, cells, lower))
-        kp = T.write(store.root, "keypoints", aggregate_points(a, seeds, cells))
+        from convergence.adaptive import search_column, with_adaptive_points
+        seeds = T.write(store.root, "keypoints_seed", with_adaptive_points(
+            store.root, seed_points(a, dist, cells, lower)))
+        kp = T.write(store.root, "keypoints", search_column(aggregate_points(a, seeds, cells),
+                                                             seeds))
     with phase("rates and limits", show):
         rates = T.write(store.root, "rates", compute_rates(a, dist, cells))
         lim = limits_table(dist, rates, a.rate_metrics[0]) if model is not None else None
