@@ -97,6 +97,9 @@ class AnalysisConfig:
     #: ... and one picture holds at least this posterior mass at sigma_min (not a blend)
     truth_responsibility: float = 0.99
     #: rates: metrics fitted, smallest step count used, bootstrap resamples over seeds
+    #: (rmse, not rel_rmse: one physical scale for every seed, so the median over seeds whose
+    #: local slopes decide "asymptotic" and "which limit" is not dominated by low-contrast
+    #: pictures; per curve the two differ by a constant factor and give the same order)
     rate_metrics: list[str] = field(default_factory=lambda: ["rmse"])
     #: (20: at CFG 7.5 heun, dpm_2 and plms are unstable below ~20 steps on the analytic
     #: model, distances of 1e1..1e3: outside the asymptotic range a rate describes)
