@@ -85,3 +85,17 @@ def test_plugins_key_imports_modules_before_the_run(capsys, tmp_path, monkeypatc
     assert code == 0, err
     import pandas as pd
     assert set(pd.read_parquet(tmp_path / "smoke" / "cells.parquet").schedule) == {"my_karras_copy"}
+
+
+def test_metric_and_model_given_as_target_nodes(tmp_path):
+    from conftest import make_config
+
+    from convergence.metrics import get_metric
+    from convergence.models import build_model
+    cfg = make_config(tmp_path, model={"_target_": "convergence.models._analytic",
+                                       "name": "my_analytic_factory"},
+                      analysis={"metrics": ["rmse", {"_target_": "convergence.metrics.mse",
+                                                     "name": "my_mse", "space": "sample"}]})
+    assert cfg.analysis.metrics == ["rmse", "my_mse"] and get_metric("MY_MSE").space == "sample"
+    assert cfg.model.name == "my_analytic_factory"
+    assert build_model(cfg.model, 32, 32).name == "analytic"
