@@ -82,6 +82,8 @@ def test_plugins_key_imports_modules_before_the_run(capsys, tmp_path, monkeypatc
                               "schedules=[My-Karras-Copy]", "samplers=[euler]", "steps=[4]",
                               f"results_dir={tmp_path}", "progress=false")
     sys.modules.pop("my_sched_plugin", None)
+    from convergence.samplers.schedules import SCHEDULES
+    SCHEDULES.unregister("my_karras_copy")
     assert code == 0, err
     import pandas as pd
     assert set(pd.read_parquet(tmp_path / "smoke" / "cells.parquet").schedule) == {"my_karras_copy"}
@@ -99,3 +101,32 @@ def test_metric_and_model_given_as_target_nodes(tmp_path):
     assert cfg.analysis.metrics == ["rmse", "my_mse"] and get_metric("MY_MSE").space == "sample"
     assert cfg.model.name == "my_analytic_factory"
     assert build_model(cfg.model, 32, 32).name == "analytic"
+
+
+def test_a_registered_reference_and_claim_are_used_by_the_analysis():
+    import pandas as pd
+
+    from convergence.analysis import claims as C
+    from convergence.analysis.references import REFERENCES, pairs
+
+    def first_cell(df):
+        """Every cell against the study's first cell."""
+        return [(i, df.index[0]) for i in df.index[1:]]
+
+    def always(inputs):
+        return [C.claim_row("Everything converges.", "plugin", "", inputs.cfg, "none", "", "",
+                            "", C.HOLDS)]
+
+    REFERENCES.register("test_first_cell", first_cell)
+    C.CLAIMS.register("test_always", always, quote="Everything converges.",
+                      claim_source="plugin")
+    try:
+        df = pd.DataFrame({"steps": [4, 8, 16]}, index=[10, 11, 12])
+        assert pairs(df, "Test-First-Cell") == [(11, 10), (12, 10)]
+        empty = pd.DataFrame()
+        claims = C.evaluate_claims(empty, empty, empty, metric="rel_rmse", indicative=0.1,
+                                   few_steps=8)
+        assert claims.claim.iloc[-1] == "Everything converges." and claims.verdict.iloc[-1] == C.HOLDS
+    finally:
+        REFERENCES.unregister("test_first_cell")
+        C.CLAIMS.unregister("test_always")
