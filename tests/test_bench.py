@@ -40,10 +40,10 @@ def test_bench_cli_writes_its_report(tmp_path, capsys):
     out = tmp_path / "bench.txt"
     code, stdout, err = run_main(
         capsys, "bench", "study=smoke", "samplers=[euler]", "steps=[2]", "seeds_per_prompt=1",
-        "threads=1", "--repeats", "1", "--loop-cells", "1", "--out", str(out))
+        "threads=1", "--repeats", "1", "--loop-cells", "1", "--clock", "cpu", "--out", str(out))
     assert code == 0, err
     assert out.read_text().startswith("$ convergence bench study=smoke")
-    assert "loop/harness = " in stdout
+    assert "loop/harness = " in stdout and "# clock: cpu seconds" in stdout
 
 
 def test_bench_bad_override_is_a_one_line_error(capsys):

@@ -18,6 +18,7 @@ from convergence.cli import CONF_DIR
 from convergence.config import register_configs, to_config
 from convergence.models.analytic import AnalyticModel
 from convergence.plan import expand
+from convergence.runner import run_study
 from convergence.shard import parse_shard, select_shard, shard_of
 from convergence.store import Store
 from convergence.worker import worker_device
@@ -121,24 +122,24 @@ def count_model_calls(monkeypatch):
     return calls
 
 
-def test_rerun_costs_nothing_and_extension_runs_only_new_cells(capsys, tmp_path,
+def test_rerun_costs_nothing_and_extension_runs_only_new_cells(study_config, model32, tmp_path,
                                                                count_model_calls):
-    def launch(results, steps):
+    """Two shards into one store, as two launcher jobs would write it; model calls counted."""
+    def launch(results: str, steps: list[int]) -> tuple[int, list[int]]:
         count_model_calls["rows"] = 0
-        code, out, err = run_main(capsys, "run", "--multirun", "study=smoke",
-                                  "shard=0/2,1/2", f"steps={steps}", "samplers=[euler,heun]",
-                                  f"results_dir={results}", *QUIET)
-        assert code == 0, err
-        return count_model_calls["rows"], out
+        ran = [run_study(study_config(steps=steps, shard=f"{i}/2",
+                                      results_dir=str(tmp_path / results)),
+                         model32).ran for i in range(2)]
+        return count_model_calls["rows"], ran
 
-    first, _ = launch(tmp_path / "a", "[4,8]")
-    assert first > 0
-    again, out = launch(tmp_path / "a", "[4,8]")
-    assert again == 0 and out.count("ran 0 cells") == 2
-    extended, _ = launch(tmp_path / "a", "[4,8,12]")
-    only_new, _ = launch(tmp_path / "b", "[12]")
-    assert extended == only_new > 0
-    assert len(Store(tmp_path / "a" / "smoke").load()) == 2 * 2 * 2 * 3
+    first, ran = launch("a", [4, 8])
+    assert first > 0 and sum(ran) == 16 and min(ran) > 0
+    again, ran = launch("a", [4, 8])
+    assert again == 0 and ran == [0, 0]
+    extended, ran = launch("a", [4, 8, 12])
+    only_new, ran_new = launch("b", [12])
+    assert extended == only_new > 0 and sum(ran) == sum(ran_new) == 8
+    assert len(Store(tmp_path / "a" / "t").load()) == 2 * 2 * 2 * 3
 
 
 # -- real worker processes ------------------------------------------------------------

@@ -19,6 +19,7 @@ import difflib
 import importlib
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -98,6 +99,9 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._keys: dict[str, str] = {}   # normalized spelling -> canonical name
         self._loaded = False
+        #: the runner resolves names in several threads at once (cross-cell batching): a
+        #: second thread waits for the first one's imports instead of seeing half a registry
+        self._lock = threading.RLock()
 
     # -- registering ---------------------------------------------------------------
     def add(self, name: str, target: Any, *, aliases: Iterable[str] = (), replace: bool = False,
@@ -146,14 +150,15 @@ class Registry(Generic[T]):
     # -- discovery -----------------------------------------------------------------
     def load_builtins(self) -> None:
         """Import the built-in modules and scan the entry-point group (once)."""
-        if self._loaded:
-            return
-        self._loaded = True
-        for module in self.builtins:
-            importlib.import_module(module)
-        if self.group:
-            for ep in entry_points(group=self.group):
-                self._add_entry_point(ep)
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            for module in self.builtins:
+                importlib.import_module(module)
+            if self.group:
+                for ep in entry_points(group=self.group):
+                    self._add_entry_point(ep)
 
     def _add_entry_point(self, ep) -> None:
         dist = getattr(getattr(ep, "dist", None), "name", None) or "?"

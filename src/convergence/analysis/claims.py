@@ -274,9 +274,9 @@ class ClaimInputs:
 
 
 #: claims by name, judged in registration order: ``fn(ClaimInputs) -> [claim_row(...)]``
-#: with the quoted claim and its claim_source ("guide", "harness", ...) as metadata (an empty result is reported as "not
-#: testable here"); third parties add theirs through the ``convergence.claims`` entry-point
-#: group or plugins (docs/plugins.md)
+#: with the quoted claim and its claim_source ("guide", "harness", ...) as metadata (an
+#: empty result is reported as "not testable here"); third parties add theirs through the
+#: ``convergence.claims`` entry-point group or plugins (docs/plugins.md)
 CLAIMS: Registry = Registry("claim", group="convergence.claims")
 claim_row = _row
 for _name, _fn, _quote, _source in (

@@ -26,7 +26,7 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
     # what the analysis needs of each stored cell (cells.parquet holds more)
     "cells": [*_CELL, ("model_hash", "str"), ("width", "int"), ("height", "int"),
               ("family", "str"), ("stochastic", "bool"), ("sigma_start", "float"),
-              ("sigma_min", "float"), ("stops_above_zero", "bool")],
+              ("noise_scale", "float"), ("sigma_min", "float"), ("stops_above_zero", "bool")],
     "distances": [*_CELL, ("reference", "str"), ("ref_hash", "str"), ("metric", "str"),
                   ("value", "float")],
     # key points of one curve (one prompt x seed), before any aggregation
@@ -36,14 +36,18 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
                        ("steps", "int"), ("nfe", "float"), ("seconds", "float"),
                        ("does_not_converge", "bool"), ("settled", "bool"),
                        ("top_change", "float"), ("baseline_change", "float"),
-                       ("tail_ratio", "float")],
+                       ("tail_ratio", "float"),
+                       # "adaptive": pinned to one step by search=adaptive; "grid": the sweep's
+                       ("search", "str")],
     "keypoints": [("topic", "str"), ("sampler", "str"), ("schedule", "str"), ("cfg", "float"),
                   ("metric", "str"), ("reference", "str"), ("converges", "bool"),
                   ("status", "str"), ("point", "str"), ("steps", "int"), ("nfe", "float"),
                   ("seconds", "float"), ("threshold", "str"), ("n_seeds", "int"),
                   ("n_reached", "int"), ("steps_lo", "int"), ("steps_hi", "int"),
                   ("spread", "float"), ("n_settled", "int"), ("top_change", "float"),
-                  ("baseline_change", "float"), ("tail_ratio", "float")],
+                  ("baseline_change", "float"), ("tail_ratio", "float"),
+                  # adaptive / grid / mixed: which search found the seeds' points
+                  ("search", "str")],
     "rates": [("level", "str"), ("topic", "str"), ("seed", "int"), ("sampler", "str"),
               ("schedule", "str"), ("cfg", "float"), ("x", "str"), ("reference", "str"),
               ("metric", "str"), ("a", "float"), ("b", "float"), ("b_lo", "float"),
