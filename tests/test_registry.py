@@ -130,3 +130,31 @@ def test_a_registered_reference_and_claim_are_used_by_the_analysis():
     finally:
         REFERENCES.unregister("test_first_cell")
         C.CLAIMS.unregister("test_always")
+
+
+def test_legacy_context_signature_and_lazy_samplers_still_run(model32):
+    """Samplers written for the harness's earlier signature fn(model, x, sigmas,
+    extra_args, ctx) keep working; a lazy "module:attr" sampler loads on first use."""
+    import torch
+    from k_diffusion import sampling as ks
+
+    from convergence.plan import Cell
+    from convergence.runner import sample_batch
+    from convergence.samplers.registry import register_sampler
+
+    def legacy_euler(model, x, sigmas, extra_args, ctx, callback=None):
+        assert ctx.steps == len(sigmas) - 1
+        return ks.sample_euler(model, x, sigmas, extra_args=extra_args, disable=True)
+
+    register_sampler("test_legacy_euler", legacy_euler, order=1)
+    register_sampler("test_lazy_euler", "k_diffusion.sampling:sample_euler", order=1)
+    try:
+        assert isinstance(resolve_sampler("test_lazy_euler").spec.sampler, str)
+        out = {n: sample_batch(model32, [Cell("analytic", "h", "food", "p", 1, n, "karras", 5, 7.5,
+                                              32, 32)]).samples
+               for n in ("euler", "test_legacy_euler", "test_lazy_euler")}
+        assert torch.equal(out["euler"], out["test_legacy_euler"])
+        assert torch.equal(out["euler"], out["test_lazy_euler"])
+    finally:
+        SAMPLERS.unregister("test_legacy_euler")
+        SAMPLERS.unregister("test_lazy_euler")
