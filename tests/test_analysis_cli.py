@@ -86,9 +86,12 @@ def test_darkened_copy_has_the_same_key_points(tiny, tmp_path):
     src, dst = root / "tiny", tmp_path / "tiny"
     shutil.copytree(src, dst)
     store = Store(dst)
-    for h in store.load().hash:
-        store.write_sample(h, 0.4 * (store.load_sample(h) + 1) - 1)
-        store.write_image(h, (store.load_image(h) * 0.4).astype(np.uint8))
+    rows = []
+    for r in store.load().to_dict("records"):  # new files, and rows with their checksums
+        h = r["hash"]
+        rows.append({**r, **store.write_sample(h, 0.4 * (store.load_sample(h) + 1) - 1),
+                     **store.write_image(h, (store.load_image(h) * 0.4).astype(np.uint8))})
+    store.append_rows(rows)
     assert cli("analyze", *TINY, f"results_dir={tmp_path}") == 0
     a, b = _points_table(src), _points_table(dst)
     pd.testing.assert_frame_equal(a, b)
