@@ -78,12 +78,17 @@ def test_stochastic_ones_use_per_cell_noise(runs):
             assert (a - b).abs().max() > 1e-3, v.name  # different seeds, different noise
 
 
-def test_ddim_scheduler_agrees_with_compvis_ddim(model32):
-    """Same timesteps (1 + k*(1000//n)), same final ā_0; only the start differs (CompVis/
-    diffusers z_T = noise vs x = noise * sigma_0) - a 0.2 % scale of the initial noise."""
+def test_ddim_scheduler_equals_compvis_ddim(model32):
+    """Same timesteps (1 + k*(1000//n)), same start (z_T = noise), same final ā_0; the
+    CompVis sampler returns the VE sample there, x = z_0 / sqrt(ā_0). diffusers keeps its
+    ā_t in float32: measured difference 4.7e-7 (|x| <= 1), bound 5e-6; before the start
+    was CompVis's it was 1e-2."""
+    from convergence.samplers.schedules import get_sigmas
     ours = sample_batch(model32, _cells("ddim", steps=20, schedule="ddim_uniform"))
     theirs = sample_batch(model32, _cells("DDIMScheduler", steps=20))
-    assert float((ours.samples - theirs.samples).abs().max()) < 0.02
+    s_end = get_sigmas(model32, "ddim_uniform", 20)[-1]
+    diff = ours.samples / (1 + s_end**2).sqrt() - theirs.samples
+    assert float(diff.abs().max()) < 5e-6
 
 
 def test_euler_scheduler_equals_kdiffusion_euler(model32):
@@ -100,3 +105,30 @@ def test_converges_with_steps(model32):
                                                 seeds=(3,))).samples - fine.samples).abs().max())
             for n in (5, 10, 20)]
     assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "plms"])
+def test_compvis_start_is_noise_times_sqrt_one_plus_sigma0_squared(sampler):
+    """CompVis and diffusers start DDIM/PLMS at z_T = noise, i.e. x = noise*sqrt(1 + sigma_0²)
+    in the harness's VE scale. Checked by hand: SD's betas summed up here from their
+    definition, and a denoiser that returns 0, under which every DDIM/PLMS step scales x
+    by sigma_next / sigma, so the result is noise * sqrt(1 + sigma_0²) * sigma_end / sigma_0."""
+    import math
+
+    from convergence.samplers.compvis import sample_ddim, sample_plms
+    steps, T = 4, 1000
+    abar, prod = [], 1.0
+    for i in range(T):  # "scaled_linear": betas linear in sqrt(beta)
+        b = (math.sqrt(0.00085) + i / (T - 1) * (math.sqrt(0.012) - math.sqrt(0.00085))) ** 2
+        prod *= 1 - b
+        abar.append(prod)
+    t0 = 1 + (steps - 1) * (T // steps)  # CompVis: timesteps 1, 251, 501, 751
+    sigma0, sigma_end = (math.sqrt((1 - abar[t]) / abar[t]) for t in (t0, 0))
+    start = math.sqrt(1 + sigma0**2)
+    assert start / sigma0 - 1 == pytest.approx(0.029, abs=5e-4)  # 2.9 % above noise * sigma_0
+    sigmas = torch.tensor([math.sqrt((1 - abar[t]) / abar[t]) for t in (751, 501, 251, 1)]
+                          + [sigma_end], dtype=torch.float64)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fn = {"ddim": sample_ddim, "plms": sample_plms}[sampler]
+    out = fn(lambda x, s: torch.zeros_like(x), noise * sigmas[0], sigmas, {}, None)
+    assert torch.allclose(out, noise * start * sigma_end / sigma0, rtol=1e-12, atol=0)

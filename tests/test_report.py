@@ -411,3 +411,17 @@ def test_report_of_the_real_analysis(tmp_path):
             assert {tuple(m) for m in view["marks"]} == want
     kp = pd.read_csv(index.parent / "tables" / "keypoints_indicative.csv")
     assert set(kp["sampler"]) == {"euler", "heun"} and set(kp["topic"]) == {"food", "people", "all"}
+
+
+def test_viewer_images_link_small_cells_and_shrink_large_ones(study, tmp_path):
+    from convergence.report.viewer import write_cell_images
+    root, _ = study
+    s = load_study(root)
+    same = write_cell_images(s, tmp_path / "same", size=32)  # the study's 32×32 images
+    h = s.cells["hash"].iloc[0]
+    assert same[h] == f"{h}.png"
+    assert (tmp_path / "same" / same[h]).read_bytes() == (root / s.cells["image"].iloc[0]).read_bytes()
+    small = write_cell_images(s, tmp_path / "small", size=16)  # as if they were larger
+    assert small[h] == f"{h}.jpg"
+    with Image.open(tmp_path / "small" / small[h]) as im:
+        assert im.size == (16, 16) and im.format == "JPEG"

@@ -15,7 +15,7 @@ from convergence.samplers.registry import resolve_sampler
 from convergence.samplers.schedules import canonical_schedule
 
 #: bump when a change to the harness alters images for the same cell
-HASH_VERSION = 1
+HASH_VERSION = 2
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from convergence.errors import ConvergenceError
 from convergence.store import Store
 
 #: per-cell metadata the runner records (convergence.runner.cell_metadata)
-META_COLUMNS = ("family", "stochastic", "sigma_start", "sigma_min", "stops_above_zero")
+META_COLUMNS = ("family", "stochastic", "sigma_start", "noise_scale", "sigma_min",
+                "stops_above_zero")
 
 
 def study_model_hash(root: Path) -> str | None:

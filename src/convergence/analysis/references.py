@@ -1,7 +1,8 @@
 """References a cell is measured against: its group's highest step count, the next swept
 step count, another sampler's run, and on the analytic model the exact ODE limits.
 
-Exact limits (DESIGN §3.1): from the cell's own start x_T = noise(seed) * sigma_start, the
+Exact limits (DESIGN §3.1): from the cell's own start x_T = noise(seed) * noise_scale at
+sigma_start (noise_scale = sigma_start, or sqrt(1 + sigma_start²) for CompVis DDIM/PLMS), the
 probability-flow ODE solved to the schedule's smallest positive sigma, then
 - ``exact-denoised``: D(x(sigma_min)), where samplers whose last step is a denoise end;
 - ``exact-zero``: the ODE continued to sigma = 0;
@@ -69,6 +70,7 @@ def _key(row: dict, rtol: float) -> str:
     payload = json.dumps({"m": row["model_hash"], "p": row["prompt"], "t": row["topic"],
                           "seed": int(row["seed"]), "cfg": float(row["cfg"]),
                           "s0": float(row["sigma_start"]), "smin": float(row["sigma_min"]),
+                          "scale": float(row["noise_scale"]),
                           "rtol": rtol, "w": int(row["width"]), "h": int(row["height"])},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -88,12 +90,12 @@ def exact_limits(model, store: Store, rows: list[dict], rtol: float, batch_size:
             with np.load(path) as f:
                 out[i] = {k: f[k] for k in f.files}
         else:
-            todo.setdefault((float(r["sigma_start"]), float(r["sigma_min"]), float(r["cfg"])),
-                            []).append((i, key))
+            todo.setdefault((float(r["sigma_start"]), float(r["sigma_min"]), float(r["cfg"]),
+                             float(r["noise_scale"])), []).append((i, key))
     n_solves = sum(len({k for _, k in items}) for items in todo.values())
     with tqdm(total=n_solves, desc="analyze: exact ODE solves", unit="start",
               disable=not progress or n_solves == 0) as bar:
-        for (s0, smin, cfg_scale), items in todo.items():
+        for (s0, smin, cfg_scale, scale), items in todo.items():
             unique: dict[str, int] = {}
             for i, key in items:
                 unique.setdefault(key, i)
@@ -102,7 +104,7 @@ def exact_limits(model, store: Store, rows: list[dict], rtol: float, batch_size:
                 chunk = keys[start:start + batch_size]
                 rr = [rows[unique[k]] for k in chunk]
                 w, h = int(rr[0]["width"]), int(rr[0]["height"])
-                x0 = model.initial_noise([int(r["seed"]) for r in rr], w, h).to(torch.float64) * s0
+                x0 = model.initial_noise([int(r["seed"]) for r in rr], w, h).to(torch.float64) * scale
                 cond = model.encode_prompts([r["prompt"] for r in rr], [r["topic"] for r in rr])
                 with torch.no_grad():
                     x_min = exact_solution(model, x0, s0, smin, cond, cfg_scale, rtol=rtol,

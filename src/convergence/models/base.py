@@ -50,6 +50,13 @@ class Model(ABC):
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
+    @property
+    def sample_dtype(self) -> torch.dtype:
+        """dtype of the samplers' state (x, sigma): float32 even for a half-precision
+        network, which only sees its own input cast down, so noise levels and latents
+        keep float32 precision (fp16 sigma makes SD's timestep 801 read as 800.93)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
     @abstractmethod
     def fingerprint(self) -> dict:
         """Everything that changes the model's outputs (goes into each cell hash)."""
@@ -83,7 +90,7 @@ class Model(ABC):
                         dtype=torch.float32)
             for s in seeds
         ]
-        return torch.stack(rows).to(self.device, self.dtype)
+        return torch.stack(rows).to(self.device, self.sample_dtype)
 
     def cat_cond(self, a: Any, b: Any) -> Any:
         """Concatenate two conditionings along the batch (for the batched CFG call)."""
@@ -134,7 +141,7 @@ class GuidedDenoiser:
                  post_cfg: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """``post_cfg`` receives the unconditional prediction (CFG++ samplers renoise
         with it); at CFG 1 that is the conditional one, as no other row is evaluated."""
-        sigma = sigma.to(x.dtype)
+        sigma = sigma.to(x.device, torch.promote_types(x.dtype, torch.float32))
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         if cfg_scale == 1.0:

@@ -118,7 +118,7 @@ class DiffusersModel(Model):
         self.alphas_cumprod = pipe.scheduler.alphas_cumprod.to(torch.float64).cpu()
         sig = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
         self.sigma_min, self.sigma_max = float(sig[0]), float(sig[-1])
-        self._log_sigmas = sig.log().to(device, torch.float32)
+        self._log_sigmas = sig.log()  # float64, CPU (sigma_to_t)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_channels = int(self.unet.config.in_channels)
         if model_cfg.attention_slicing:
@@ -184,8 +184,9 @@ class DiffusersModel(Model):
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Training timestep of each sigma (log-sigma interpolation, k-diffusion's rule),
-        snapped to the integer when it is one up to rounding, as diffusers passes them."""
-        log_sigma = sigma.to(self._log_sigmas.device, torch.float32).log()
+        in float64 on the CPU, snapped to the integer when it is one up to float32
+        rounding of sigma: the UNet then sees 801 where the pipeline passes 801."""
+        log_sigma = sigma.detach().to("cpu", torch.float64).log()
         dists = log_sigma - self._log_sigmas[:, None]
         low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self._log_sigmas.shape[0] - 2)
         high = low + 1
@@ -193,8 +194,9 @@ class DiffusersModel(Model):
         w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
         t = (1 - w) * low + w * high
         near = (t - t.round()).abs() < 1e-3
-        return torch.where(near, t.round(), t)
+        return torch.where(near, t.round(), t).to(torch.float32)
 
+    @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         s = sigma.to(x.device, torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
         c_in = 1 / (s**2 + 1).sqrt()
@@ -213,8 +215,8 @@ class DiffusersModel(Model):
         return denoised.to(x.dtype)
 
     @torch.no_grad()
-    def decode(self, x: torch.Tensor) -> np.ndarray:
-        """Latents -> uint8 RGB (B, H, W, 3), as the pipeline's image processor does it."""
+    def decode_float(self, x: torch.Tensor) -> np.ndarray:
+        """Latents -> float RGB in [0, 1], (B, H, W, 3), before 8-bit rounding."""
         vae = self.vae
         latents = x.to(torch.float32) / vae.config.scaling_factor
         upcast = self.dtype == torch.float16 and vae.config.get("force_upcast", False)
@@ -226,14 +228,11 @@ class DiffusersModel(Model):
             if upcast:
                 vae.to(self.dtype)
         images = (images.to(torch.float32) / 2 + 0.5).clamp(0, 1)
-        return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
 
-    def decode_float(self, x: torch.Tensor) -> np.ndarray:
-        """Latents -> float images in [0, 1] before 8-bit rounding (for exact comparisons)."""
-        with torch.no_grad():
-            images = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor,
-                                     return_dict=False)[0]
-        return (images.to(torch.float32) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    def decode(self, x: torch.Tensor) -> np.ndarray:
+        """Latents -> uint8 RGB (B, H, W, 3), rounded as the pipeline's image processor does."""
+        return (self.decode_float(x) * 255).round().astype(np.uint8)
 
 
 def load_diffusers_model(model_cfg, width: int, height: int) -> DiffusersModel:

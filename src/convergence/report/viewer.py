@@ -96,8 +96,10 @@ def viewer_data(study: StudyData, images: dict[str, str], cells_dir: str = "cell
     d = d[d["metric"] == study.metric]
     values = {(h, r): v for h, r, v in zip(d["hash"], d["reference"].astype(str), d["value"],
                                            strict=True)}
-    is_ref = set(zip(d["ref_hash"], d["reference"].astype(str), strict=True)) \
-        if "ref_hash" in d else set()
+    # a cell that is some group's reference (its own highest step, heun@max) has no
+    # distance to it: say so. Being the "next" step count of another cell is not that.
+    is_ref = {(h, r) for h, r in zip(d["ref_hash"], d["reference"].astype(str), strict=True)
+              if r != "next"} if "ref_hash" in d else set()
     order = {s: i for i, s in enumerate(study.samplers)}
     several_cfg = study.cells["cfg"].nunique() > 1
     topics = []

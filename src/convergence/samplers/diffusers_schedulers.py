@@ -9,8 +9,10 @@ scheduler receives eps = (x - D) / sigma, exactly what an eps-prediction UNet re
 So the images equal the pipeline's, NFE is counted by the harness, and the same
 schedulers run on the embedded analytic model (whose schedule is SD's).
 
-Stochastic schedulers get one CPU generator per batch row, seeded from the cell, so a
-cell's image does not depend on its batch. The adapter returns the scheduler's final
+Stochastic schedulers get one CPU generator per batch row, seeded with the cell's seed
+and advanced past the initial noise: the generator a diffusers pipeline is given, after
+it drew the latents, so a seed gives the pipeline's own image (Euler ancestral, DPM++ SDE,
+DDPM included) and a cell's image does not depend on its batch. The adapter returns the scheduler's final
 sample (for LCM its final denoised sample), which is what the pipeline decodes.
 """
 
@@ -24,7 +26,6 @@ from dataclasses import dataclass, field
 import torch
 
 from convergence.errors import ConvergenceError
-from convergence.samplers.noise import derived_seed
 from convergence.samplers.registry import register_equivalent, register_sampler
 
 #: SD 1.x/2.x training schedule as diffusers configures it (matches models/vp.py); used
@@ -161,7 +162,7 @@ def _build_scheduler(variant: SchedulerVariant, ctx):
     return cls.from_config(config)
 
 
-def _t_to_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def t_to_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """VE sigma of a (possibly fractional) training timestep: log-sigma interpolation,
     the inverse of the k-diffusion/diffusers-model ``sigma_to_t``."""
     log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log().to(torch.float64).cpu()
@@ -170,6 +171,34 @@ def _t_to_sigma(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     hi = t.ceil().long()
     w = t - lo
     return ((1 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
+
+
+def pipeline_generators(seeds: list[int], shape: torch.Size) -> list[torch.Generator]:
+    """One CPU generator per row in the state a pipeline's ``generator`` is in when the
+    scheduler first draws: seeded with the cell's seed, the initial latents drawn
+    (``Model.initial_noise`` draws them from the same stream)."""
+    gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    for g in gens:
+        torch.randn(shape, generator=g, dtype=torch.float32)
+    return gens
+
+
+def euler_timesteps(scheduler_config: dict, steps: int) -> torch.Tensor | None:
+    """The training timesteps diffusers' Euler takes for ``steps`` on a model with this
+    scheduler config (its ``timestep_spacing`` and ``steps_offset``), or None where that
+    is "linspace", k-diffusion's own spacing, so K_EULER keeps k-diffusion's sigmas."""
+    from diffusers import EulerDiscreteScheduler
+    logging.getLogger("diffusers.configuration_utils").setLevel(logging.ERROR)
+    config = {k: v for k, v in scheduler_config.items()
+              if not k.startswith("_") or k == "_use_default_values"}
+    sched = EulerDiscreteScheduler.from_config(config)
+    if sched.config.timestep_spacing == "linspace":
+        return None
+    try:
+        sched.set_timesteps(steps)
+    except ValueError as e:
+        raise ConvergenceError(f"the model's timestep spacing cannot take steps={steps}: {e}") from None
+    return sched.timesteps.to(torch.float64)
 
 
 def _make_adapter(variant: SchedulerVariant):
@@ -188,14 +217,12 @@ def _make_adapter(variant: SchedulerVariant):
         step_kwargs = {}
         params = inspect.signature(scheduler.step).parameters
         if "generator" in params:
-            step_kwargs["generator"] = [
-                torch.Generator("cpu").manual_seed(derived_seed(s, f"diffusers:{variant.name}"))
-                for s in ctx.noise.seeds]
+            step_kwargs["generator"] = pipeline_generators(ctx.noise.seeds, x.shape[1:])
         ones = x.new_ones([x.shape[0]], dtype=work_dtype)
         out = None
         for i, t in enumerate(scheduler.timesteps):
             z = scheduler.scale_model_input(latent, t)
-            sigma = _t_to_sigma(ac, t).to(x.device, work_dtype)
+            sigma = t_to_sigma(ac, t).to(x.device, work_dtype)
             xt = z * (sigma**2 + 1).sqrt()
             denoised = model(xt.to(x.dtype), sigma * ones, **extra_args).to(work_dtype)
             if callback is not None:

@@ -67,7 +67,15 @@ def polyexponential(model, n: int) -> torch.Tensor:
 @register_schedule("discrete")
 def discrete(model, n: int) -> torch.Tensor:
     """The model's own training timesteps, linearly spaced in t (k-diffusion / A1111
-    default for K-samplers on SD): coarse near sigma_min."""
+    default for K-samplers on SD): coarse near sigma_min. A diffusers model whose
+    scheduler config asks for another ``timestep_spacing`` ("leading", as SDXL ships,
+    or "trailing") gets the timesteps diffusers' Euler takes there."""
+    config = getattr(model, "scheduler_config", None)
+    if config:
+        from convergence.samplers.diffusers_schedulers import euler_timesteps, t_to_sigma
+        ts = euler_timesteps(config, n)
+        if ts is not None:
+            return torch.cat([t_to_sigma(model.alphas_cumprod, ts), ts.new_zeros(1)])
     return DiscreteSchedule(_discrete_sigmas(model), quantize=False).get_sigmas(n).double()
 
 

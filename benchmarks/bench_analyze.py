@@ -1,0 +1,63 @@
+"""Cost of `convergence analyze` against `convergence run` on the default study, in one run.
+
+Runs both commands as a user would (subprocesses, one torch thread: the machine is shared),
+into a fresh results folder, and prints the wall time of each and their ratio (target:
+analyze at most half of run). A second `analyze` shows the cost once the exact ODE
+solutions are cached. With ``--keep DIR`` the study stays in DIR (its tables are what
+results/measured/default_*.csv record).
+
+    .venv/bin/python benchmarks/bench_analyze.py [--keep DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(args: list[str], env: dict) -> tuple[float, str]:
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "convergence.cli", *args], env=env,
+                       capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if r.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
+    return seconds, r.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--keep", type=Path, help="results folder to keep (default: a temporary one)")
+    ap.add_argument("--out", type=Path, help="also write the report to this file")
+    opts = ap.parse_args()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    with tempfile.TemporaryDirectory() as tmp:
+        results = opts.keep or Path(tmp)
+        common = ["threads=1", f"results_dir={results}"]
+        t_run, out_run = timed(["run", *common, "progress=false"], env)
+        # progress on: the phase lines (stdout) show where analyze spends its time
+        t_an, out_an = timed(["analyze", *common], env)
+        t_an2, _ = timed(["analyze", *common, "progress=false"], env)
+    lines = [
+        "# benchmarks/bench_analyze.py: default study (960 cells, 64x64, analytic model), "
+        "threads=1, wall seconds of each command (subprocess, imports included)",
+        f"run:                        {t_run:7.1f} s   ({out_run.strip().splitlines()[-1]})",
+        f"analyze (first):            {t_an:7.1f} s   ratio analyze/run = {t_an / t_run:.2f}",
+        f"analyze (exact ODE cached): {t_an2:7.1f} s   ratio analyze/run = {t_an2 / t_run:.2f}",
+        "",
+        "analyze's output (first run):",
+        out_an.rstrip(),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if opts.out:
+        opts.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
