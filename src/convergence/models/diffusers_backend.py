@@ -21,6 +21,7 @@ import torch
 from convergence.errors import ConvergenceError
 from convergence.models.base import Conditioning, Model
 from convergence.models.device import select_device, select_dtype
+from convergence.weights import weights_digest
 
 #: pipeline folders must hold these (model_index.json names the components)
 _REQUIRED = ("unet", "vae", "scheduler")
@@ -139,6 +140,7 @@ class DiffusersModel(Model):
                 "prediction_type", "trained_betas", "rescale_betas_zero_snr")
         return {
             "name": self.name, "path": self.path, "pipeline": type(self.pipe).__name__,
+            "weights": weights_digest(self.path),  # changed weights at one path: new cells
             "dtype": str(self.dtype).replace("torch.", ""),
             "unet": {k: unet.get(k) for k in ("sample_size", "in_channels", "cross_attention_dim",
                                               "block_out_channels", "layers_per_block")},
