@@ -224,7 +224,7 @@ def claims_order(limits: pd.DataFrame | None, cfg: float) -> list[dict]:
     meas = ("order of accuracy vs NFE against the exact limit the sampler approaches, "
             "accepted only where the last local slopes agree (rates.asymptotic_fit)")
     if not _has(limits, "sampler", "closest", "order"):
-        return [_row(H_ORDER, "harness", "", cfg, meas, "", "#table-rates", "", UNTESTABLE,
+        return [_row(H_ORDER, "harness", "", cfg, meas, "", "#rates", "", UNTESTABLE,
                      "needs exact references (analytic model) and orders against them")]
     lim = limits[limits.closest.astype(bool)]
     info = {r.sampler: r for r in lim.itertuples()}
@@ -242,18 +242,18 @@ def claims_order(limits: pd.DataFrame | None, cfg: float) -> list[dict]:
             continue
         sel = _sel([s, *higher], cfg)
         if s not in info or not higher:
-            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#table-rates", "",
+            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#rates", "",
                              UNTESTABLE, "needs an approached exact limit for this sampler "
                              "and a higher-order one"))
             continue
         value = "; ".join(show(x) for x in [s, *higher])
         acc = [x for x in higher if info[x].asymptotic]
         if not info[s].asymptotic or not acc:
-            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#table-rates", value,
+            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#rates", value,
                              PRE_ASYMPTOTIC, "no claim is decided from a pre-asymptotic order"))
             continue
         ok = all(info[s].order < info[x].order for x in acc)
-        rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#table-rates", value,
+        rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#rates", value,
                          HOLDS if ok else CONTRADICTED,
                          "compared with the higher-order samplers whose order is asymptotic"))
     return rows
