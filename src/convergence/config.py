@@ -30,8 +30,11 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
-    #: registry name: "analytic" (embedded, default) or "diffusers"
+    #: registry name: "analytic" (embedded, default) or "diffusers" (or a plugin's)
     name: str = "analytic"
+    #: or a factory ``fn(model_cfg, width, height) -> Model`` (Hydra ``_target_``,
+    #: docs/plugins.md); registered under ``name`` (default: this path)
+    _target_: Optional[str] = None
     #: hub id or local folder (diffusers)
     path: Optional[str] = None
     #: "auto" picks cuda, then mps, then cpu
@@ -61,8 +64,9 @@ class AnalysisConfig:
     metric: str = "rel_rmse"
     #: metrics written to distances.parquet ("lpips" only when its weights are cached;
     #: "flip" and "haarpsi" are opt-in: flip is one library call per pair, ~8 ms each at
-    #: 64x64 on one core; haarpsi costs as much as all other metrics together)
-    metrics: list[str] = field(default_factory=lambda: ["rel_rmse", "rmse", "mse", "psnr", "ssim",
+    #: 64x64 on one core; haarpsi costs as much as all other metrics together);
+    #: names, or ``{_target_: pkg.fn, name: ..., space: sample|image}`` nodes (docs/plugins.md)
+    metrics: list[Any] = field(default_factory=lambda: ["rel_rmse", "rmse", "mse", "psnr", "ssim",
                                                         "gmsd"])
     #: references: "highest" (group's highest steps), "SAMPLER@STEPS" (cross-sampler),
     #: "exact" (analytic model: exact-denoised, exact-zero, exact-end limits; skipped with a
@@ -261,6 +265,14 @@ def _load_plugins(cfg: Config) -> None:
     if any(not isinstance(s, str) for s in cfg.samplers):
         from convergence.samplers.registry import sampler_from_target
         cfg.samplers = [s if isinstance(s, str) else sampler_from_target(s) for s in cfg.samplers]
+    if any(not isinstance(m, str) for m in cfg.analysis.metrics):
+        from convergence.metrics import METRICS
+        cfg.analysis.metrics = [m if isinstance(m, str) else METRICS.from_target(
+            m, ("space", "lower_is_better", "description")) for m in cfg.analysis.metrics]
+    if cfg.model._target_:
+        from convergence.models import MODELS
+        name = cfg.model._target_ if cfg.model.name == ModelConfig.name else cfg.model.name
+        cfg.model.name = MODELS.from_target({"_target_": cfg.model._target_, "name": name})
     if any(not isinstance(s, str) for s in cfg.schedules):
         from convergence.samplers.schedules import canonical_schedule
         cfg.schedules = [s if isinstance(s, str) else canonical_schedule(s) for s in cfg.schedules]

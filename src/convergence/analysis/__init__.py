@@ -26,7 +26,7 @@ from convergence.analysis.distances import compute_distances, noise_estimate
 from convergence.analysis.inputs import load_cells
 from convergence.analysis.keypoints import POINTS, aggregate_points, seed_points
 from convergence.analysis.rates import compute_rates, limits_table
-from convergence.analysis.references import EXACT_LIMITS
+from convergence.analysis.references import EXACT_LIMITS, REFERENCES
 from convergence.atomic import staged_into
 from convergence.config import AnalysisConfig, Config
 from convergence.errors import ConvergenceError
@@ -57,9 +57,12 @@ def check_options(a: AnalysisConfig) -> None:
     if ref == "exact":
         raise ConvergenceError("analysis.reference=exact is ambiguous: use exact-denoised, "
                                "exact-zero or exact-end")
-    if ref not in ("highest", *EXACT_LIMITS) and "@" not in ref:
-        raise ConvergenceError(f"unknown analysis.reference {ref!r}: use highest, exact-denoised, "
-                               "exact-zero, exact-end or SAMPLER@STEPS")
+    for key, r in (("reference", ref), *(("references", r) for r in a.references)):
+        if r not in (*EXACT_LIMITS, "exact") and "@" not in r and (r not in REFERENCES or (
+                key == "reference" and r == "next")):
+            raise ConvergenceError(f"unknown analysis.{key} {r!r}: use "
+                                   f"{', '.join(REFERENCES.names())}, exact-denoised, exact-zero, "
+                                   "exact-end or SAMPLER@STEPS")
     if ref in EXACT_LIMITS and "exact" not in a.references:
         raise ConvergenceError(f"analysis.reference={ref} needs 'exact' in analysis.references")
 
