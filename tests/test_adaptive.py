@@ -158,10 +158,22 @@ def test_bad_search_settings_are_one_line(capsys, tmp_path, override, message):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
 
 
-def test_cli_adaptive_run(capsys, tmp_path):
-    code, out, err = run_main(capsys, "run", "study=smoke", "search=adaptive", "samplers=[euler]",
-                              "steps=[2,4,8]", f"results_dir={tmp_path}", "progress=false",
-                              "threads=1")
+def test_cli_adaptive_run_and_analyze(capsys, tmp_path):
+    args = ["study=smoke", "search=adaptive", "samplers=[euler]", "steps=[2,4,8]",
+            f"results_dir={tmp_path}", "progress=false", "threads=1"]
+    code, out, err = run_main(capsys, "run", *args)
     assert code == 0, err
     points = load_points(tmp_path / "smoke")
     assert len(points) == 4 * 3 and set(points.point) == set(POINTS)
+    # the analysis takes the pinned points into its own tables, marked
+    code, out, err = run_main(capsys, "analyze", *args, "analysis.references=[highest]",
+                              "analysis.metrics=[rel_rmse]", "analysis.image_references=[]")
+    assert code == 0, err
+    seeds = pd.read_csv(tmp_path / "smoke" / "keypoints_seed.csv")
+    assert set(seeds.search) == {"adaptive"}
+    key = ["prompt", "seed", "point"]
+    pd.testing.assert_series_equal(seeds.set_index(key).steps.sort_index(),
+                                   points.set_index(key).steps.sort_index().astype(float),
+                                   check_dtype=False)
+    kp = pd.read_csv(tmp_path / "smoke" / "keypoints.csv")
+    assert set(kp[kp.point.isin(POINTS)].search) == {"adaptive"}

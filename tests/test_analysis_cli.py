@@ -12,6 +12,7 @@ from inprocess import main_status as cli
 
 from convergence.analysis import claims as C
 from convergence.analysis import tables as T
+from convergence.analysis.inputs import META_COLUMNS
 from convergence.store import Store
 
 TINY = ["name=tiny", "samplers=[euler,heun]", "steps=[4,8,16,24]", "width=32", "height=32",
@@ -85,9 +86,12 @@ def test_darkened_copy_has_the_same_key_points(tiny, tmp_path):
     src, dst = root / "tiny", tmp_path / "tiny"
     shutil.copytree(src, dst)
     store = Store(dst)
-    for h in store.load().hash:
-        store.write_sample(h, 0.4 * (store.load_sample(h) + 1) - 1)
-        store.write_image(h, (store.load_image(h) * 0.4).astype(np.uint8))
+    rows = []
+    for r in store.load().to_dict("records"):  # new files, and rows with their checksums
+        h = r["hash"]
+        rows.append({**r, **store.write_sample(h, 0.4 * (store.load_sample(h) + 1) - 1),
+                     **store.write_image(h, (store.load_image(h) * 0.4).astype(np.uint8))})
+    store.append_rows(rows)
     assert cli("analyze", *TINY, f"results_dir={tmp_path}") == 0
     a, b = _points_table(src), _points_table(dst)
     pd.testing.assert_frame_equal(a, b)
@@ -126,3 +130,17 @@ def test_missing_cells_are_named(tiny):
     r = run_cli("analyze", *TINY[:2], "steps=[4,8,16,24,32]", *TINY[3:], res)
     assert r.returncode == 2 and "missing" in r.stderr and "32 steps" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_rows_of_an_older_runner_get_their_metadata(tiny, tmp_path):
+    """A store written before the runner recorded family/stochastic/sigma span: the
+    analysis fills them once (from the registry) and finds the same key points."""
+    root, _ = tiny
+    src, dst = root / "tiny", tmp_path / "tiny"
+    shutil.copytree(src, dst)
+    store = Store(dst)
+    old = store.load().drop(columns=list(META_COLUMNS))
+    store.table_path.unlink()
+    store.append_rows(old.to_dict("records"))
+    assert cli("analyze", *TINY, f"results_dir={tmp_path}") == 0
+    pd.testing.assert_frame_equal(_points_table(src), _points_table(dst))

@@ -175,6 +175,10 @@ def test_exponential_weights_match_the_closed_forms():
     ("dpmpp_2m_sde_gpu", "dpmpp_2m_sde", None), ("dpmpp_3m_sde_gpu", "dpmpp_3m_sde", None),
     ("dpmpp_sde_gpu", "dpmpp_sde", None), ("heunpp", "heunpp2", None),
     ("DPM++ 2M SDE Heun Karras", "dpmpp_2m_sde_heun", "karras"),
+    # InvokeAI 2.3
+    ("k_dpmpp_2", "dpmpp_2m", None), ("k_dpmpp_2_karras", "dpmpp_2m", "karras"),
+    ("euler_karras", "euler", "karras"), ("k_euler_a", "euler_ancestral", None),
+    ("k_lms", "lms", None), ("k_heun", "heun", None), ("plms", "plms", None),
 ])
 def test_invokeai_a1111_and_comfyui_names(alias, name, schedule):
     r = resolve_sampler(alias)

@@ -82,6 +82,79 @@ def test_plugins_key_imports_modules_before_the_run(capsys, tmp_path, monkeypatc
                               "schedules=[My-Karras-Copy]", "samplers=[euler]", "steps=[4]",
                               f"results_dir={tmp_path}", "progress=false")
     sys.modules.pop("my_sched_plugin", None)
+    from convergence.samplers.schedules import SCHEDULES
+    SCHEDULES.unregister("my_karras_copy")
     assert code == 0, err
     import pandas as pd
     assert set(pd.read_parquet(tmp_path / "smoke" / "cells.parquet").schedule) == {"my_karras_copy"}
+
+
+def test_metric_and_model_given_as_target_nodes(tmp_path):
+    from conftest import make_config
+
+    from convergence.metrics import get_metric
+    from convergence.models import build_model
+    cfg = make_config(tmp_path, model={"_target_": "convergence.models._analytic",
+                                       "name": "my_analytic_factory"},
+                      analysis={"metrics": ["rmse", {"_target_": "convergence.metrics.mse",
+                                                     "name": "my_mse", "space": "sample"}]})
+    assert cfg.analysis.metrics == ["rmse", "my_mse"] and get_metric("MY_MSE").space == "sample"
+    assert cfg.model.name == "my_analytic_factory"
+    assert build_model(cfg.model, 32, 32).name == "analytic"
+
+
+def test_a_registered_reference_and_claim_are_used_by_the_analysis():
+    import pandas as pd
+
+    from convergence.analysis import claims as C
+    from convergence.analysis.references import REFERENCES, pairs
+
+    def first_cell(df):
+        """Every cell against the study's first cell."""
+        return [(i, df.index[0]) for i in df.index[1:]]
+
+    def always(inputs):
+        return [C.claim_row("Everything converges.", "plugin", "", inputs.cfg, "none", "", "",
+                            "", C.HOLDS)]
+
+    REFERENCES.register("test_first_cell", first_cell)
+    C.CLAIMS.register("test_always", always, quote="Everything converges.",
+                      claim_source="plugin")
+    try:
+        df = pd.DataFrame({"steps": [4, 8, 16]}, index=[10, 11, 12])
+        assert pairs(df, "Test-First-Cell") == [(11, 10), (12, 10)]
+        empty = pd.DataFrame()
+        claims = C.evaluate_claims(empty, empty, empty, metric="rel_rmse", indicative=0.1,
+                                   few_steps=8)
+        assert claims.claim.iloc[-1] == "Everything converges." and claims.verdict.iloc[-1] == C.HOLDS
+    finally:
+        REFERENCES.unregister("test_first_cell")
+        C.CLAIMS.unregister("test_always")
+
+
+def test_legacy_context_signature_and_lazy_samplers_still_run(model32):
+    """Samplers written for the harness's earlier signature fn(model, x, sigmas,
+    extra_args, ctx) keep working; a lazy "module:attr" sampler loads on first use."""
+    import torch
+    from k_diffusion import sampling as ks
+
+    from convergence.plan import Cell
+    from convergence.runner import sample_batch
+    from convergence.samplers.registry import register_sampler
+
+    def legacy_euler(model, x, sigmas, extra_args, ctx, callback=None):
+        assert ctx.steps == len(sigmas) - 1
+        return ks.sample_euler(model, x, sigmas, extra_args=extra_args, disable=True)
+
+    register_sampler("test_legacy_euler", legacy_euler, order=1)
+    register_sampler("test_lazy_euler", "k_diffusion.sampling:sample_euler", order=1)
+    try:
+        assert isinstance(resolve_sampler("test_lazy_euler").spec.sampler, str)
+        out = {n: sample_batch(model32, [Cell("analytic", "h", "food", "p", 1, n, "karras", 5, 7.5,
+                                              32, 32)]).samples
+               for n in ("euler", "test_legacy_euler", "test_lazy_euler")}
+        assert torch.equal(out["euler"], out["test_legacy_euler"])
+        assert torch.equal(out["euler"], out["test_lazy_euler"])
+    finally:
+        SAMPLERS.unregister("test_legacy_euler")
+        SAMPLERS.unregister("test_lazy_euler")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.errors import ConvergenceError, Interrupted
 from convergence.plan import Cell, expand
 from convergence.runner import run_study
 from convergence.store import Store
@@ -76,12 +76,13 @@ def test_resumed_run_equals_uninterrupted_run(study_config, tmp_path, model32, m
     def dies_on_third_batch(store, model, batch, *args):
         if len(stored) == 2:
             raise KeyboardInterrupt("killed")
-        real(store, model, batch, *args)
+        rows = real(store, model, batch, *args)
         stored.append(len(batch))
+        return rows
 
     monkeypatch.setattr(runner, "store_rows", dies_on_third_batch)
     cfg = study_config(results_dir=str(tmp_path / "resumed"), batch_size=6)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="of 16 cells .* run the same command again"):
         run_study(cfg, model32)
     partial = Store(tmp_path / "resumed" / "t").load()
     assert len(partial) == sum(stored) >= 2  # the two finished batches were kept

@@ -255,3 +255,35 @@ def load_points(root: Path | str) -> pd.DataFrame:
     """The adaptive key points of a study folder (empty if it has none)."""
     path = Path(root) / TABLE
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def with_adaptive_points(root: Path | str, seeds: pd.DataFrame) -> pd.DataFrame:
+    """The analysis' per-seed key points (keypoints_seed) with the points an adaptive search
+    pinned (same curve, metric and reference) in place of the sparse sweep's, and a column
+    ``search``: adaptive where the search found the point, grid elsewhere. The rest of a
+    row (non-convergence, top change) stays the analysis' over the stored cells."""
+    seeds = seeds.assign(search="grid")
+    found = load_points(root)
+    if found.empty or seeds.empty:
+        return seeds
+    key = [*GROUP, "metric", "reference", "point"]
+    found = found[key + ["steps", "nfe", "seconds"]].astype({"seed": "int64", "cfg": "float64"})
+    merged = seeds.astype({"seed": "int64", "cfg": "float64"}).merge(
+        found, on=key, how="left", suffixes=("", "_found"), indicator=True)
+    hit = (merged.pop("_merge") == "both").to_numpy()
+    for col in ("steps", "nfe", "seconds"):
+        merged[col] = merged[col].astype("float64").where(~hit, merged[f"{col}_found"])
+        del merged[f"{col}_found"]
+    merged.loc[hit, "search"] = "adaptive"
+    return merged
+
+
+def search_column(kp: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+    """The keypoints table with ``search``: adaptive where every seed's point of that row
+    was pinned by an adaptive search, grid where none was, mixed otherwise."""
+    both = pd.concat([seeds, seeds.assign(topic="all")], ignore_index=True)
+    key = ["topic", "sampler", "schedule", "cfg", "point"]
+    kinds = both.groupby(key).search.agg(lambda v: v.iloc[0] if v.nunique() == 1 else "mixed")
+    out = kp.merge(kinds.rename("search").reset_index(), on=key, how="left")
+    out["search"] = out["search"].fillna("grid")
+    return out

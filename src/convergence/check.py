@@ -146,16 +146,19 @@ def _run(model, name: str, steps: int, which=PROMPTS) -> _Run:
     return _Run(torch.cat([r.samples for r in rs]), max(int(r.nfe) for r in rs))
 
 
-def _exact_limits(model) -> dict[str, torch.Tensor]:
+def _exact_limits(model, family: str) -> dict[str, torch.Tensor]:
     """The exact limits of the study's starts (one ODE solve serves every step count: each
     Karras schedule starts at sigma_max and reaches sigma_min), named as in references.py:
-    x(sigma_min) ("exact-end"), D(x(sigma_min)) ("exact-denoised"), x(0) ("exact-zero")."""
+    x(sigma_min) ("exact-end"), D(x(sigma_min)) ("exact-denoised"), x(0) ("exact-zero").
+    The start is where a sampler of ``family`` starts (CompVis: noise * sqrt(1 + s0^2))."""
     from convergence.models.analytic import exact_solution
     from convergence.models.base import GuidedDenoiser
+    from convergence.samplers.compvis import start_noise_scale
     from convergence.samplers.schedules import get_sigmas
     sig = get_sigmas(model, SCHEDULE, STEPS[-1])
     s0, smin = float(sig[0]), float(sig[sig > 0].min())
-    x0 = model.initial_noise([s for _, _, s in PROMPTS], SIZE, SIZE).double() * s0
+    x0 = (model.initial_noise([s for _, _, s in PROMPTS], SIZE, SIZE).double()
+          * start_noise_scale(family, s0))
     cond = model.encode_prompts([p for p, _, _ in PROMPTS], [t for _, t, _ in PROMPTS])
     with torch.no_grad():
         end = exact_solution(model, x0, s0, smin, cond, CFG, rtol=EXACT_RTOL, atol=EXACT_RTOL)
@@ -195,7 +198,7 @@ def measure(spec: SamplerSpec) -> tuple[Measurement, list[Row]]:
     rows.append(_nfe_row(spec, m.nfe))
     deterministic = not spec.stochastic and spec.family != "diffusers"
     if deterministic:
-        limits = _exact_limits(model)
+        limits = _exact_limits(model, spec.family)
         end = get_sigmas(model, SCHEDULE, top)[-1]
         names = (["exact-end"] if spec.limit == "sigma_min" or end > 0
                  else ["exact-denoised", "exact-zero"])

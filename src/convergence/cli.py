@@ -43,9 +43,9 @@ def _quiet_known_warnings() -> None:
 _quiet_known_warnings()
 
 
-def fail(message: str) -> None:
+def fail(message: str, code: int = 2) -> None:
     print(f"convergence: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def cmd_run(cfg) -> None:
@@ -54,7 +54,28 @@ def cmd_run(cfg) -> None:
         from convergence.adaptive import run_adaptive as run_study
     summary = run_study(cfg)
     print(f"ran {summary.ran} cells, {summary.skipped} already stored, in {summary.seconds:.1f}s "
-          f"-> {summary.store.table_path}")
+          f"-> {summary.store.root}")
+    if getattr(summary, "diverged", None):
+        print(f"warning: {len(summary.diverged)} cells diverged (|x| above "
+              f"{DIVERGENCE_NOTE}), e.g. {summary.store.describe(summary.diverged[0])}; they are "
+              "stored with diverged=true", file=sys.stderr)
+
+
+def cmd_verify(cfg) -> None:
+    from convergence.verify import verify_study
+    problems = verify_study(cfg)
+    if problems:
+        sys.exit(1)
+
+
+def cmd_compact(cfg) -> None:
+    from convergence.runner import study_root
+    from convergence.store import Store
+    store = Store(study_root(cfg))
+    if not store.exists():
+        raise ConvergenceError(f"no results in {store.root}: nothing to compact")
+    rows, parts = store.compact()
+    print(f"{store.root}: {rows} cells; folded {parts} part files into {store.table_path.name}")
 
 
 def cmd_analyze(cfg) -> None:
@@ -75,7 +96,11 @@ def cmd_all(cfg) -> None:
 
 
 COMMANDS: dict[str, Callable] = {"run": cmd_run, "analyze": cmd_analyze, "report": cmd_report,
-                                 "all": cmd_all}
+                                 "all": cmd_all, "verify": cmd_verify}
+#: ``convergence store SUBCOMMAND``
+STORE_COMMANDS: dict[str, Callable] = {"compact": cmd_compact}
+#: what "diverged" means, for the warning (runner.DIVERGENCE_FACTOR x the data's scale ~1)
+DIVERGENCE_NOTE = "1e3 times the data's scale"
 
 
 def _hydra_app(task: Callable):
@@ -96,10 +121,42 @@ def _hydra_app(task: Callable):
                 import torch
                 torch.set_num_threads(cfg.threads)
             task(cfg)
-        except ConvergenceError as e:
-            fail(str(e))
+        except Exception as e:  # past Hydra's job runner, which would print its own line
+            raise _JobFailed(e) from e
 
     return app
+
+
+class _JobFailed(BaseException):
+    """Carries a job's exception out of Hydra untouched."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _run_app(task: Callable, overrides: list[str], debug: bool) -> None:
+    """Run a Hydra app; any failure becomes one line and an exit status (failures.py),
+    or, with ``--debug`` / HYDRA_FULL_ERROR=1, the full traceback."""
+    from convergence.config import check_name_overrides
+    from convergence.failures import explain
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
+    try:
+        check_name_overrides(overrides)  # before Hydra creates any folder named after it
+        _hydra_app(task)()
+    except SystemExit:
+        raise
+    except BaseException as e:
+        error = e.error if isinstance(e, _JobFailed) else e
+        if debug:
+            raise error from None
+        fail(*explain(error, overrides))
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def compose_config(overrides: list[str]):
@@ -243,12 +300,15 @@ def cmd_baseline(argv: list[str]) -> int:
     return status
 
 
-USAGE = """usage: convergence {run,analyze,report,all,samplers,bench,check,baseline} [options]
+USAGE = """usage: convergence {run,analyze,report,all,verify,samplers,bench,check,baseline} [options]
+       convergence store compact [hydra overrides]
 
   run       generate the study's images into results/<name>/
   analyze   distances, key points, rates and the guide's claims
   report    grids, curves, tables and results/<name>/report/index.html
   all       run + analyze + report
+  verify    check every stored cell's files against their sha256 (exit 1 if any problem)
+  store compact   fold the part files of concurrent writers into cells.parquet
   samplers  list samplers (claims, aliases) and schedules
   bench     the study's speed vs the device's floor, a per-cell and a direct loop (ratios)
   check     check a sampler against its claims and baseline (exit 1 on a regression)
@@ -260,6 +320,11 @@ examples:
   convergence run --multirun cfg=[5.0],[7.5]
   convergence check dpmpp_2m
   convergence check my_pkg.samplers:sample_mine --order 2 --no-baseline
+  convergence run --debug ...   (a failure shows its full traceback)
+
+exit status of run/analyze/report/verify/store: 0 done, 1 verify found problems, 2 bad input
+or damaged file (one line; nothing stored is lost), 3 internal error (--debug shows the
+traceback), 130 interrupted (the same command again resumes)
 """
 
 
@@ -276,6 +341,10 @@ def torch_threads_from_env() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["CONVERGENCE_DEBUG"] = "1"  # libraries keep their own log lines too
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
@@ -294,12 +363,19 @@ def main(argv: list[str] | None = None) -> None:
         except ConvergenceError as e:
             fail(str(e))
         sys.exit(code)
-    if cmd not in COMMANDS:
+    if cmd == "store":
+        sub = rest[0] if rest else ""
+        if sub not in STORE_COMMANDS:
+            fail(f"unknown store command {sub!r}; use one of: {', '.join(STORE_COMMANDS)}")
+        task, cmd, rest = STORE_COMMANDS[sub], f"store-{sub}", rest[1:]
+    elif cmd in COMMANDS:
+        task = COMMANDS[cmd]
+    else:
         fail(f"unknown command {cmd!r}; use one of: "
-             f"{', '.join([*COMMANDS, 'samplers', 'bench', *PLAIN])}")
+             f"{', '.join([*COMMANDS, 'store', 'samplers', 'bench', *PLAIN])}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.argv = [f"convergence-{cmd}", *rest]
-    _hydra_app(COMMANDS[cmd])()
+    _run_app(task, rest, debug)
 
 
 if __name__ == "__main__":

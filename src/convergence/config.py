@@ -6,6 +6,8 @@ sentence naming the bad value.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import MISSING as MISSING_FACTORY
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -28,8 +30,11 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
-    #: registry name: "analytic" (embedded, default) or "diffusers"
+    #: registry name: "analytic" (embedded, default) or "diffusers" (or a plugin's)
     name: str = "analytic"
+    #: or a factory ``fn(model_cfg, width, height) -> Model`` (Hydra ``_target_``,
+    #: docs/plugins.md); registered under ``name`` (default: this path)
+    _target_: Optional[str] = None
     #: hub id or local folder (diffusers)
     path: Optional[str] = None
     #: "auto" picks cuda, then mps, then cpu
@@ -59,8 +64,9 @@ class AnalysisConfig:
     metric: str = "rel_rmse"
     #: metrics written to distances.parquet ("lpips" only when its weights are cached;
     #: "flip" and "haarpsi" are opt-in: flip is one library call per pair, ~8 ms each at
-    #: 64x64 on one core; haarpsi costs as much as all other metrics together)
-    metrics: list[str] = field(default_factory=lambda: ["rel_rmse", "rmse", "mse", "psnr", "ssim",
+    #: 64x64 on one core; haarpsi costs as much as all other metrics together);
+    #: names, or ``{_target_: pkg.fn, name: ..., space: sample|image}`` nodes (docs/plugins.md)
+    metrics: list[Any] = field(default_factory=lambda: ["rel_rmse", "rmse", "mse", "psnr", "ssim",
                                                         "gmsd"])
     #: references: "highest" (group's highest steps), "SAMPLER@STEPS" (cross-sampler),
     #: "exact" (analytic model: exact-denoised, exact-zero, exact-end limits; skipped with a
@@ -95,6 +101,9 @@ class AnalysisConfig:
     #: ... and one picture holds at least this posterior mass at sigma_min (not a blend)
     truth_responsibility: float = 0.99
     #: rates: metrics fitted, smallest step count used, bootstrap resamples over seeds
+    #: (rmse, not rel_rmse: one physical scale for every seed, so the median over seeds whose
+    #: local slopes decide "asymptotic" and "which limit" is not dominated by low-contrast
+    #: pictures; per curve the two differ by a constant factor and give the same order)
     rate_metrics: list[str] = field(default_factory=lambda: ["rmse"])
     #: (20: at CFG 7.5 heun, dpm_2 and plms are unstable below ~20 steps on the analytic
     #: model, distances of 1e1..1e3: outside the asymptotic range a rate describes)
@@ -165,6 +174,10 @@ class Config:
     #: oversubscribed machine, where small matrix products lose more to contention than
     #: they gain from threads
     threads: Optional[int] = None
+    #: writers sharing a study claim cells before computing them; a claim not renewed for
+    #: this many seconds (its writer frozen, or dead on another host) lapses. Live writers
+    #: renew every claim_seconds / 4; a dead writer on the same host lapses at once
+    claim_seconds: float = 120.0
     #: run only shard i of n ("i/n", cells split by hash; null = all cells): one launcher
     #: job per shard, all writing into one study folder (docs/scale.md)
     shard: Optional[str] = None
@@ -200,6 +213,33 @@ def to_config(cfg: DictConfig | dict) -> Config:
     return obj
 
 
+#: seeds are stored as int64 and seed torch's generators: 0 <= seed < 2**63
+MAX_SEED = 2**63 - 1
+#: larger step counts are almost surely a typo (the dense benchmark sweeps 1..100)
+MAX_STEPS = 10_000
+#: classifier-free guidance scales in use are ~1..30; far beyond, images saturate
+MAX_CFG = 100.0
+
+
+def check_name(name: str) -> None:
+    """A study name is one plain folder name (results go to <results_dir>/<name>/)."""
+    if not name or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", name) or ".." in name:
+        raise ConvergenceError(f"study name {name!r} must be a plain folder name: letters, digits "
+                               "and _ . + - (no / or ..)")
+
+
+def check_name_overrides(overrides: list[str]) -> None:
+    """Check ``name=...`` on the command line before Hydra creates folders named after it."""
+    for o in overrides:
+        m = re.fullmatch(r"[+~]{0,2}name=(.*)", o)
+        if m and "," not in m.group(1):
+            check_name(m.group(1).strip("'\""))
+
+
+def _check_seed(seed, where: str) -> None:
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ConvergenceError(f"{where} {seed} is out of range: seeds are integers from 0 to "
+                               f"{MAX_SEED} (2**63 - 1)")
 def check_keys(node: Any, schema: type, where: str = "") -> None:
     """Unknown keys are an error naming the key and the close valid ones (Hydra lets
     ``+key=value`` add any key; a typo must not be silently ignored)."""
@@ -225,14 +265,21 @@ def _load_plugins(cfg: Config) -> None:
     if any(not isinstance(s, str) for s in cfg.samplers):
         from convergence.samplers.registry import sampler_from_target
         cfg.samplers = [s if isinstance(s, str) else sampler_from_target(s) for s in cfg.samplers]
+    if any(not isinstance(m, str) for m in cfg.analysis.metrics):
+        from convergence.metrics import METRICS
+        cfg.analysis.metrics = [m if isinstance(m, str) else METRICS.from_target(
+            m, ("space", "lower_is_better", "description")) for m in cfg.analysis.metrics]
+    if cfg.model._target_:
+        from convergence.models import MODELS
+        name = cfg.model._target_ if cfg.model.name == ModelConfig.name else cfg.model.name
+        cfg.model.name = MODELS.from_target({"_target_": cfg.model._target_, "name": name})
     if any(not isinstance(s, str) for s in cfg.schedules):
         from convergence.samplers.schedules import canonical_schedule
         cfg.schedules = [s if isinstance(s, str) else canonical_schedule(s) for s in cfg.schedules]
 
 
 def validate(cfg: Config) -> None:
-    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
-        raise ConvergenceError(f"study name {cfg.name!r} must be a plain folder name")
+    check_name(cfg.name)
     if not cfg.prompts:
         raise ConvergenceError("the sweep has no prompts (prompts=[] is empty)")
     for p in cfg.prompts:
@@ -240,6 +287,11 @@ def validate(cfg: Config) -> None:
             raise ConvergenceError(f"prompt with topic {p.topic!r} has empty text")
     if cfg.seeds is not None and len(cfg.seeds) == 0:
         raise ConvergenceError("the sweep has no seeds (seeds=[] is empty); give at least one seed")
+    for s in cfg.seeds or []:
+        _check_seed(s, "seed")
+    for p in cfg.prompts:
+        if p.seed is not None:
+            _check_seed(p.seed, f"the seed of prompt {p.text[:30]!r}:")
     if cfg.seeds is None:
         missing = [p.text for p in cfg.prompts if p.seed is None]
         if missing:
@@ -253,8 +305,17 @@ def validate(cfg: Config) -> None:
     bad = [s for s in cfg.steps if s < 1]
     if bad:
         raise ConvergenceError(f"steps must be >= 1, got {bad[0]}")
+    bad = [s for s in cfg.steps if s > MAX_STEPS]
+    if bad:
+        raise ConvergenceError(f"steps={bad[0]} is too many: step counts go from 1 to {MAX_STEPS}")
     if not cfg.cfg or any(c <= 0 for c in cfg.cfg):
         raise ConvergenceError(f"cfg scales must be > 0, got {list(cfg.cfg)}")
+    bad = [c for c in cfg.cfg if not math.isfinite(c) or c > MAX_CFG]
+    if bad:
+        raise ConvergenceError(f"cfg scale {bad[0]} is not usable: cfg scales are finite numbers "
+                               f"in (0, {MAX_CFG:g}]")
+    if not cfg.claim_seconds > 0 or not math.isfinite(cfg.claim_seconds):
+        raise ConvergenceError(f"claim_seconds must be a positive number, got {cfg.claim_seconds}")
     if not cfg.schedules:
         raise ConvergenceError("the sweep has no schedules (schedules=[] is empty)")
     if cfg.threads is not None and cfg.threads < 1:

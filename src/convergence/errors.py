@@ -1,5 +1,14 @@
-"""User-facing errors: the CLI prints their message alone, without a traceback."""
+"""User-facing errors: the CLI prints their message alone, without a traceback, and
+exits with their ``exit_code`` (README "When things go wrong" lists the codes)."""
 
 
 class ConvergenceError(Exception):
     """A problem with the user's input or files, explained in one sentence."""
+
+    exit_code = 2
+
+
+class Interrupted(ConvergenceError):
+    """Ctrl-C: what was stored is kept; the message says how to resume."""
+
+    exit_code = 130

@@ -138,6 +138,11 @@ class Registry(Generic[T]):
             return obj
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` and its spellings (tests; a plugin being reloaded)."""
+        self._entries.pop(name)
+        self._keys = {k: v for k, v in self._keys.items() if v != name}
+
     def alias(self, alias: str, name: str) -> None:
         """Let ``alias`` resolve to the registered ``name`` (used by scheduled aliases)."""
         self._keys.setdefault(normalize(alias), name)

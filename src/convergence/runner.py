@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from convergence.budget import row_budget
 from convergence.compiled import model_call
 from convergence.config import Config
-from convergence.errors import ConvergenceError
-from convergence.gather import Gatherer, Job, Ledger
+from convergence.errors import ConvergenceError, Interrupted
+from convergence.gather import CallStats, Gatherer, Job, Ledger
 from convergence.models import build_model
 from convergence.models.base import (
     CountingDenoiser,
@@ -27,6 +27,7 @@ from convergence.models.base import (
     GuidedDenoiser,
     Model,
     NonFiniteSample,
+    model_lock,
 )
 from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand, rows_per_cell
@@ -69,7 +70,8 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
     counter = CountingDenoiser(GuidedDenoiser(model, call))
     start = time.perf_counter()
     with torch.no_grad():
-        cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
+        with model_lock(model):
+            cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
         extra_args = {"conditioning": cond, "cfg_scale": first.cfg}
         ctx = SamplingContext(noise=CellNoise(seeds), steps=first.steps,
                               alphas_cumprod=model.alphas_cumprod, options=dict(options or {}),
@@ -83,7 +85,8 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
         if bad:
             raise ConvergenceError("NaN/inf in the final sample of "
                                    + "; ".join(describe(cells[r]) for r in bad))
-        images = model.decode(out)
+        with model_lock(model):
+            images = model.decode(out)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -109,6 +112,11 @@ def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict
             "stops_above_zero": bool(s[-1] > 0)}
 
 
+#: a cell whose float sample leaves the data's range (about 1: pixels in [-1, 1], SD latents
+#: times the VAE scaling factor have unit variance) by this factor is flagged as diverged
+DIVERGENCE_FACTOR = 1e3
+
+
 @dataclass
 class RunSummary:
     store: Store
@@ -116,6 +124,8 @@ class RunSummary:
     ran: int
     skipped: int
     seconds: float
+    #: cells of this run flagged as diverged (column ``diverged``)
+    diverged: list[str] = field(default_factory=list)
 
 
 def study_root(cfg: Config) -> Path:
@@ -127,47 +137,123 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
 
     The groups of cells run side by side, their model calls gathered up to the row
     budget (``batch_size``); each finished group is stored at once, so an interrupted run
-    resumes where it stopped and gives the same images as an uninterrupted one. ``only``:
+    resumes where it stopped and gives the same images as an uninterrupted one. Cells whose
+    files are missing or damaged are recomputed; cells another live writer has claimed are
+    left to it (and waited for), so overlapping runs do not compute a cell twice. ``only``:
     run just these cell hashes of the plan (the adaptive search's probes, adaptive.py)."""
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     planned = expand(cfg, model.name, model.fingerprint())
     cells = [c for c in select_shard(planned, cfg.shard) if only is None or c.hash in only]
     store = Store(study_root(cfg))
-    done = store.done_hashes()
+    store.clean_stale()
+    done = store.done_hashes()  # damaged files count as missing: recomputed
     todo = [c for c in cells if c.hash not in done]
-    store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
-                                    "n_cells": len(planned),
-                                    "device_name": device_name(model.device)})
     start = time.perf_counter()
     budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
-    gatherer = Gatherer(model_call(model, budget, bool(getattr(cfg.model, "compile", False))),
-                        budget)
-    # files are written by one writer thread while the next model calls run (the writes
-    # wait on the disk, not the CPU); a failed write stops the run at the next batch
-    with tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
-              disable=not cfg.progress) as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="convergence-store") as writer:
-        writes: list[Future] = []
+    call = model_call(model, budget, bool(getattr(cfg.model, "compile", False)))
+    stats = CallStats()
+    progress = Progress(store, set(store.damaged))
+    try:
+        # files are written by one writer thread while the next model calls run (the writes
+        # wait on the disk, not the CPU); a failed write stops the run at the next batch
+        with store.leases(cfg.claim_seconds) as leases, \
+                tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
+                     disable=not cfg.progress) as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="convergence-store") as writer:
+            writes: list[Future] = []
 
-        def store_batch(job: Job, res: BatchResult, ledger: Ledger) -> None:
-            for f in writes:
-                if f.done():
-                    f.result()
-            writes.append(writer.submit(store_rows, store, model, job.payload, res, ledger, budget))
-            bar.update(len(job.payload))
+            def store_batch(job: Job, res: BatchResult, ledger: Ledger) -> None:
+                for f in writes:
+                    if f.done():
+                        f.result()
+                writes.append(writer.submit(progress.store, leases, model, job.payload, res,
+                                            ledger, budget))
+                bar.update(len(job.payload))
 
-        stats = gatherer.run(_jobs(model, batches(todo, budget), cfg.sampler_options), store_batch)
-        for f in writes:
-            f.result()
+            pending = todo
+            while pending:
+                wave = _claim_wave(leases, batches(pending, budget), progress.finished,
+                                   max(16, 4 * budget))
+                if wave:  # a gatherer per wave (a finished one stays cancelled)
+                    wave_stats = Gatherer(call, budget, lock=model_lock(model)).run(
+                        _jobs(model, wave, cfg.sampler_options), store_batch)
+                    stats.calls += wave_stats.calls
+                    stats.rows += wave_stats.rows
+                    stats.model_seconds += wave_stats.model_seconds
+                    stats.rows_histogram.update(wave_stats.rows_histogram)
+                    for f in writes:
+                        f.result()
+                    if progress.ran and not progress.described:
+                        _write_study(store, cfg, model, planned)  # only once a cell is stored
+                        progress.described = True
+                stored = progress.finished()
+                pending = [c for c in pending if c.hash not in stored]
+                if pending and not wave:
+                    time.sleep(min(1.0, cfg.claim_seconds / 8))  # held by other writers
+    except KeyboardInterrupt:
+        have = len(done & {c.hash for c in cells}) + progress.ran
+        raise Interrupted(f"interrupted: {have} of {len(cells)} cells of study {cfg.name!r} are "
+                          f"stored in {store.root} ({progress.ran} by this run); run the same "
+                          "command again to resume (stored cells are not recomputed)") from None
+    if not progress.described:
+        _write_study(store, cfg, model, planned)
+    store.compact()
     seconds = time.perf_counter() - start
-    if todo:
+    if progress.ran:
         record_run(store, {
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cells": len(todo), "batch_size": cfg.batch_size, "row_budget": budget,
+            "cells": progress.ran, "batch_size": cfg.batch_size, "row_budget": budget,
             "device": str(model.device), "threads": torch.get_num_threads(),
             "seconds": seconds, **stats.as_dict(),
             "model_share": stats.model_seconds / seconds if seconds > 0 else 0.0})
-    return RunSummary(store, cells, len(todo), len(cells) - len(todo), seconds)
+    return RunSummary(store, cells, progress.ran, len(cells) - len(todo), seconds,
+                      progress.diverged)
+
+
+def _claim_wave(leases, plan: list[list[Cell]], finished, cap: int) -> list[list[Cell]]:
+    """Claim the cells of ``plan`` nobody else holds or has stored, batch by batch, up to
+    about ``cap`` cells: one gatherer run, after which the claims are released."""
+    wave, n = [], 0
+    for batch in plan:
+        mine = set(leases.take([c.hash for c in batch], finished))
+        batch = [c for c in batch if c.hash in mine]
+        if batch:
+            wave.append(batch)
+            n += len(batch)
+        if n >= cap:
+            break
+    return wave
+
+
+class Progress:
+    """What this run has stored, for claims (``finished``) and the summary."""
+
+    def __init__(self, store: Store, damaged: set[str]):
+        self.store_ = store
+        self.damaged = damaged
+        self.computed: set[str] = set()
+        self.ran = 0
+        self.diverged: list[str] = []
+        self.described = False
+
+    def finished(self) -> set[str]:
+        """Stored by this run, or by other writers since it started (not damaged rows)."""
+        return (self.store_.row_hashes() - self.damaged) | self.computed
+
+    def store(self, leases, model: Model, batch: list[Cell], res: BatchResult, ledger: Ledger,
+              budget: int) -> None:
+        rows = store_rows(self.store_, model, batch, res, ledger, budget)
+        hashes = {c.hash for c in batch}
+        self.computed |= hashes
+        leases.release(hashes)  # after the rows: others see the claim or the row
+        self.ran += len(batch)
+        self.diverged += [r["hash"] for r in rows if r["diverged"]]
+
+
+def _write_study(store: Store, cfg: Config, model: Model, planned: list[Cell]) -> None:
+    store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
+                                    "n_cells": len(planned),
+                                    "device_name": device_name(model.device)})
 
 
 def _jobs(model: Model, plan: list[list[Cell]], options: dict | None) -> list[Job]:
@@ -185,13 +271,13 @@ def _jobs(model: Model, plan: list[list[Cell]], options: dict | None) -> list[Jo
 
 
 def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, ledger: Ledger,
-               budget: int) -> None:
-    """Write a finished batch: sample, image and one table row per cell."""
+               budget: int) -> list[dict]:
+    """Write a finished batch: sample, image and one table row per cell (with the files'
+    sha256 and whether the sample diverged); returns the rows."""
     rows = []
     meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
     for i, cell in enumerate(batch):
-        store.write_sample(cell.hash, _sample_array(model, res.samples[i]))
-        store.write_image(cell.hash, res.images[i])
+        max_abs = float(res.samples[i].abs().max())
         rows.append({
             "hash": cell.hash, **cell.__dict__, **meta, "nfe": res.nfe,
             "model_evals": res.model_evals,
@@ -199,10 +285,12 @@ def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, 
             "model_seconds": ledger.model_seconds / len(batch),
             "batch_size": len(batch), "rows_per_call": ledger.rows_per_call,
             "row_budget": budget, "device": str(model.device),
-            "image": str(store.image_path(cell.hash).relative_to(store.root)),
-            "sample": str(store.sample_path(cell.hash).relative_to(store.root)),
+            **store.write_image(cell.hash, res.images[i]),
+            **store.write_sample(cell.hash, _sample_array(model, res.samples[i])),
+            "max_abs": max_abs, "diverged": max_abs > DIVERGENCE_FACTOR,
         })
     store.append_rows(rows)
+    return rows
 
 
 RUNS = "runs.json"

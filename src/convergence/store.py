@@ -1,17 +1,26 @@
-"""The results store of one study: ``cells.parquet`` (one row per cell) plus one PNG and
-one float sample per cell, addressed by the cell's content hash.
+"""The results store of one study: a table of cells plus one PNG and one float sample
+per cell, addressed by the cell's content hash.
 
-Every file is written to a temporary name and renamed into place, and the table is
-merged under a file lock, so a killed or concurrent run never loses stored cells.
+The table is the union of ``cells.parquet`` (compacted rows) and ``parts/*.parquet``:
+every writer appends its own part files and never rewrites another's, so several runs
+(or shards on a shared file system) can fill one study at once. Readers take the union,
+the newest row per cell hash winning; ``compact`` folds the parts into ``cells.parquet``
+under a lock. Every file is written to a temporary name and renamed into place, so a
+killed writer never leaves a half-written file behind a real name.
+
+Each row records the sha256 of its image and of its float sample; a file that is
+missing, unreadable or does not match is a *damaged* cell: ``run`` recomputes it,
+``analyze`` and ``report`` name it, ``convergence verify`` lists it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
-import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,29 +29,46 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from convergence.atomic import HOST, atomic_write_bytes, clean_stale
 from convergence.errors import ConvergenceError
+from convergence.leases import Leases
+
+__all__ = ["Store", "atomic_write_bytes", "TABLE", "PARTS"]
 
 TABLE = "cells.parquet"
+PARTS = "parts"
+CLAIMS = "claims"
+#: columns of the per-file checksums
+CHECKSUMS = {"image": "image_sha256", "sample": "sample_sha256"}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        return pd.read_parquet(path)
+    except FileNotFoundError:
         raise
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise ConvergenceError(
+            f"the results table {path} is corrupt or unreadable ({type(e).__name__}); "
+            "it was left untouched: move it away (its cells are then recomputed)") from None
 
 
 class Store:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         self.table_path = self.root / TABLE
+        self.parts_dir = self.root / PARTS
+        self._parts: dict[str, pd.DataFrame] = {}      # part files never change once written
+        self._base: tuple[tuple, pd.DataFrame] | None = None
+        self._rows: dict[str, dict] = {}
+        self._sha_cache: dict[Path, tuple[int, int, str]] = {}
+        self._seq = 0
+        #: damaged cells found by the last :meth:`done_hashes`: hash -> problem
+        self.damaged: dict[str, str] = {}
 
     # -- paths ----------------------------------------------------------------------
     def image_path(self, cell_hash: str) -> Path:
@@ -51,75 +77,217 @@ class Store:
     def sample_path(self, cell_hash: str) -> Path:
         return self.root / "samples" / f"{cell_hash}.npz"
 
-    # -- table ----------------------------------------------------------------------
-    def load(self) -> pd.DataFrame:
-        """All stored rows (empty frame if nothing is stored yet)."""
-        if not self.table_path.exists():
-            return pd.DataFrame()
-        try:
-            return pd.read_parquet(self.table_path)
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise ConvergenceError(
-                f"the results table {self.table_path} is corrupt or unreadable ({type(e).__name__}); "
-                "it was left untouched: move it away to start over") from None
+    def exists(self) -> bool:
+        """Whether any rows were ever stored here."""
+        return self.table_path.exists() or any(self._part_names())
 
-    def done_hashes(self) -> set[str]:
-        """Hashes of cells whose row, image and sample all exist."""
-        df = self.load()
-        if df.empty:
-            return set()
-        return {h for h in df["hash"] if self.image_path(h).exists() and self.sample_path(h).exists()}
+    def changed_at(self) -> float:
+        """mtime of the newest table file (what an analysis must be newer than)."""
+        files = [self.table_path, *(self.parts_dir / n for n in self._part_names())]
+        return max((p.stat().st_mtime for p in files if p.exists()), default=0.0)
+
+    # -- table ----------------------------------------------------------------------
+    def _part_names(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.parts_dir)
+                          if n.endswith(".parquet") and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def _read_base(self) -> pd.DataFrame:
+        try:
+            st = self.table_path.stat()
+        except FileNotFoundError:
+            return pd.DataFrame()
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._base is None or self._base[0] != key:
+            self._base = (key, _read_parquet(self.table_path))
+        return self._base[1]
+
+    def load(self) -> pd.DataFrame:
+        """All stored rows, one per cell hash (empty frame if nothing is stored yet).
+
+        Parts are listed before the compacted table is read; a part that vanished in
+        between was folded into a newer table by ``compact``, so the read is retried."""
+        for _ in range(20):
+            names = self._part_names()
+            base = self._read_base()
+            frames, vanished = [base], False
+            for n in names:
+                if n not in self._parts:
+                    try:
+                        self._parts[n] = _read_parquet(self.parts_dir / n)
+                    except FileNotFoundError:
+                        vanished = True
+                        break
+                frames.append(self._parts[n])
+            if not vanished:
+                break
+        self._parts = {n: self._parts[n] for n in names if n in self._parts}
+        frames = [f for f in frames if not f.empty]
+        if not frames:
+            self._rows = {}
+            return pd.DataFrame()
+        df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        df = df.drop_duplicates("hash", keep="last").reset_index(drop=True)
+        self._rows = {r["hash"]: r for r in df.to_dict("records")}
+        return df
+
+    def row_hashes(self) -> set[str]:
+        """Hashes with a row (files not checked: cheap, for writers polling each other)."""
+        self.load()
+        return set(self._rows)
+
+    def append_rows(self, rows: list[dict]) -> None:
+        """Store rows as a new part file of this writer (a re-run cell's newer row wins)."""
+        if not rows:
+            return
+        self._seq += 1
+        name = f"{time.time_ns():020d}-{os.getpid()}@{HOST}-{self._seq:05d}.parquet"
+        buf = io.BytesIO()
+        pd.DataFrame(rows).to_parquet(buf, index=False)
+        atomic_write_bytes(self.parts_dir / name, buf.getvalue())
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def lock(self) -> Iterator[None]:
+        """The store's exclusive lock (compaction and claims; appends need none)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(f, fcntl.LOCK_UN)
 
-    def append_rows(self, rows: list[dict]) -> None:
-        """Merge rows into the table (a re-run cell replaces its old row)."""
-        if not rows:
-            return
-        with self._locked():
-            old = self.load()
-            new = pd.DataFrame(rows)
-            df = new if old.empty else pd.concat([old, new], ignore_index=True)
-            df = df.drop_duplicates("hash", keep="last").reset_index(drop=True)
+    def compact(self) -> tuple[int, int]:
+        """Fold the part files into ``cells.parquet`` (atomically, under the lock);
+        returns (rows, parts folded). A crash at any point loses nothing: parts are only
+        deleted once the table that holds their rows is in place."""
+        with self.lock():
+            names = self._part_names()
+            if not names:
+                return len(self.load()), 0
+            df = self.load()
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
             atomic_write_bytes(self.table_path, buf.getvalue())
+            for n in names:
+                (self.parts_dir / n).unlink(missing_ok=True)
+            return len(df), len(names)
+
+    def leases(self, ttl: float) -> Leases:
+        """Claims on cells of this store, for one writer (see :mod:`convergence.leases`)."""
+        return Leases(self.root / CLAIMS, self.lock, ttl)
+
+    def clean_stale(self) -> int:
+        """Remove temporary files killed writers left behind (live writers' are kept)."""
+        return clean_stale(self.root)
+
+    # -- integrity ------------------------------------------------------------------
+    def _file_sha(self, path: Path) -> str:
+        st = path.stat()
+        hit = self._sha_cache.get(path)
+        if hit and hit[:2] == (st.st_size, st.st_mtime_ns):
+            return hit[2]
+        sha = sha256_bytes(path.read_bytes())
+        self._sha_cache[path] = (st.st_size, st.st_mtime_ns, sha)
+        return sha
+
+    def _expected(self, cell_hash: str, kind: str) -> str | None:
+        if cell_hash not in self._rows:
+            self.load()
+        v = self._rows.get(cell_hash, {}).get(CHECKSUMS[kind])
+        return v if isinstance(v, str) and v else None
+
+    def problem(self, cell_hash: str) -> str | None:
+        """What is wrong with a stored cell's files (None if both are intact)."""
+        for kind, path in (("image", self.image_path(cell_hash)),
+                           ("sample", self.sample_path(cell_hash))):
+            rel = path.relative_to(self.root)
+            if not path.exists():
+                return f"{kind} {rel} is missing"
+            want = self._expected(cell_hash, kind)
+            try:
+                if want is not None:
+                    if self._file_sha(path) != want:
+                        return f"{kind} {rel} does not match its sha256 (damaged or replaced)"
+                else:  # rows of older versions carry no checksum: check it decodes
+                    (self.load_image if kind == "image" else self.load_sample)(cell_hash)
+            except (OSError, ConvergenceError) as e:
+                return f"{kind} {rel} is unreadable ({e})"
+        return None
+
+    def problems(self) -> dict[str, str]:
+        """Every stored cell whose files are missing, unreadable or do not match."""
+        self.load()
+        found = {}
+        for h in list(self._rows):
+            p = self.problem(h)
+            if p is not None:
+                found[h] = p
+        return found
+
+    def done_hashes(self) -> set[str]:
+        """Hashes of cells whose row exists and whose image and sample are intact
+        (the damaged ones are in ``self.damaged``)."""
+        self.damaged = self.problems()
+        return set(self._rows) - set(self.damaged)
+
+    def describe(self, cell_hash: str) -> str:
+        r = self._rows.get(cell_hash, {})
+        keys = ("sampler", "schedule", "steps", "seed", "topic", "cfg")
+        return f"cell {cell_hash} (" + ", ".join(f"{k}={r[k]}" for k in keys if k in r) + ")"
 
     # -- per-cell files -------------------------------------------------------------
-    def write_image(self, cell_hash: str, image: np.ndarray) -> Path:
+    def write_image(self, cell_hash: str, image: np.ndarray) -> dict:
+        """Store a cell's PNG; returns the row fields that record it (its sha256)."""
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")
-        path = self.image_path(cell_hash)
-        atomic_write_bytes(path, buf.getvalue())
-        return path
+        data = buf.getvalue()
+        atomic_write_bytes(self.image_path(cell_hash), data)
+        return {"image": str(self.image_path(cell_hash).relative_to(self.root)),
+                CHECKSUMS["image"]: sha256_bytes(data)}
 
-    def write_sample(self, cell_hash: str, sample: np.ndarray) -> Path:
+    def write_sample(self, cell_hash: str, sample: np.ndarray) -> dict:
+        """Store a cell's float sample; returns the row fields that record it."""
         buf = io.BytesIO()
         np.savez_compressed(buf, sample=sample)
-        path = self.sample_path(cell_hash)
-        atomic_write_bytes(path, buf.getvalue())
-        return path
+        data = buf.getvalue()
+        atomic_write_bytes(self.sample_path(cell_hash), data)
+        return {"sample": str(self.sample_path(cell_hash).relative_to(self.root)),
+                CHECKSUMS["sample"]: sha256_bytes(data)}
+
+    def _read_checked(self, cell_hash: str, kind: str, path: Path) -> bytes:
+        label = "float sample" if kind == "sample" else kind
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ConvergenceError(f"missing {label} {path} of {self.describe(cell_hash)}; "
+                                   "`convergence run` recomputes it") from None
+        want = self._expected(cell_hash, kind)
+        if want is not None and sha256_bytes(data) != want:
+            raise ConvergenceError(f"{label} {path} of {self.describe(cell_hash)} does not match its "
+                                   "sha256 (damaged or replaced); `convergence run` recomputes it")
+        return data
 
     def load_sample(self, cell_hash: str) -> np.ndarray:
         path = self.sample_path(cell_hash)
+        data = self._read_checked(cell_hash, "sample", path)
         try:
-            with np.load(path) as f:
+            with np.load(io.BytesIO(data)) as f:
                 return f["sample"]
-        except FileNotFoundError:
-            raise ConvergenceError(f"missing float sample {path}; re-run `convergence run`") from None
         except Exception as e:
             raise ConvergenceError(f"corrupt float sample {path} ({type(e).__name__})") from None
 
     def load_image(self, cell_hash: str) -> np.ndarray:
-        return np.asarray(Image.open(self.image_path(cell_hash)).convert("RGB"))
+        path = self.image_path(cell_hash)
+        data = self._read_checked(cell_hash, "image", path)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return np.asarray(im.convert("RGB"))
+        except Exception as e:
+            raise ConvergenceError(f"corrupt image {path} ({type(e).__name__})") from None
 
     def write_json(self, name: str, obj: dict) -> None:
         atomic_write_bytes(self.root / name, json.dumps(obj, indent=2, default=str).encode())
+

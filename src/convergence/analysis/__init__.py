@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,8 @@ from convergence.analysis.distances import compute_distances, noise_estimate
 from convergence.analysis.inputs import load_cells
 from convergence.analysis.keypoints import POINTS, aggregate_points, seed_points
 from convergence.analysis.rates import compute_rates, limits_table
-from convergence.analysis.references import EXACT_LIMITS
+from convergence.analysis.references import EXACT_LIMITS, REFERENCES
+from convergence.atomic import staged_into
 from convergence.config import AnalysisConfig, Config
 from convergence.errors import ConvergenceError
 from convergence.store import Store
@@ -55,9 +57,12 @@ def check_options(a: AnalysisConfig) -> None:
     if ref == "exact":
         raise ConvergenceError("analysis.reference=exact is ambiguous: use exact-denoised, "
                                "exact-zero or exact-end")
-    if ref not in ("highest", *EXACT_LIMITS) and "@" not in ref:
-        raise ConvergenceError(f"unknown analysis.reference {ref!r}: use highest, exact-denoised, "
-                               "exact-zero, exact-end or SAMPLER@STEPS")
+    for key, r in (("reference", ref), *(("references", r) for r in a.references)):
+        if r not in (*EXACT_LIMITS, "exact") and "@" not in r and (r not in REFERENCES or (
+                key == "reference" and r == "next")):
+            raise ConvergenceError(f"unknown analysis.{key} {r!r}: use "
+                                   f"{', '.join(REFERENCES.names())}, exact-denoised, exact-zero, "
+                                   "exact-end or SAMPLER@STEPS")
     if ref in EXACT_LIMITS and "exact" not in a.references:
         raise ConvergenceError(f"analysis.reference={ref} needs 'exact' in analysis.references")
 
@@ -78,7 +83,15 @@ def _exact_model(cfg: Config, cells: pd.DataFrame):
 
 
 def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
-    """Analyse the cells stored for the study and write its tables (module docstring)."""
+    """Analyse the cells stored for the study and write its tables (module docstring).
+
+    The tables are written aside and replace the previous ones together, once all of them
+    are computed: a failed analysis leaves the last good one as it was."""
+    with staged_into(Path(cfg.results_dir) / cfg.name) as out:
+        return _analyze(cfg, out)
+
+
+def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
     a = cfg.analysis
     check_options(a)
     show = cfg.progress
@@ -88,17 +101,20 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
     model = _exact_model(cfg, cells) if "exact" in a.references else None
     with phase(f"distances ({len(cells)} cells)", show):
         dist, notes = compute_distances(a, store, cells, samples, model, progress=show)
-        dist = T.write(store.root, "distances", dist)
+        dist = T.write(out_dir, "distances", dist)
     with phase("key points", show):
         lower = M.get_metric(a.metric).lower_is_better
-        seeds = T.write(store.root, "keypoints_seed", seed_points(a, dist, cells, lower))
-        kp = T.write(store.root, "keypoints", aggregate_points(a, seeds, cells))
+        from convergence.adaptive import search_column, with_adaptive_points
+        seeds = T.write(out_dir, "keypoints_seed", with_adaptive_points(
+            store.root, seed_points(a, dist, cells, lower)))
+        kp = T.write(out_dir, "keypoints", search_column(aggregate_points(a, seeds, cells),
+                                                             seeds))
     with phase("rates and limits", show):
-        rates = T.write(store.root, "rates", compute_rates(a, dist, cells))
+        rates = T.write(out_dir, "rates", compute_rates(a, dist, cells))
         lim = limits_table(dist, rates, a.rate_metrics[0]) if model is not None else None
         if lim is not None:
-            lim = T.write(store.root, "limits", lim)
-    claims = T.write(store.root, "claims", evaluate_claims(
+            lim = T.write(out_dir, "limits", lim)
+    claims = T.write(out_dir, "claims", evaluate_claims(
         kp, seeds, dist, metric=a.metric, indicative=a.indicative, few_steps=a.few_steps,
         limits=lim))
     out = {"distances": dist, "keypoints_seed": seeds, "keypoints": kp, "rates": rates,
@@ -107,7 +123,7 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
         out["limits"] = lim
     if model is not None:
         with phase("coherence calibration", show):
-            cal = T.write(store.root, "calibration", calibration_table(a, model, dist, samples,
+            cal = T.write(out_dir, "calibration", calibration_table(a, model, dist, samples,
                                                                        cells))
         out["calibration"] = cal
         c = cal.iloc[0]

@@ -11,11 +11,13 @@ not in the study is "not testable here" with the reason (a small study is a norm
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from convergence.analysis.tables import columns
+from convergence.registry import Registry
 
 HOLDS, CONTRADICTED, UNTESTABLE = "holds", "contradicted", "not testable here"
 PRE_ASYMPTOTIC = "pre-asymptotic: not decided"
@@ -222,7 +224,7 @@ def claims_order(limits: pd.DataFrame | None, cfg: float) -> list[dict]:
     meas = ("order of accuracy vs NFE against the exact limit the sampler approaches, "
             "accepted only where the last local slopes agree (rates.asymptotic_fit)")
     if not _has(limits, "sampler", "closest", "order"):
-        return [_row(H_ORDER, "harness", "", cfg, meas, "", "#table-rates", "", UNTESTABLE,
+        return [_row(H_ORDER, "harness", "", cfg, meas, "", "#rates", "", UNTESTABLE,
                      "needs exact references (analytic model) and orders against them")]
     lim = limits[limits.closest.astype(bool)]
     info = {r.sampler: r for r in lim.itertuples()}
@@ -240,51 +242,79 @@ def claims_order(limits: pd.DataFrame | None, cfg: float) -> list[dict]:
             continue
         sel = _sel([s, *higher], cfg)
         if s not in info or not higher:
-            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#table-rates", "",
+            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#rates", "",
                              UNTESTABLE, "needs an approached exact limit for this sampler "
                              "and a higher-order one"))
             continue
         value = "; ".join(show(x) for x in [s, *higher])
         acc = [x for x in higher if info[x].asymptotic]
         if not info[s].asymptotic or not acc:
-            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#table-rates", value,
+            rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#rates", value,
                              PRE_ASYMPTOTIC, "no claim is decided from a pre-asymptotic order"))
             continue
         ok = all(info[s].order < info[x].order for x in acc)
-        rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#table-rates", value,
+        rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#rates", value,
                          HOLDS if ok else CONTRADICTED,
                          "compared with the higher-order samplers whose order is asymptotic"))
     return rows
 
 
+@dataclass(frozen=True)
+class ClaimInputs:
+    """The analysis tables a claim is judged on, for one CFG scale."""
+
+    kp: pd.DataFrame
+    seeds: pd.DataFrame
+    dist: pd.DataFrame
+    limits: pd.DataFrame | None
+    metric: str
+    indicative: float
+    few_steps: int
+    cfg: float
+
+
+#: claims by name, judged in registration order: ``fn(ClaimInputs) -> [claim_row(...)]``
+#: with the quoted claim and its claim_source ("guide", "harness", ...) as metadata (an
+#: empty result is reported as "not testable here"); third parties add theirs through the
+#: ``convergence.claims`` entry-point group or plugins (docs/plugins.md)
+CLAIMS: Registry = Registry("claim", group="convergence.claims")
+claim_row = _row
+for _name, _fn, _quote, _source in (
+        ("converge", lambda i: claims_converge(i.kp, i.cfg), Q_CONVERGE, "guide"),
+        ("fewer_steps", lambda i: claims_fewer_steps(i.kp, i.cfg, "converged", Q_FEWER),
+         Q_FEWER, "guide"),
+        ("low_steps", lambda i: claims_low_steps(i.dist, i.metric, i.few_steps, i.cfg), Q_LOW,
+         "guide"),
+        ("towards_k", lambda i: claims_towards_k(i.dist, i.metric, i.indicative, i.cfg),
+         Q_TOWARDS, "guide"),
+        ("indicators", lambda i: claims_fewer_steps(i.kp, i.cfg, "indicative", Q_INDICATORS),
+         Q_INDICATORS, "guide"),
+        ("people_later", lambda i: claims_people_later(i.seeds, i.cfg), Q_LATER, "guide"),
+        ("order", lambda i: claims_order(i.limits, i.cfg), H_ORDER, "harness")):
+    CLAIMS.register(_name, _fn, quote=_quote, claim_source=_source)
+
+
 def evaluate_claims(kp: pd.DataFrame, seeds: pd.DataFrame, dist: pd.DataFrame, *, metric: str,
                     indicative: float, few_steps: int,
                     limits: pd.DataFrame | None = None) -> pd.DataFrame:
-    """All claims, in the guide's order, separately for every CFG scale (never mixed)."""
+    """All registered claims, in their order, separately for every CFG scale (never mixed)."""
     rows: list[dict] = []
     scales = sorted(set(kp.cfg)) if _has(kp, "cfg") else [math.nan]  # nan: an empty study
     empty = pd.DataFrame(columns=["cfg", "sampler", "topic", "point", "steps", "status",
                                   "metric", "reference", "value"])
     kp, seeds, dist = (x if _has(x, "cfg") else empty for x in (kp, seeds, dist))
+    entries = list(CLAIMS.entries().values())
     for c in scales:
-        k = kp[kp.cfg == c]
-        sd = seeds[seeds.cfg == c] if _has(seeds, "cfg") else seeds
-        dd = dist[dist.cfg == c] if _has(dist, "cfg") else dist
-        lim = limits[limits.cfg == c] if _has(limits, "cfg") else None
-        rows += claims_converge(k, c)
-        rows += claims_fewer_steps(k, c, "converged", Q_FEWER)
-        rows += claims_low_steps(dd, metric, few_steps, c)
-        rows += claims_towards_k(dd, metric, indicative, c)
-        rows += claims_fewer_steps(k, c, "indicative", Q_INDICATORS)
-        rows += claims_people_later(sd, c)
-        rows += claims_order(lim, c)
-        for quote, source in ((Q_CONVERGE, "guide"), (Q_FEWER, "guide"), (Q_LOW, "guide"),
-                              (Q_TOWARDS, "guide"), (Q_INDICATORS, "guide"),
-                              (Q_LATER, "guide"), (H_ORDER, "harness")):
-            if not any(r["claim"] == quote and (r["cfg"] == c or math.isnan(c)) for r in rows):
-                rows.append(_row(quote, source, "", c, "", "", "", "", UNTESTABLE,
-                                 "none of the samplers this claim is about is in the study"))
-    order = {q: i for i, q in enumerate((Q_CONVERGE, Q_FEWER, Q_LOW, Q_TOWARDS, Q_INDICATORS,
-                                         Q_LATER, H_ORDER))}
-    rows.sort(key=lambda r: (r["cfg"], order[r["claim"]]))
+        inputs = ClaimInputs(
+            kp[kp.cfg == c], seeds[seeds.cfg == c] if _has(seeds, "cfg") else seeds,
+            dist[dist.cfg == c] if _has(dist, "cfg") else dist,
+            limits[limits.cfg == c] if _has(limits, "cfg") else None, metric, indicative,
+            few_steps, c)
+        for e in entries:
+            got = list(e.load()(inputs))
+            rows += got or [_row(e.meta["quote"], e.meta["claim_source"], "", c, "", "", "", "",
+                                 UNTESTABLE, "none of the samplers this claim is about is in "
+                                 "the study")]
+    order = {e.meta["quote"]: i for i, e in enumerate(entries)}
+    rows.sort(key=lambda r: (r["cfg"], order.get(r["claim"], len(order))))
     return pd.DataFrame(rows, columns=columns("claims"))

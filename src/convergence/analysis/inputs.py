@@ -72,11 +72,16 @@ def load_cells(cfg: Config) -> tuple[Store, pd.DataFrame]:
         raise ConvergenceError(f"{store.root} holds cells of {df.model_hash.nunique()} model "
                                "versions and no study.json says which is current; run "
                                "`convergence run` once to record it")
-    have = df.hash.map(lambda h: store.sample_path(h).exists())
+    have = df.hash.isin(store.done_hashes())  # damaged or missing files: a missing cell
     if not have.all():
-        print(f"note: {int((~have).sum())} stored rows have no float sample (interrupted "
-              "write?) and are left out; `convergence run` redoes them")
+        bad = str(df.hash[~have].iloc[0])
+        print(f"warning: {int((~have).sum())} stored cells are damaged and left out (e.g. "
+              f"{store.describe(bad)}: {store.damaged.get(bad)}); `convergence run` recomputes them")
         df = df[have]
+        if df.empty:
+            raise ConvergenceError(f"every stored cell in {store.root} is damaged (e.g. "
+                                   f"{store.describe(bad)}: {store.damaged.get(bad)}); "
+                                   "`convergence run` recomputes them")
     df = _fill_metadata(df.reset_index(drop=True), str(df.model.iloc[0]))
     _check_config(cfg, df, store)
     return store, T.conform("cells", df[T.columns("cells")])

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from convergence.analysis.tables import GROUP
+from convergence.registry import Registry
 from convergence.store import Store, atomic_write_bytes
 
 EXACT_LIMITS = ("exact-denoised", "exact-zero", "exact-end")
@@ -38,17 +39,39 @@ def canonical_sampler(name: str, known: set[str]) -> str:
     return resolve_sampler(name).spec.name
 
 
-def pairs(df: pd.DataFrame, ref: str) -> list[tuple[int, int]]:
-    """(row, reference row) pairs of ``df`` for a cell reference name: ``highest``, ``next``
-    or ``SAMPLER@STEPS`` / ``SAMPLER@max`` (same prompt, seed and CFG scale; same schedule
-    when the other sampler ran it, else its first)."""
+def _highest(df: pd.DataFrame) -> list[tuple[int, int]]:
+    """Each cell against its curve's highest step count."""
     out: list[tuple[int, int]] = []
-    if ref in ("highest", "next"):
-        for _, g in df.groupby(GROUP, sort=False):
-            idx = list(g.sort_values("steps").index)
-            out += [(i, idx[-1]) for i in idx[:-1]] if ref == "highest" else list(
-                zip(idx[:-1], idx[1:], strict=False))
-        return out
+    for _, g in df.groupby(GROUP, sort=False):
+        idx = list(g.sort_values("steps").index)
+        out += [(i, idx[-1]) for i in idx[:-1]]
+    return out
+
+
+def _next(df: pd.DataFrame) -> list[tuple[int, int]]:
+    """Each cell against the next swept step count of its curve."""
+    out: list[tuple[int, int]] = []
+    for _, g in df.groupby(GROUP, sort=False):
+        idx = list(g.sort_values("steps").index)
+        out += list(zip(idx[:-1], idx[1:], strict=False))
+    return out
+
+
+#: cell references by name: ``fn(cells) -> [(row, reference row)]`` over the store's cell
+#: table; third parties add theirs through the ``convergence.references`` entry-point
+#: group or plugins (docs/plugins.md). ``SAMPLER@STEPS`` and the exact limits are built in.
+REFERENCES: Registry = Registry("reference", group="convergence.references")
+REFERENCES.register("highest", _highest)
+REFERENCES.register("next", _next)
+
+
+def pairs(df: pd.DataFrame, ref: str) -> list[tuple[int, int]]:
+    """(row, reference row) pairs of ``df`` for a cell reference name: a registered one
+    (``highest``, ``next``, ...) or ``SAMPLER@STEPS`` / ``SAMPLER@max`` (same prompt, seed
+    and CFG scale; same schedule when the other sampler ran it, else its first)."""
+    out: list[tuple[int, int]] = []
+    if "@" not in ref:
+        return list(REFERENCES.get(ref)(df))
     sampler, _, steps = ref.partition("@")
     cand = df[df.sampler == canonical_sampler(sampler, set(df.sampler))]
     if cand.empty:

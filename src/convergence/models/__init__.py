@@ -17,13 +17,17 @@ register_model = MODELS.register
 @register_model("analytic")
 def _analytic(model_cfg, width: int, height: int) -> Model:
     from convergence.models.analytic import AnalyticModel
+    from convergence.models.device import check_cpu_only
+    check_cpu_only(model_cfg.device, "the analytic model")
     return AnalyticModel(width, height)
 
 
 @register_model("diffusers")
 def _diffusers(model_cfg, width: int, height: int) -> Model:
+    from convergence.failures import quiet_library
     from convergence.models.diffusers_backend import load_diffusers_model
-    return load_diffusers_model(model_cfg, width, height)
+    with quiet_library():
+        return load_diffusers_model(model_cfg, width, height)
 
 
 def build_model(model_cfg, width: int, height: int) -> Model:

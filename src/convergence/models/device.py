@@ -61,6 +61,16 @@ def select_dtype(device: torch.device | str, name: str = "auto") -> torch.dtype:
     return dtype
 
 
+def check_cpu_only(name: str, what: str) -> None:
+    """A model that runs on the CPU only: ``auto``/``cpu`` are fine, any other named device
+    fails (with select_device's message if it does not exist here)."""
+    if str(name).strip().lower() in ("auto", "cpu"):
+        return
+    select_device(name)
+    raise ConvergenceError(f"model.device={name!r}: {what} runs on the CPU only (float64); "
+                           "use model.device=auto or cpu")
+
+
 def device_name(device: torch.device | str) -> str:
     """What a reader needs to judge a timing: the GPU's model name (``NVIDIA H100 80GB
     HBM3``), Apple MPS, or the CPU with its core count."""

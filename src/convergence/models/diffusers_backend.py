@@ -23,6 +23,7 @@ import torch
 from convergence.errors import ConvergenceError
 from convergence.models.base import Conditioning, Model
 from convergence.models.device import select_device, select_dtype
+from convergence.weights import weights_digest
 
 #: pipeline folders must hold these (model_index.json names the components) and a
 #: denoising network: a UNet (SD 1.x/2.x/SDXL) or a transformer (SD3)
@@ -160,6 +161,7 @@ class LatentPipelineModel(Model):
         net = self.net.config
         return {
             "name": self.name, "path": self.path, "pipeline": type(self.pipe).__name__,
+            "weights": weights_digest(self.path),  # changed weights at one path: new cells
             "dtype": str(self.dtype).replace("torch.", ""),
             "unet": {k: net.get(k) for k in ("sample_size", "in_channels", "cross_attention_dim",
                                              "block_out_channels", "layers_per_block",

@@ -7,12 +7,12 @@ re-rendered in seconds and every number on the page is also in a CSV beside it.
 
 from __future__ import annotations
 
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image
 
+from convergence.atomic import staged_dir
 from convergence.config import Config, ReportConfig
 from convergence.errors import ConvergenceError
 from convergence.report.curves import curve_figure, write_curves
@@ -66,9 +66,15 @@ def build_report(root: Path | str, rc: ReportConfig | None = None,
     rc = rc or ReportConfig()
     check_report_config(rc)
     study = load_study(root, rc.metric)
-    out = Path(out_dir) if out_dir else study.root / "report"
-    for sub in ("grids", "figures", "tables", "cells"):  # no stale files from an earlier, larger study
-        shutil.rmtree(out / sub, ignore_errors=True)
+    dest = Path(out_dir) if out_dir else study.root / "report"
+    # built aside and swapped in whole: a failure leaves the previous report as it was
+    with staged_dir(dest) as out:
+        _render(study, rc, out)
+    return dest / "index.html"
+
+
+def _render(study: StudyData, rc: ReportConfig, out: Path) -> Path:
+    """Write the report's files into the empty folder ``out``."""
     (out / "tables").mkdir(parents=True, exist_ok=True)
 
     kp_tables = keypoint_tables(study)
@@ -103,14 +109,10 @@ def build_report(root: Path | str, rc: ReportConfig | None = None,
         speed=speed, batch=batch, rates=rates, curves=curves, grids=grids, viewer=viewer,
         guide_kp=guide_kp, speed_guide=speed_guide, recipes=recipes, variety=variety,
         batch_best=_batch_best(batch), marks_note=_marks_note(study), n=rc.batch_candidates, k=rc.batch_refined,
-        verdict_col=list(claims.shown.columns).index("verdict") if claims is not None
-        and "verdict" in claims.shown.columns else -1,
         files=sorted(rel(p, out) for p in out.rglob("*")
                      if p.is_file() and p.name != "index.html" and p.parent.name != "cells"))
     index = out / "index.html"
-    tmp = index.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(index)
+    index.write_text(page, encoding="utf-8")
     return index
 
 

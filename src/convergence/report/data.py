@@ -8,6 +8,7 @@ an error that names the command to run.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,15 +106,17 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
 
     ``metric`` picks the distance drawn in curves and used for key points; by default the
     analysis' own metric (study.json), else the first metric in keypoints.csv."""
+    from convergence.store import Store
     root = Path(root)
-    table = root / "cells.parquet"
-    if not table.exists():
+    store = Store(root)
+    if not store.exists():
         raise ConvergenceError(f"no results in {root}: run `convergence run` first")
     missing = [n for n in REQUIRED if not (root / n).exists()]
     if missing:
         raise ConvergenceError(f"{root} has no {', '.join(missing)}: run `convergence analyze` first")
-    from convergence.store import Store
-    cells = Store(root).load()
+    cells = store.load()
+    intact = store.done_hashes()
+    damaged = cells[~cells["hash"].isin(intact)]
     study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
     distances = _read(root / "distances.parquet")
     keypoints = _read(root / "keypoints.csv")
@@ -135,8 +138,15 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
                          f"versions or sweeps; this report shows the {int(used.sum())} cells "
                          "the analysis scored")
             cells = cells[used].reset_index(drop=True)
+    if len(damaged):
+        h = damaged["hash"].iloc[0]
+        notes.append(f"{len(damaged)} damaged cells are left out (e.g. {store.describe(h)}: "
+                     f"{store.damaged[h]}); `convergence run` recomputes them")
+        print(f"warning: {notes[-1]}", file=sys.stderr)
+        cells = cells[cells["hash"].isin(intact)].reset_index(drop=True)
+    changed = store.changed_at()
     stale = [n for n in (*REQUIRED, *OPTIONAL)
-             if (root / n).exists() and (root / n).stat().st_mtime < table.stat().st_mtime]
+             if (root / n).exists() and (root / n).stat().st_mtime < changed]
     return StudyData(root, cells, distances, keypoints, optional["rates.csv"],
                      optional["claims.csv"], study, metric or "rmse", stale, notes,
                      optional["keypoints_seed.csv"])

@@ -97,7 +97,8 @@ VARIANTS: tuple[SchedulerVariant, ...] = (
                      description="diffusers DPM-Solver++(3M) (InvokeAI dpmpp_3m)"),
     # InvokeAI's *_k names of methods only diffusers has: its Karras sigmas
     *(SchedulerVariant(f"{cls}_karras", base, {**over, "use_karras_sigmas": True},
-                       aliases=(invoke,), description=f"{cls} with Karras sigmas (InvokeAI {invoke})")
+                       aliases=(invoke,),
+                       description=f"{cls} with Karras sigmas (InvokeAI {invoke})")
       for cls, base, over, invoke in (
           ("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
            {"algorithm_type": "dpmsolver++", "solver_order": 2}, "dpmpp_2s_k"),

@@ -16,9 +16,11 @@ from convergence.samplers.registry import register_sampler
 _KARRAS = "karras"
 
 
-def _reg(name, fn, *, a1111=None, invoke=None, aliases=(), **meta):
-    """``invoke``: the InvokeAI 3/4 scheduler name; its ``_k`` form fixes Karras."""
+def _reg(name, fn, *, a1111=None, invoke=None, aliases=(), karras=(), **meta):
+    """``invoke``: the InvokeAI 3/4 scheduler name; its ``_k`` form fixes Karras, as do
+    the names in ``karras``."""
     scheduled = {f"{invoke}_k": _KARRAS} if invoke else {}
+    scheduled.update(dict.fromkeys(karras, _KARRAS))
     aliases = (*aliases, invoke) if invoke else aliases
     if a1111:
         scheduled[f"{a1111} Karras"] = _KARRAS
@@ -48,13 +50,17 @@ _reg("dpmpp_2s_ancestral", ks.sample_dpmpp_2s_ancestral, stochastic=True, nfe_pe
 _reg("dpmpp_sde", ks.sample_dpmpp_sde, stochastic=True, noise="brownian", nfe_per_step=2,
      nfe_offset=-1, a1111="DPM++ SDE", invoke="dpmpp_sde", aliases=("dpmpp_sde_gpu",),
      description="DPM-Solver++ SDE (stochastic, 2 NFE/step)")
+# InvokeAI 2.3 called it k_dpmpp_2 (k_dpmpp_2_karras)
 _reg("dpmpp_2m", ks.sample_dpmpp_2m, a1111="DPM++ 2M", order=2, invoke="dpmpp_2m",
+     aliases=("k_dpmpp_2",), karras=("k_dpmpp_2_karras",),
      description="DPM-Solver++(2M) (2nd order multistep)")
 # ComfyUI's *_gpu variants draw the same Brownian noise on the GPU: the same method
 _reg("dpmpp_2m_sde", ks.sample_dpmpp_2m_sde, stochastic=True, noise="brownian",
-     invoke="dpmpp_2m_sde", aliases=("dpmpp_2m_sde_gpu",), a1111="DPM++ 2M SDE", description="DPM-Solver++(2M) SDE (stochastic)")
+     invoke="dpmpp_2m_sde", aliases=("dpmpp_2m_sde_gpu",), a1111="DPM++ 2M SDE",
+     description="DPM-Solver++(2M) SDE (stochastic)")
 _reg("dpmpp_3m_sde", ks.sample_dpmpp_3m_sde, stochastic=True, noise="brownian",
-     aliases=("dpmpp_3m_sde_gpu",), a1111="DPM++ 3M SDE", description="DPM-Solver++(3M) SDE (stochastic)")
+     aliases=("dpmpp_3m_sde_gpu",), a1111="DPM++ 3M SDE",
+     description="DPM-Solver++(3M) SDE (stochastic)")
 
 
 def _positive(sigmas):
