@@ -15,6 +15,27 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: test layers by file (README "Tests"); a file or test with its own layer marker keeps it
+LAYERS = {
+    "e2e": {"test_cli", "test_failures", "test_scale", "test_analysis_cli", "test_install",
+            "test_check", "test_bench", "test_adaptive"},
+    "integration": {"test_runner_store", "test_store_integrity", "test_concurrent", "test_report",
+                    "test_report_inputs", "test_report_guide", "test_analysis_inputs",
+                    "test_analysis_grids", "test_diffusers_backend", "test_diffusers_pipelines",
+                    "test_gather"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test gets a layer marker (unit, integration or e2e) unless it has one: `pytest -m unit`."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in ("unit", "integration", "e2e")):
+            continue
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        layer = next((k for k, files in LAYERS.items() if module in files), "unit")
+        item.add_marker(getattr(pytest.mark, layer))
+
+
 def pytest_configure(config):
     # the analytic model's matrices are small; threads only add contention on 2 cores
     import torch

@@ -180,7 +180,12 @@ def test_the_table_covers_at_least_30_cases():
     assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+#: building and saving the tiny pickle pipeline takes ~10 s
+SLOW = {"pickle weights"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.id in SLOW else c
+                                  for c in CASES], ids=[c.id for c in CASES])
 def test_failure_is_one_line(case, tmp_path, capsys, monkeypatch, request):
     results = tmp_path / "results"
     if case.stored:

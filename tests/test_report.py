@@ -90,6 +90,19 @@ def test_report_writes_page_figures_and_tables(study):
     assert len(list((report / "cells").iterdir())) == 48  # every cell, for the viewer
 
 
+def test_rates_show_an_order_only_where_accepted(study):
+    """The fixture accepts one sampler's order: that row shows the number, every other row
+    says pre-asymptotic instead of printing a fit."""
+    root, index = study
+    rates = pd.read_csv(root / "rates.csv")
+    shown = pd.read_csv(index.parent / "tables" / "rates.csv")
+    assert len(shown) == len(rates)
+    section = index.read_text().split('id="rates"')[1].split("<h2")[0]
+    accepted = rates[rates["asymptotic"]].iloc[0]
+    assert f"{accepted['order']:.3g}" in section
+    assert section.count("pre-asymptotic") >= int((~rates["asymptotic"]).sum())
+
+
 def test_prompt_with_script_tag_is_shown_as_text(study):
     root, index = study
     text = index.read_text()

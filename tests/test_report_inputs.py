@@ -98,7 +98,10 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
         rate_rows.append({"level": "all", "topic": "all", "sampler": sampler, "schedule": schedule, "cfg": cfg,
                           "x": "nfe", "reference": "highest", "metric": metric, "a": np.exp(loga),
                           "b": b, "b_lo": min(bs, default=b), "b_hi": max(bs, default=b),
-                          "n_seeds": g["seed"].nunique()})
+                          "n_seeds": g["seed"].nunique(), "x_lo": g["nfe"].min(),
+                          "x_hi": g["nfe"].max(), "slopes": "", "order": -b,
+                          # one sampler's order accepted, the others pre-asymptotic
+                          "asymptotic": not rate_rows})
     pd.DataFrame(rate_rows).to_csv(root / "rates.csv", index=False)
     pd.DataFrame([{"claim": "heun converges in fewer steps than euler",
                    "measurement": "median converged steps, heun vs euler", "value": 0.5,

@@ -38,12 +38,12 @@ class BucketedCall:
     """``denoise`` called on row counts from :func:`row_buckets` only, optionally compiled."""
 
     def __init__(self, denoise: DenoiseCall, row_budget: int, compile: bool = False,
-                 device_type: str = "cpu"):
+                 device_type: str = "cpu", backend: str = "inductor"):
         self.buckets = row_buckets(row_budget)
         self.compiled = compile
         if compile:
-            mode = "reduce-overhead" if device_type == "cuda" else "default"
-            denoise = torch.compile(denoise, dynamic=False, mode=mode)
+            mode = "reduce-overhead" if device_type == "cuda" and backend == "inductor" else None
+            denoise = torch.compile(denoise, dynamic=False, mode=mode, backend=backend)
         self.denoise = denoise
         self.shapes: set[int] = set()
 

@@ -136,7 +136,8 @@ class Gatherer:
     model calls). ``on_done(job, result, ledger)`` runs in the calling thread as each job
     finishes, so results can be stored while the others continue."""
 
-    def __init__(self, denoise: DenoiseCall, row_budget: int):
+    def __init__(self, denoise: DenoiseCall, row_budget: int,
+                 lock: threading.RLock | None = None):
         if row_budget < 1:
             raise ValueError(f"row budget must be >= 1, got {row_budget}")
         self.denoise = denoise
@@ -144,6 +145,8 @@ class Gatherer:
         self.stats = CallStats()
         self.cv = threading.Condition()
         self.cancelled = False
+        #: held during model calls; jobs hold it to encode prompts and decode (models.base.model_lock)
+        self.lock = lock or threading.RLock()
 
     # -- model calls ----------------------------------------------------------------
     @torch.no_grad()
@@ -158,11 +161,12 @@ class Gatherer:
         for lo in range(0, n, self.row_budget):
             hi = min(n, lo + self.row_budget)
             part = cond if hi - lo == n else take_rows(cond, lo, hi)
-            start = time.perf_counter()
-            out = self.denoise(xs[lo:hi], sigmas[lo:hi], part)
-            if out.device.type == "cuda":
-                torch.cuda.synchronize(out.device)
-            dt = time.perf_counter() - start
+            with self.lock:
+                start = time.perf_counter()
+                out = self.denoise(xs[lo:hi], sigmas[lo:hi], part)
+                if out.device.type == "cuda":
+                    torch.cuda.synchronize(out.device)
+                dt = time.perf_counter() - start
             self.stats.record(hi - lo, dt)
             seconds += dt
             outs.append(out)

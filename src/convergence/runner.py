@@ -27,6 +27,7 @@ from convergence.models.base import (
     GuidedDenoiser,
     Model,
     NonFiniteSample,
+    model_lock,
 )
 from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand, rows_per_cell
@@ -69,7 +70,8 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
     counter = CountingDenoiser(GuidedDenoiser(model, call))
     start = time.perf_counter()
     with torch.no_grad():
-        cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
+        with model_lock(model):
+            cond = model.encode_prompts([c.prompt for c in cells], [c.topic for c in cells])
         extra_args = {"conditioning": cond, "cfg_scale": first.cfg}
         ctx = SamplingContext(noise=CellNoise(seeds), steps=first.steps,
                               alphas_cumprod=model.alphas_cumprod, options=dict(options or {}),
@@ -83,7 +85,8 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
         if bad:
             raise ConvergenceError("NaN/inf in the final sample of "
                                    + "; ".join(describe(cells[r]) for r in bad))
-        images = model.decode(out)
+        with model_lock(model):
+            images = model.decode(out)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -172,7 +175,7 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
                 wave = _claim_wave(leases, batches(pending, budget), progress.finished,
                                    max(16, 4 * budget))
                 if wave:  # a gatherer per wave (a finished one stays cancelled)
-                    wave_stats = Gatherer(call, budget).run(
+                    wave_stats = Gatherer(call, budget, lock=model_lock(model)).run(
                         _jobs(model, wave, cfg.sampler_options), store_batch)
                     stats.calls += wave_stats.calls
                     stats.rows += wave_stats.rows

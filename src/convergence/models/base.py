@@ -11,6 +11,7 @@ measured rather than looked up. :class:`GuidedDenoiser` sends its rows to a ``ca
 from __future__ import annotations
 
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -106,6 +107,20 @@ class Model(ABC):
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Model) -> threading.RLock:
+    """One lock per model: the runner calls a model from several threads (the gatherer's
+    model calls, each batch's prompt encoding and decoding), and parts of a pipeline are
+    not thread-safe (a fast tokenizer's padding state is shared), so they take turns."""
+    with _LOCKS_GUARD:
+        lock = model.__dict__.get("_call_lock")
+        if lock is None:
+            lock = model.__dict__["_call_lock"] = threading.RLock()
+        return lock
 
 
 def cat_rows(parts: list[Any]) -> Any:

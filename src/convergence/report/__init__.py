@@ -109,8 +109,6 @@ def _render(study: StudyData, rc: ReportConfig, out: Path) -> Path:
         speed=speed, batch=batch, rates=rates, curves=curves, grids=grids, viewer=viewer,
         guide_kp=guide_kp, speed_guide=speed_guide, recipes=recipes, variety=variety,
         batch_best=_batch_best(batch), marks_note=_marks_note(study), n=rc.batch_candidates, k=rc.batch_refined,
-        verdict_col=list(claims.shown.columns).index("verdict") if claims is not None
-        and "verdict" in claims.shown.columns else -1,
         files=sorted(rel(p, out) for p in out.rglob("*")
                      if p.is_file() and p.name != "index.html" and p.parent.name != "cells"))
     index = out / "index.html"

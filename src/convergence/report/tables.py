@@ -310,44 +310,74 @@ def batch_headline(table: Table) -> pd.DataFrame:
                  "A_seconds", "B_seconds", "speedup_seconds", "speedup_nfe"]].reset_index(drop=True)
 
 
+def _order_cell(row) -> str:
+    """An order only where the analysis accepted it (local slopes agree); else say why not."""
+    if bool(row.get("asymptotic")) and pd.notna(row.get("order")):
+        return f"{_fmt_num(row['order'], 3)} [{_fmt_num(-row['b_hi'], 3)}, {_fmt_num(-row['b_lo'], 3)}]"
+    return "pre-asymptotic"
+
+
 def rates_table(study: StudyData) -> Table | None:
-    """Fitted convergence rate b (d ∝ x^b) with its bootstrap interval, over all topics."""
+    """Orders of convergence (d ∝ x^-order), each with its step range and the local slopes of
+    successive doublings it was judged on; an order is shown only where they agree."""
     r = study.rates
     if r is None or r.empty:
         return None
-    r = r[r["metric"] == study.metric] if "metric" in r else r
+    if "metric" in r:  # rates are fitted in their own metric (rmse), not the key points' scale
+        r = r[r["metric"] == (study.metric if study.metric in set(r["metric"]) else r["metric"].iloc[0])]
     allt = r[r["topic"].astype(str) == "all"] if "topic" in r else r
     if allt.empty:
         allt = r
     order = {s: i for i, s in enumerate(study.samplers)}
     keys = [k for k in ("x", "reference", "sampler") if k in allt]
     allt = allt.sort_values(keys, key=lambda s: s.map(order) if s.name == "sampler" else s)
+    def col(name: str, default=math.nan) -> pd.Series:  # older rates.csv lack the range columns
+        return allt[name] if name in allt else pd.Series(default, index=allt.index)
+
     shown = pd.DataFrame({"sampler": allt["sampler"], "schedule": allt["schedule"], "x": allt["x"],
-                          "reference": allt.get("reference", pd.Series("", index=allt.index)),
-                          "b": allt["b"].map(lambda v: _fmt_num(v, 3)),
-                          "95% interval": [f"[{_fmt_num(lo, 3)}, {_fmt_num(hi, 3)}]"
-                                           for lo, hi in zip(allt["b_lo"], allt["b_hi"], strict=False)],
+                          "reference": col("reference", ""),
+                          "order [95% interval]": [_order_cell(row) for _, row in allt.iterrows()],
+                          "range": [f"{_fmt_num(lo, 3)}–{_fmt_num(hi, 3)}" if pd.notna(lo) else "–"
+                                    for lo, hi in zip(col("x_lo"), col("x_hi"), strict=True)],
+                          "local slopes": col("slopes", "").fillna(""),
                           "seeds": allt["n_seeds"]})
     groups = []
     for (x, ref), g in shown.groupby(["x", "reference"], sort=False):
-        b = pd.to_numeric(allt.loc[g.index, "b"], errors="coerce")
-        span = f"b from {_fmt_num(b.min(), 3)} to {_fmt_num(b.max(), 3)}" if b.notna().any() else "no fit"
-        groups.append((f"against {x}, reference {ref}: {len(g)} samplers, {span}",
-                       g.drop(columns=["x", "reference"]), x == "nfe" and ref == study.reference))
+        accepted = int((g["order [95% interval]"] != "pre-asymptotic").sum())
+        groups.append((f"against {x}, reference {ref}: {len(g)} samplers, {accepted} with an "
+                       "asymptotic order", g.drop(columns=["x", "reference"]),
+                       x == "nfe" and ref.startswith("exact")))
     if groups and not any(o for *_, o in groups):
         groups[0] = (*groups[0][:2], True)
-    return Table("rates", "Convergence rate: d(x) = a·(x^b − x_ref^b), all topics", r, shown,
-                 "b < 0; more negative = faster convergence per unit of x. Grouped by the x axis "
-                 "and the reference; the one the key points use is open. Per-topic and per-seed "
-                 "fits are in rates.csv.", groups)
+    return Table("rates", "Orders of convergence, all topics", r, shown,
+                 "An order is a measurement only in its asymptotic range: it is shown where the "
+                 "local slopes of the last successive doublings agree (docs/analysis.md), "
+                 "otherwise the row says pre-asymptotic and no claim is decided from it. "
+                 "Per-topic and per-seed fits are in rates.csv.", groups)
 
 
 def claims_table(study: StudyData) -> Table | None:
-    """The guide's claims, each with the measurement that tests it and a verdict."""
+    """The guide's claims, one group per claim (its words, source and measurement once),
+    one row per sampler and CFG scale: the value, the verdict and a link to the cells."""
     c = study.claims
     if c is None or c.empty:
         return None
-    shown = c.copy()
-    if "value" in shown:
-        shown["value"] = shown["value"].map(lambda v: _fmt_num(v) if isinstance(v, float) else v)
-    return Table("claims", "The guide's claims, checked against this study", c, shown.fillna(""))
+    c = c.fillna("")
+    cols = [k for k in ("sampler", "cfg", "value", "verdict", "details") if k in c]
+    groups = []
+    for (claim, source, measurement), g in c.groupby(
+            [k if k in c else pd.Series("", index=c.index) for k in ("claim", "source", "measurement")],
+            sort=False):
+        shown = g[cols].copy()
+        if "value" in shown:
+            shown["value"] = shown["value"].map(lambda v: _fmt_num(v) if isinstance(v, float) else v)
+        if "anchor" in g:
+            shown["cells"] = [(str(a), str(cells)) for a, cells in zip(g["anchor"], g.get(
+                "cells", g["anchor"]), strict=False)]
+        who = "the guide" if source == "guide" else "the harness's own claim"
+        groups.append((f"“{claim}” ({who})", shown, str(measurement)))
+    shown_all = c[cols]
+    return Table("claims", "The guide's claims, checked against this study", c, shown_all,
+                 "One row per sampler and CFG scale; 'cells' links to the table or figure that "
+                 "holds the cells the verdict was decided on (claims.csv has them in full).",
+                 groups)
