@@ -32,9 +32,6 @@ class PromptConfig:
 class ModelConfig:
     #: registry name: "analytic" (embedded, default) or "diffusers" (or a plugin's)
     name: str = "analytic"
-    #: or a factory ``fn(model_cfg, width, height) -> Model`` (Hydra ``_target_``,
-    #: docs/plugins.md); registered under ``name`` (default: this path)
-    _target_: Optional[str] = None
     #: hub id or local folder (diffusers)
     path: Optional[str] = None
     #: "auto" picks cuda, then mps, then cpu
@@ -53,6 +50,9 @@ class ModelConfig:
     #: compiled model calls (torch.compile; CUDA graphs on CUDA) on row buckets; off until
     #: a GPU measurement shows a gain (docs/batching.md)
     compile: bool = False
+    #: instead of a registered name: a factory ``fn(model_cfg, width, height) -> Model``
+    #: (Hydra ``_target_``, docs/plugins.md), registered under ``name`` (default: this path)
+    _target_: Optional[str] = None
 
 
 @dataclass
