@@ -34,6 +34,8 @@ from convergence.config import to_config
 from convergence.models.analytic import AnalyticModel
 from convergence.plan import expand
 from convergence.store import Store
+from convergence.writers import fork_writer as writer
+from convergence.writers import wait_writer as wait
 
 PROMPTS = [{"topic": "food", "seed": 4053222918, "text": "a hamburger with a bowl of french fries"},
            {"topic": "people", "seed": 2131956332, "text": "Ultra realistic photo"}]
@@ -46,33 +48,6 @@ def study(results: Path, steps=(2, 4, 8, 16), samplers=("euler", "heun", "euler_
                       "seeds_per_prompt": 2, "samplers": list(samplers), "steps": list(steps),
                       "width": 32, "height": 32, "batch_size": 4, "progress": False,
                       "claim_seconds": 30.0})
-
-
-def writer(cfg, model, log: Path) -> int:
-    """Fork a writer process that logs each computation before it starts; returns its pid."""
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 0
-    try:
-        import convergence.runner as runner
-        real = runner.sample_batch
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-
-        def logged(m, cells, *args):
-            os.write(fd, "".join(f"{c.hash}\n" for c in cells).encode())
-            return real(m, cells, *args)
-
-        runner.sample_batch = logged
-        runner.run_study(cfg, model)
-    except BaseException as e:  # noqa: BLE001 - report and exit with a status
-        print(f"writer {os.getpid()} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        code = 1
-    os._exit(code)
-
-
-def wait(pid: int) -> int:
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def image_digests(store: Store, hashes) -> dict[str, str]:

@@ -12,36 +12,10 @@ import pytest
 
 from convergence.runner import run_study
 from convergence.store import Store
+from convergence.writers import fork_writer as _writer
+from convergence.writers import wait_writer as _wait
 
 pytestmark = [pytest.mark.concurrent, pytest.mark.integration]
-
-
-def _writer(cfg, model, log) -> int:
-    """Fork a writer that logs every cell it starts computing; returns its pid."""
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 0
-    try:
-        import convergence.runner as runner
-        real = runner.sample_batch
-
-        def logged(m, cells, *args):
-            with open(log, "a") as f:
-                f.write("".join(f"{c.hash}\n" for c in cells))
-            return real(m, cells, *args)
-
-        runner.sample_batch = logged
-        run_study(cfg, model)
-    except BaseException:  # noqa: BLE001 - the parent sees the status
-        import traceback
-        traceback.print_exc()
-        code = 1
-    os._exit(code)
-
-
-def _wait(pid: int) -> int:
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def _images(store: Store) -> dict[str, bytes]:
