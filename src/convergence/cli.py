@@ -187,7 +187,7 @@ def list_samplers() -> None:
     from convergence.samplers.schedules import schedule_names
     for name, spec in available_samplers().items():
         kind = "stochastic" if spec.stochastic else "deterministic"
-        alias = ", ".join(spec.aliases)
+        alias = ", ".join(dict.fromkeys(a for a in spec.aliases if a.lower() != name.lower()))
         nfe = "adaptive" if spec.nfe_per_step is None else (
             f"{spec.nfe_per_step:g}/step" + (f"{spec.nfe_offset:+d}" if spec.nfe_offset else ""))
         order = "-" if spec.order is None else f"{spec.order:g}"
