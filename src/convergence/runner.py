@@ -103,13 +103,16 @@ def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
 def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict:
     """What the analysis needs to know about a cell without importing the samplers or
     building a model: the sampler's family and stochasticity, and the sigma span the
-    exact references start and stop at (stored in each cell row)."""
+    exact references start and stop at, and the range the image clips the sample to
+    (stored in each cell row)."""
     spec = resolve_sampler(sampler).spec
     s = get_sigmas(model, schedule, steps)
     return {"family": spec.family, "stochastic": bool(spec.stochastic),
             "sigma_start": float(s[0]), "noise_scale": start_noise_scale(spec.family, float(s[0])),
             "sigma_min": float(s[s > 0].min()),
-            "stops_above_zero": bool(s[-1] > 0)}
+            "stops_above_zero": bool(s[-1] > 0),
+            "display_lo": float(model.display_range[0]),
+            "display_hi": float(model.display_range[1])}
 
 
 #: a cell whose float sample leaves the data's range (about 1: pixels in [-1, 1], SD latents

@@ -50,6 +50,10 @@ def check_options(a: AnalysisConfig) -> None:
     """Reject analysis settings that cannot work, naming the value (before any work)."""
     if a.on_missing not in ("error", "warn"):
         raise ConvergenceError(f"analysis.on_missing must be 'error' or 'warn', got {a.on_missing!r}")
+    if a.metric in a.rate_metrics:
+        raise ConvergenceError(f"analysis.metric={a.metric!r} is also in analysis.rate_metrics: "
+                               "key points are measured on the displayed (clipped) sample, "
+                               "rates on the unclipped floats; use different metrics")
     if not M.get_metric(a.metric).lower_is_better:
         raise ConvergenceError(f"analysis.metric={a.metric!r} is a similarity (higher is better); "
                                "key points need a distance: rel_rmse, rmse, mse or gmsd")

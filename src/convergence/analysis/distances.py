@@ -1,5 +1,10 @@
 """Distances: one row per cell x metric x reference, plus each cell's residual-noise
-estimate (metric ``noise``, reference ``self``), written to distances.parquet."""
+estimate (metric ``noise``, reference ``self``), written to distances.parquet.
+
+Model-space metrics are measured on what is displayed (the float sample clipped to the
+model's display range, :func:`displayed`): the key points and verdicts must agree with the
+pictures. The rate metrics (``analysis.rate_metrics``) stay on the unclipped floats:
+orders of accuracy need a smooth map, and clipping is not one."""
 
 from __future__ import annotations
 
@@ -30,11 +35,21 @@ def noise_estimate(x: np.ndarray) -> np.ndarray:
     return (r * math.sqrt(math.pi / 2) / 6 / scale).numpy()
 
 
+def displayed(x: np.ndarray, cells: pd.DataFrame) -> np.ndarray:
+    """Each cell's float sample clipped to its recorded display range (what its image
+    shows; a range of +-inf, as for latents, leaves the sample as it is)."""
+    shape = (-1,) + (1,) * (np.ndim(x) - 1)
+    return np.clip(x, cells.display_lo.to_numpy(np.float64).reshape(shape),
+                   cells.display_hi.to_numpy(np.float64).reshape(shape))
+
+
 def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np.ndarray,
                       model=None, progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The distances table and one-line notes on what was skipped. ``model`` is the
     analytic model when exact references are wanted (None elsewhere)."""
     names, notes = M.available(list(dict.fromkeys([a.metric, *a.metrics])))
+    shown = displayed(samples, cells)
+    floats = set(a.rate_metrics)
     images = np.stack([store.load_image(h) for h in cells.hash]) if any(
         M.get_metric(n).space == "image" for n in names) else None
     refs = list(dict.fromkeys(["next", a.reference, *a.references]))
@@ -62,14 +77,15 @@ def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samp
             spec = M.get_metric(n)
             if spec.space == "image" and (ref not in a.image_references or ref == "next"):
                 continue
-            x, r = (samples[i], samples[j]) if spec.space == "sample" else (images[i], images[j])
+            x = (samples if n in floats else shown) if spec.space == "sample" else images
+            x, r = x[i], x[j]
             emit(i, ref, n, M.compute(n, x, r), list(cells.hash.iloc[j]))
     if "exact" in refs:
         if model is None:
             notes.append("exact references: this model has no exact solution; skipped")
         else:
             _exact(a, store, cells, samples, images, model, names, notes, emit, progress)
-    emit(np.arange(len(cells)), "self", "noise", noise_estimate(samples), [""] * len(cells))
+    emit(np.arange(len(cells)), "self", "noise", noise_estimate(shown), [""] * len(cells))
     return pd.concat(out, ignore_index=True), notes
 
 
@@ -90,8 +106,12 @@ def _exact(a, store, cells, samples, images, model, names, notes, emit, progress
         at = rows[k]
         ref = np.stack([lim[n][name] for n in k]).astype(np.float64)
         for n in names:
-            if M.get_metric(n).space == "sample":
+            if M.get_metric(n).space == "sample" and n in a.rate_metrics:
                 emit(at, name, n, M.compute(n, samples[at], ref), [""] * len(at))
+            elif M.get_metric(n).space == "sample":
+                c = cells.iloc[at]
+                emit(at, name, n, M.compute(n, displayed(samples[at], c), displayed(ref, c)),
+                     [""] * len(at))
             elif name in a.image_references:
                 img = model.decode(torch.from_numpy(ref))
                 emit(at, name, n, M.compute(n, images[at], img), [""] * len(at))

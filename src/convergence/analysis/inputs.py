@@ -22,7 +22,7 @@ from convergence.store import Store
 
 #: per-cell metadata the runner records (convergence.runner.cell_metadata)
 META_COLUMNS = ("family", "stochastic", "sigma_start", "noise_scale", "sigma_min",
-                "stops_above_zero")
+                "stops_above_zero", "display_lo", "display_hi")
 
 
 def study_model_hash(root: Path) -> str | None:

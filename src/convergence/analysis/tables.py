@@ -26,7 +26,9 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
     # what the analysis needs of each stored cell (cells.parquet holds more)
     "cells": [*_CELL, ("model_hash", "str"), ("width", "int"), ("height", "int"),
               ("family", "str"), ("stochastic", "bool"), ("sigma_start", "float"),
-              ("noise_scale", "float"), ("sigma_min", "float"), ("stops_above_zero", "bool")],
+              ("noise_scale", "float"), ("sigma_min", "float"), ("stops_above_zero", "bool"),
+              # the range the image clips the sample to (+-inf: none); key points use it
+              ("display_lo", "float"), ("display_hi", "float")],
     "distances": [*_CELL, ("reference", "str"), ("ref_hash", "str"), ("metric", "str"),
                   ("value", "float")],
     # key points of one curve (one prompt x seed), before any aggregation

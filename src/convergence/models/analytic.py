@@ -119,6 +119,8 @@ class AnalyticModel(Model):
     """Gaussian-mixture diffusion model with an exact denoiser (float64 on the CPU)."""
 
     name = "analytic"
+    #: pixels: the PNG clips the float sample to [-1, 1] (:meth:`decode`)
+    display_range = (-1.0, 1.0)
 
     def __init__(self, width: int = 64, height: int = 64, spec: MixtureSpec | None = None):
         self.spec = spec or MixtureSpec()

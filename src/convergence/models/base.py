@@ -50,6 +50,9 @@ class Model(ABC):
     alphas_cumprod: torch.Tensor | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    #: the range of the float sample a person sees (the image clips it there); key points
+    #: are measured on the sample clipped to it. (-inf, inf): no such range (latents)
+    display_range: tuple[float, float] = (-math.inf, math.inf)
 
     @property
     def sample_dtype(self) -> torch.dtype:
