@@ -262,10 +262,11 @@ def _nfe_row(spec: SamplerSpec, nfe: dict[int, int]) -> Row:
 
 
 def slopes(errors: dict[int, float]) -> list[float]:
-    """Local slopes log2(e(n) / e(2n)) of successive doublings."""
+    """Local slopes of successive doublings (the analysis' ``local_slopes`` against a limit:
+    -dlog e / dlog n, here log2(e(n) / e(2n)))."""
+    from convergence.analysis.rates import local_slopes
     n = sorted(errors)
-    return [math.log2(errors[a] / errors[b]) if errors[a] > 0 and errors[b] > 0 else math.nan
-            for a, b in zip(n, n[1:], strict=False)]
+    return [float(v) for v in local_slopes(n, [errors[k] for k in n])[1]]
 
 
 def empirical_order(errors: dict[int, float]) -> tuple[float | None, str]:
