@@ -33,6 +33,7 @@ import pandas as pd
 from convergence import metrics as M
 from convergence.analysis.distances import noise_estimate
 from convergence.analysis.keypoints import POINTS, curve_points, earliest_from_which
+from convergence.analysis.pictures import load_pictures
 from convergence.analysis.tables import GROUP
 from convergence.config import AnalysisConfig, Config
 from convergence.errors import ConvergenceError
@@ -152,9 +153,13 @@ def _crossing(lo: int, hi: int, top: int, d_lo: float, d_hi: float, thr: float) 
 
 
 def _measure(curve: Curve, new: set[int], store: Store, a: AnalysisConfig) -> None:
-    """Distance, noise and change to ``s + 1`` of the newly run step counts."""
+    """Distance, noise and change to ``s + 1`` of the newly run step counts, measured on
+    each cell's picture as the analysis measures it (analysis/pictures.py)."""
+    rows = store.load().set_index("hash", drop=False)
     for s in new:
-        curve.samples[s] = store.load_sample(curve.cell(s).hash).astype(np.float64)[None]
+        h = curve.cell(s).hash
+        curve.samples[s] = load_pictures(store, rows.loc[[h]],
+                                         store.load_sample(h).astype(np.float64)[None])[0]
     ref = curve.samples[curve.top]
     for s in sorted(new):
         x = curve.samples[s]

@@ -3,7 +3,9 @@
 Every metric is one decorated function over a whole batch (so scoring a study is a few
 vectorised calls, not one call per pair) and returns one value per row. Metrics on
 ``space="sample"`` see the float samples in model space (PNG quantisation would hide every
-difference below 1/255); metrics on ``space="image"`` see uint8 RGB images as people do.
+difference below 1/255); metrics on ``space="image"`` see RGB pictures as people do: the
+analysis hands them float32 in [0, 1] (the decoded image before 8-bit rounding, or the
+analytic model's clipped sample), and uint8 images are accepted too (divided by 255).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ MetricFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class MetricSpec:
     name: str
     fn: MetricFn
-    #: "sample" (float arrays in model space, (B, ...)) or "image" (uint8 (B, H, W, 3))
+    #: "sample" (float arrays in model space, (B, ...)) or "image" ((B, H, W, 3) RGB: float
+    #: in [0, 1], or uint8)
     space: str
     #: False for similarities (psnr, ssim, haarpsi): a key-point threshold is then a floor
     lower_is_better: bool = True
@@ -113,17 +116,25 @@ def rel_rmse(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 # -- images -----------------------------------------------------------------------------
+def unit_image(img: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) RGB as float32 in [0, 1]: uint8 divided by 255, floats as they are."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    return np.asarray(img, dtype=np.float32)
+
+
 def _to_unit_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    """(B, H, W, 3) RGB (uint8 or floats in [0, 1]) -> float32 (B, 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(unit_image(img))).permute(0, 3, 1, 2)
 
 
 @register_metric("psnr", space="image", lower_is_better=False,
                  description="peak signal-to-noise ratio in dB (inf for identical images)")
 def psnr(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    err = ((x.astype(np.float64) - ref.astype(np.float64)) ** 2).reshape(len(x), -1).mean(1)
+    d = unit_image(x).astype(np.float64) - unit_image(ref)
+    err = (d**2).reshape(len(x), -1).mean(1)
     with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(255.0**2 / err)
+        return 10.0 * np.log10(1.0 / err)
 
 
 def _gauss_valid(t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -181,8 +192,8 @@ def flip(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     import flip_evaluator
     out = np.empty(len(x))
     for i in range(len(x)):  # the library takes one pair per call
-        a = np.ascontiguousarray(ref[i], dtype=np.float32) / 255.0
-        b = np.ascontiguousarray(x[i], dtype=np.float32) / 255.0
+        a = np.ascontiguousarray(unit_image(ref[i:i + 1])[0])
+        b = np.ascontiguousarray(unit_image(x[i:i + 1])[0])
         out[i] = flip_evaluator.evaluate(a, b, "LDR", applyMagma=False)[1]
     return out
 
@@ -212,7 +223,7 @@ _LPIPS_NETS: dict[tuple, torch.nn.Module] = {}
 
 
 def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None = None) -> np.ndarray:
-    """LPIPS between uint8 image batches; ``net`` lets tests pass an untrained network."""
+    """LPIPS between RGB image batches; ``net`` lets tests pass an untrained network."""
     if net is None:
         key = (LPIPS_NET,)
         if key not in _LPIPS_NETS:

@@ -47,6 +47,8 @@ class BatchResult:
     model_evals: float          # rows evaluated per image (CFG doubles it)
     seconds: float              # wall time of the batch
     model_seconds: float        # of which inside the model
+    #: float (B, H, W, 3) before 8-bit rounding, for latent models (Model.decode_both)
+    decoded: np.ndarray | None = None
 
 
 def describe(cell: Cell) -> str:
@@ -86,12 +88,13 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
             raise ConvergenceError("NaN/inf in the final sample of "
                                    + "; ".join(describe(cells[r]) for r in bad))
         with model_lock(model):
-            images = model.decode(out)
+            images, decoded = model.decode_both(out)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return BatchResult(out.detach().cpu(), images, counter.calls,
-                       counter.rows_evaluated / len(cells), seconds, counter.model_seconds)
+                       counter.rows_evaluated / len(cells), seconds, counter.model_seconds,
+                       decoded)
 
 
 def _sample_array(model: Model, sample: torch.Tensor) -> np.ndarray:
@@ -275,8 +278,9 @@ def _jobs(model: Model, plan: list[list[Cell]], options: dict | None) -> list[Jo
 
 def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, ledger: Ledger,
                budget: int) -> list[dict]:
-    """Write a finished batch: sample, image and one table row per cell (with the files'
-    sha256 and whether the sample diverged); returns the rows."""
+    """Write a finished batch: sample, image, decoded float image (latent models) and one
+    table row per cell (with the files' sha256 and whether the sample diverged); returns
+    the rows."""
     rows = []
     meta = cell_metadata(model, batch[0].sampler, batch[0].schedule, batch[0].steps)
     for i, cell in enumerate(batch):
@@ -290,6 +294,7 @@ def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, 
             "row_budget": budget, "device": str(model.device),
             **store.write_image(cell.hash, res.images[i]),
             **store.write_sample(cell.hash, _sample_array(model, res.samples[i])),
+            **store.write_decoded(cell.hash, None if res.decoded is None else res.decoded[i]),
             "max_abs": max_abs, "diverged": max_abs > DIVERGENCE_FACTOR,
         })
     store.append_rows(rows)

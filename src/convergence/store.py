@@ -1,5 +1,6 @@
 """The results store of one study: a table of cells plus one PNG and one float sample
-per cell, addressed by the cell's content hash.
+per cell (and, for models whose sample is a latent, the VAE-decoded float image), addressed
+by the cell's content hash.
 
 The table is the union of ``cells.parquet`` (compacted rows) and ``parts/*.parquet``:
 every writer appends its own part files and never rewrites another's, so several runs
@@ -8,8 +9,8 @@ the newest row per cell hash winning; ``compact`` folds the parts into ``cells.p
 under a lock. Every file is written to a temporary name and renamed into place, so a
 killed writer never leaves a half-written file behind a real name.
 
-Each row records the sha256 of its image and of its float sample; a file that is
-missing, unreadable or does not match is a *damaged* cell: ``run`` recomputes it,
+Each row records the sha256 of its image, of its float sample and of its decoded image
+(where it has one); a file that is missing, unreadable or does not match is a *damaged* cell: ``run`` recomputes it,
 ``analyze`` and ``report`` name it, ``convergence verify`` lists it.
 """
 
@@ -39,7 +40,14 @@ TABLE = "cells.parquet"
 PARTS = "parts"
 CLAIMS = "claims"
 #: columns of the per-file checksums
-CHECKSUMS = {"image": "image_sha256", "sample": "sample_sha256"}
+CHECKSUMS = {"image": "image_sha256", "sample": "sample_sha256", "decoded": "decoded_sha256"}
+#: what each kind of per-cell file is called in messages
+LABELS = {"image": "image", "sample": "float sample", "decoded": "decoded float image"}
+#: dtype of the stored decoded images. float32, not float16: float16 halves the disk
+#: (a 512x512 image is 3 MB in float32) but rounds values in [0.5, 1) by up to 2^-12 =
+#: 2.4e-4 (1/16 of an 8-bit level; tests/test_decoded_images.py measures it), which the
+#: decoded image exists to avoid: distances below one 8-bit level must stay measurable
+DECODED_DTYPE = np.float32
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -76,6 +84,24 @@ class Store:
 
     def sample_path(self, cell_hash: str) -> Path:
         return self.root / "samples" / f"{cell_hash}.npz"
+
+    def decoded_path(self, cell_hash: str) -> Path:
+        return self.root / "decoded" / f"{cell_hash}.npy"
+
+    def has_decoded(self, cell_hash: str) -> bool:
+        """Whether the cell's row records a decoded float image (latent models, stored by
+        a runner that records them; the analytic model's sample already is its image)."""
+        if cell_hash not in self._rows:
+            self.load()
+        v = self._rows.get(cell_hash, {}).get("decoded")
+        return isinstance(v, str) and bool(v)
+
+    def files(self, cell_hash: str) -> list[tuple[str, Path]]:
+        """(kind, path) of every file the cell's row records."""
+        out = [("image", self.image_path(cell_hash)), ("sample", self.sample_path(cell_hash))]
+        if self.has_decoded(cell_hash):
+            out.append(("decoded", self.decoded_path(cell_hash)))
+        return out
 
     def exists(self) -> bool:
         """Whether any rows were ever stored here."""
@@ -200,21 +226,22 @@ class Store:
         return v if isinstance(v, str) and v else None
 
     def problem(self, cell_hash: str) -> str | None:
-        """What is wrong with a stored cell's files (None if both are intact)."""
-        for kind, path in (("image", self.image_path(cell_hash)),
-                           ("sample", self.sample_path(cell_hash))):
+        """What is wrong with a stored cell's files (None if all are intact)."""
+        loaders = {"image": self.load_image, "sample": self.load_sample,
+                   "decoded": self.load_decoded}
+        for kind, path in self.files(cell_hash):
             rel = path.relative_to(self.root)
             if not path.exists():
-                return f"{kind} {rel} is missing"
+                return f"{LABELS[kind]} {rel} is missing"
             want = self._expected(cell_hash, kind)
             try:
                 if want is not None:
                     if self._file_sha(path) != want:
-                        return f"{kind} {rel} does not match its sha256 (damaged or replaced)"
+                        return f"{LABELS[kind]} {rel} does not match its sha256 (damaged or replaced)"
                 else:  # rows of older versions carry no checksum: check it decodes
-                    (self.load_image if kind == "image" else self.load_sample)(cell_hash)
+                    loaders[kind](cell_hash)
             except (OSError, ConvergenceError) as e:
-                return f"{kind} {rel} is unreadable ({e})"
+                return f"{LABELS[kind]} {rel} is unreadable ({e})"
         return None
 
     def problems(self) -> dict[str, str]:
@@ -228,7 +255,7 @@ class Store:
         return found
 
     def done_hashes(self) -> set[str]:
-        """Hashes of cells whose row exists and whose image and sample are intact
+        """Hashes of cells whose row exists and whose files are intact
         (the damaged ones are in ``self.damaged``)."""
         self.damaged = self.problems()
         return set(self._rows) - set(self.damaged)
@@ -257,8 +284,21 @@ class Store:
         return {"sample": str(self.sample_path(cell_hash).relative_to(self.root)),
                 CHECKSUMS["sample"]: sha256_bytes(data)}
 
+    def write_decoded(self, cell_hash: str, image: np.ndarray | None) -> dict:
+        """Store a cell's decoded float image ((H, W, 3) in the model's display range,
+        before 8-bit rounding; uncompressed .npy: float mantissas hardly compress), or
+        record that it has none (``image`` None: the sample is the image)."""
+        if image is None:
+            return {"decoded": "", CHECKSUMS["decoded"]: ""}
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(image, dtype=DECODED_DTYPE), allow_pickle=False)
+        data = buf.getvalue()
+        atomic_write_bytes(self.decoded_path(cell_hash), data)
+        return {"decoded": str(self.decoded_path(cell_hash).relative_to(self.root)),
+                CHECKSUMS["decoded"]: sha256_bytes(data)}
+
     def _read_checked(self, cell_hash: str, kind: str, path: Path) -> bytes:
-        label = "float sample" if kind == "sample" else kind
+        label = LABELS[kind]
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -278,6 +318,19 @@ class Store:
                 return f["sample"]
         except Exception as e:
             raise ConvergenceError(f"corrupt float sample {path} ({type(e).__name__})") from None
+
+    def load_decoded(self, cell_hash: str) -> np.ndarray:
+        """The cell's decoded float image, (H, W, 3) float32 in the model's display range."""
+        path = self.decoded_path(cell_hash)
+        data = self._read_checked(cell_hash, "decoded", path)
+        try:
+            x = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception as e:
+            raise ConvergenceError(f"corrupt {LABELS['decoded']} {path} ({type(e).__name__})") from None
+        if x.ndim != 3 or x.shape[-1] != 3 or x.dtype != DECODED_DTYPE:
+            raise ConvergenceError(f"corrupt {LABELS['decoded']} {path} (shape {x.shape}, "
+                                   f"dtype {x.dtype}; expected (H, W, 3) {np.dtype(DECODED_DTYPE)})")
+        return x
 
     def load_image(self, cell_hash: str) -> np.ndarray:
         path = self.image_path(cell_hash)

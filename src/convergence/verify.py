@@ -38,5 +38,5 @@ def verify_study(cfg: Config) -> list[str]:
         print(f"{store.root}: {len(problems)} problem{s} in {n} cells; `convergence run` with the "
               "study's settings recomputes damaged cells")
     else:
-        print(f"{store.root}: {n} cells, every image and sample matches its sha256")
+        print(f"{store.root}: {n} cells, every stored file matches its sha256")
     return problems

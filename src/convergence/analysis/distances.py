@@ -1,10 +1,13 @@
 """Distances: one row per cell x metric x reference, plus each cell's residual-noise
 estimate (metric ``noise``, reference ``self``), written to distances.parquet.
 
-Model-space metrics are measured on what is displayed (the float sample clipped to the
-model's display range, :func:`displayed`): the key points and verdicts must agree with the
-pictures. The rate metrics (``analysis.rate_metrics``) stay on the unclipped floats:
-orders of accuracy need a smooth map, and clipping is not one."""
+Model-space metrics are measured on what is displayed: each cell's picture as floats
+(:mod:`convergence.analysis.pictures`: the analytic model's sample clipped to its display
+range, a latent model's decoded float image), so the key points and verdicts agree with
+the pictures and mean the same on both model kinds; image metrics see the same picture
+in [0, 1]. The rate metrics (``analysis.rate_metrics``) stay on the unclipped floats of
+the sample (latents for latent models): orders of accuracy need a smooth map, and
+clipping and decoding are not one."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch
 
 from convergence import metrics as M
 from convergence.analysis import tables as T
+from convergence.analysis.pictures import displayed, load_pictures, picture_range, unit_images
 from convergence.analysis.references import EXACT_LIMITS, exact_limits, pairs
 from convergence.config import AnalysisConfig
 from convergence.store import Store
@@ -35,22 +39,15 @@ def noise_estimate(x: np.ndarray) -> np.ndarray:
     return (r * math.sqrt(math.pi / 2) / 6 / scale).numpy()
 
 
-def displayed(x: np.ndarray, cells: pd.DataFrame) -> np.ndarray:
-    """Each cell's float sample clipped to its recorded display range (what its image
-    shows; a range of +-inf, as for latents, leaves the sample as it is)."""
-    shape = (-1,) + (1,) * (np.ndim(x) - 1)
-    return np.clip(x, cells.display_lo.to_numpy(np.float64).reshape(shape),
-                   cells.display_hi.to_numpy(np.float64).reshape(shape))
-
-
 def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np.ndarray,
                       model=None, progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The distances table and one-line notes on what was skipped. ``model`` is the
     analytic model when exact references are wanted (None elsewhere)."""
     names, notes = M.available(list(dict.fromkeys([a.metric, *a.metrics])))
-    shown = displayed(samples, cells)
+    shown, more = load_pictures(store, cells, samples)
+    notes += more
     floats = set(a.rate_metrics)
-    images = np.stack([store.load_image(h) for h in cells.hash]) if any(
+    images = unit_images(shown, *picture_range(cells)) if any(
         M.get_metric(n).space == "image" for n in names) else None
     refs = list(dict.fromkeys(["next", a.reference, *a.references]))
     out: list[pd.DataFrame] = []
@@ -113,5 +110,6 @@ def _exact(a, store, cells, samples, images, model, names, notes, emit, progress
                 emit(at, name, n, M.compute(n, displayed(samples[at], c), displayed(ref, c)),
                      [""] * len(at))
             elif name in a.image_references:
-                img = model.decode(torch.from_numpy(ref))
+                c = cells.iloc[at]
+                img = unit_images(displayed(ref, c), *picture_range(c))
                 emit(at, name, n, M.compute(n, images[at], img), [""] * len(at))

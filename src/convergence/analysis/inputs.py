@@ -83,6 +83,8 @@ def load_cells(cfg: Config) -> tuple[Store, pd.DataFrame]:
                                    f"{store.describe(bad)}: {store.damaged.get(bad)}); "
                                    "`convergence run` recomputes them")
     df = _fill_metadata(df.reset_index(drop=True), str(df.model.iloc[0]))
+    if "decoded" not in df:  # stored before decoded images were recorded
+        df = df.assign(decoded="")
     _check_config(cfg, df, store)
     return store, T.conform("cells", df[T.columns("cells")])
 

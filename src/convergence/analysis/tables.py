@@ -28,7 +28,10 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
               ("family", "str"), ("stochastic", "bool"), ("sigma_start", "float"),
               ("noise_scale", "float"), ("sigma_min", "float"), ("stops_above_zero", "bool"),
               # the range the image clips the sample to (+-inf: none); key points use it
-              ("display_lo", "float"), ("display_hi", "float")],
+              ("display_lo", "float"), ("display_hi", "float"),
+              # the decoded float image's file ("": the sample is the picture, or a latent
+              # cell stored before they were recorded; analysis/pictures.py)
+              ("decoded", "str")],
     "distances": [*_CELL, ("reference", "str"), ("ref_hash", "str"), ("metric", "str"),
                   ("value", "float")],
     # key points of one curve (one prompt x seed), before any aggregation

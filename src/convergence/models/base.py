@@ -50,8 +50,10 @@ class Model(ABC):
     alphas_cumprod: torch.Tensor | None = None
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
-    #: the range of the float sample a person sees (the image clips it there); key points
-    #: are measured on the sample clipped to it. (-inf, inf): no such range (latents)
+    #: the range of the float picture a person sees (the PNG clips it there and quantises
+    #: it): the sample's for a model whose sample is the picture, the decoded image's for a
+    #: latent model (:meth:`decode_float`). Key points are measured on the picture clipped
+    #: to it. (-inf, inf): no float picture; the analysis measures the PNG
     display_range: tuple[float, float] = (-math.inf, math.inf)
 
     @property
@@ -84,6 +86,13 @@ class Model(ABC):
     @abstractmethod
     def decode(self, x: torch.Tensor) -> np.ndarray:
         """Model-space samples -> uint8 RGB images of shape (B, H, W, 3)."""
+
+    def decode_both(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(uint8 images, decoded float images or None), decoding once. A model whose
+        sample is a latent returns the float RGB picture before 8-bit rounding, (B, H, W, 3)
+        in :attr:`display_range`, which the runner stores so the analysis measures what the
+        picture shows without rebuilding the model; None where the sample is the picture."""
+        return self.decode(x), None
 
     def initial_noise(self, seeds: list[int], width: int, height: int) -> torch.Tensor:
         """Unit-variance noise, one CPU generator per cell, so images do not depend on

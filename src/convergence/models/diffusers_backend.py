@@ -121,6 +121,9 @@ class LatentPipelineModel(Model):
     network's output becomes D(x, sigma)."""
 
     name = "diffusers"
+    #: the decoded image's range (decode_float: the pipeline's image processor maps the
+    #: VAE's [-1, 1] to [0, 1] and clamps there before 8-bit rounding)
+    display_range = (0.0, 1.0)
     #: scheduler settings that change the model's noise levels (enter the fingerprint)
     schedule_keys: tuple[str, ...] = ()
 
@@ -208,7 +211,12 @@ class LatentPipelineModel(Model):
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
         """Latents -> uint8 RGB (B, H, W, 3), rounded as the pipeline's image processor does."""
-        return (self.decode_float(x) * 255).round().astype(np.uint8)
+        return self.decode_both(x)[0]
+
+    def decode_both(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 RGB, float RGB in [0, 1]) from one VAE decode."""
+        floats = self.decode_float(x)
+        return (floats * 255).round().astype(np.uint8), floats
 
 
 class DiffusersModel(LatentPipelineModel):
