@@ -152,3 +152,19 @@ def test_decode_range_and_shape(model32):
     img = model32.decode(x)
     assert img.shape == (1, 32, 32, 3) and img.dtype == np.uint8
     assert img.min() == 0 and img.max() == 255
+
+
+def test_collapsed_posterior_takes_the_closed_form_from_sigma_min(model32):
+    # at a schedule's sigma_min every posterior sits on one picture, so the flow to 0 is
+    # closed-form from there: it must equal integrating down to 2e-4 first (the integrator
+    # meets EXACT_RTOL = 1e-10 relative; 1e-8 leaves room for the state's O(1) norm)
+    cond = model32.encode_prompts(["p", "q"], ["people", "anime"])
+    sig = get_sigmas(model32, "karras", 10)
+    smin = float(sig[-2])
+    x = exact_solution(model32, model32.initial_noise([5, 6], 32, 32) * sig[0], float(sig[0]),
+                       smin, cond, 7.5)
+    direct = exact_solution(model32, x, smin, 0.0, cond, 7.5)
+    stepped = exact_solution(model32, exact_solution(model32, x, smin, 2e-4, cond, 7.5),
+                             2e-4, 0.0, cond, 7.5)
+    assert (direct - stepped).abs().max() < 1e-8
+    assert (direct - x).abs().max() > 1e-4  # the tail does move the sample
