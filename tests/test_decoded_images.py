@@ -148,3 +148,25 @@ def test_store_without_float_images_falls_back_to_the_png_with_a_note(tmp_path):
     v = dist[(dist.reference == "highest") & (dist.hash == "cell4")].set_index("metric").value
     assert v["rel_rmse"] == 0 and v["psnr"] == np.inf  # the equal PNGs
     assert len(notes) == 1 and "2 of 2 cells have no float picture" in notes[0]
+
+
+def test_report_variety_measures_the_float_images(tmp_path):
+    """Two seeds whose pictures differ below one 8-bit level: the report's variety in an
+    image metric sees the difference (their PNGs are equal: psnr would be inf)."""
+    from convergence.report.data import StudyData
+    from convergence.report.variety import pairwise_variety
+    store, cells, _ = _latent_study(tmp_path, decoded=True)
+    cells = cells.assign(steps=8, seed=[1, 2])
+    study = StudyData(store.root, cells, pd.DataFrame(), pd.DataFrame(), None, None, {}, "psnr")
+    v = pairwise_variety(study).iloc[0]
+    assert v["n_pairs"] == 1 and np.isfinite(v["mean"]) and v["mean"] > 40
+
+
+def test_pairs_scored_in_chunks_give_the_same_distances(tmp_path, monkeypatch):
+    """Real-model pictures are large, so metrics see bounded chunks of pairs: one pair per
+    chunk gives every value bit for bit as one chunk does (metrics are per row)."""
+    from convergence.analysis import distances
+    store, cells, samples = _latent_study(tmp_path, decoded=True)
+    whole, _ = compute_distances(A, store, cells, samples)
+    monkeypatch.setattr(distances, "CHUNK_BYTES", 1)
+    pd.testing.assert_frame_equal(compute_distances(A, store, cells, samples)[0], whole)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,75 @@ def test_calls_and_rows_per_call_match_a_hand_count(study_config, model32, tmp_p
     # a resumed run that had nothing to do records no run
     again = run_study(study_config(results_dir=str(tmp_path / "n"), batch_size=4, **base), model32)
     assert again.ran == 0 and len(load_runs(again.store.root)) == 1
+
+
+def test_batches_stream_in_as_rows_free_up_claimed_on_demand(study_config, model32, monkeypatch):
+    """heun and euler at 2 and 4 steps, 2 CFG cells a batch (4 rows), budget 8: two
+    batches live at once, longest first (NFE heun4 7, euler4 4, heun2 3, euler2 2).
+
+    Hand count: heun4 + euler4 share calls 1-4 (8 rows); euler4 is done, so heun2 joins
+    at once and shares calls 5-7 with heun4 (8 rows); then euler2 alone, 2 calls of 4
+    rows: 9 calls, 64 rows. Each batch is claimed only when the gatherer has room for it:
+    after 0, 0, 4 and 7 model calls."""
+    from convergence.leases import Leases
+
+    seen: list[int] = []
+    real_denoise, real_take = model32.denoise, Leases.take
+    claimed_at: list[tuple[int, int]] = []
+
+    def spy(x, sigma, cond):
+        seen.append(x.shape[0])
+        return real_denoise(x, sigma, cond)
+
+    def take(self, hashes, done):
+        got = real_take(self, hashes, done)
+        claimed_at.append((len(seen), len(got)))
+        return got
+
+    monkeypatch.setattr(model32, "denoise", spy)
+    monkeypatch.setattr(Leases, "take", take)
+    summary = run_study(study_config(samplers=["euler", "heun"], steps=[2, 4],
+                                     seeds_per_prompt=1, batch_size=8), model32)
+    assert claimed_at == [(0, 2), (0, 2), (4, 2), (7, 2)]
+    assert seen == [8] * 7 + [4] * 2
+    run = load_runs(summary.store.root)[-1]
+    assert (run["model_calls"], run["model_rows"], run["rows_histogram"]) == (9, 64, {"4": 2, "8": 7})
+    df = summary.store.load()
+    per_call = df.groupby(["sampler", "steps"]).rows_per_call.first().to_dict()
+    assert per_call == {("euler", 2): 4.0, ("euler", 4): 8.0, ("heun", 2): 8.0, ("heun", 4): 8.0}
+    monkeypatch.undo()
+    for cell in summary.cells:  # the same floats as each cell in calls of its own
+        alone = sample_batch(model32, [cell]).samples[0].numpy()
+        assert (alone.astype(np.float32) == summary.store.load_sample(cell.hash)).all(), cell
+
+
+def test_gatherer_reads_its_jobs_lazily():
+    """A 2-row job of 5 calls and three 2-row jobs of 1 call, budget 4: each short job
+    is taken from the iterator only when the previous one has finished, and joins the
+    long one's next call (calls of 4, 4, 4, 2, 2 rows)."""
+    sizes: list[int] = []
+    taken: list[int] = []
+
+    def denoise(x, sigma, cond):
+        sizes.append(x.shape[0])
+        return x + 1
+
+    def job(calls: int) -> Job:
+        def fn(call):
+            x = torch.zeros(2, 1)
+            for _ in range(calls):
+                x = call(x, torch.ones(2), torch.zeros(2, 1))
+            return x
+        return Job(fn, rows=2, payload=calls)
+
+    def jobs():
+        for calls in (5, 1, 1, 1):
+            taken.append(len(sizes))
+            yield job(calls)
+        taken.append(len(sizes))
+
+    stats = Gatherer(denoise, 4).run(jobs(), lambda j, r, ledger: None)
+    assert taken == [0, 0, 1, 2, 3] and sizes == [4, 4, 4, 2, 2] and stats.rows == 16
 
 
 def test_gatherer_merges_the_calls_of_all_live_jobs():

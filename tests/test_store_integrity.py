@@ -103,7 +103,7 @@ def test_verify_lists_each_problem_and_exits_1(stored, capsys):
 def test_verify_of_an_intact_store_exits_0(stored, capsys):
     cfg, _ = stored
     code, out, _ = run_main(capsys, "verify", f"results_dir={cfg.results_dir}", f"name={cfg.name}")
-    assert code == 0 and "16 cells, every image and sample matches" in out
+    assert code == 0 and "16 cells, every stored file matches" in out
 
 
 @pytest.mark.unit

@@ -43,16 +43,20 @@ def tmp_name(path: Path, kind: str = "") -> Path:
     return path.with_name(f".{path.name}.{tag}{uuid.uuid4().hex[:8]}.{os.getpid()}@{HOST}.tmp")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, fsync, and rename it over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to a temporary sibling, fsync, and rename it over ``path``.
+
+    ``fsync=False``: readers still see the old file or the whole new one, but a machine
+    crash may lose the write (for files that mean nothing after one, such as claims)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -14,9 +14,10 @@ marked ``solo`` (samplers that couple their rows) make their own calls.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,13 @@ class CallStats:
         self.model_seconds += seconds
         self.rows_histogram[rows] += 1
 
+    def add(self, other: CallStats) -> None:
+        """Count another gatherer's calls in these statistics."""
+        self.calls += other.calls
+        self.rows += other.rows
+        self.model_seconds += other.model_seconds
+        self.rows_histogram.update(other.rows_histogram)
+
     def as_dict(self) -> dict:
         return {"model_calls": self.calls, "model_rows": self.rows,
                 "rows_per_call": self.rows / self.calls if self.calls else 0.0,
@@ -133,7 +141,7 @@ class Gatherer:
 
     Jobs are admitted in order while their rows fit the budget next to the live ones (a
     job larger than the budget runs alone and its calls are split into budget-sized
-    model calls). ``on_done(job, result, ledger)`` runs in the calling thread as each job
+    model calls); when jobs finish, the next ones join before the next model call. ``on_done(job, result, ledger)`` runs in the calling thread as each job
     finishes, so results can be stored while the others continue."""
 
     def __init__(self, denoise: DenoiseCall, row_budget: int,
@@ -192,20 +200,34 @@ class Gatherer:
 
     # -- scheduling -----------------------------------------------------------------
     def run(self, jobs: Iterable[Job], on_done: Callable[[Job, Any, Ledger], None]) -> CallStats:
-        """Run every job; re-raises the first job's error after stopping the others."""
-        queue = deque(jobs)
+        """Run every job; re-raises the first job's error after stopping the others.
+
+        ``jobs`` is read lazily, one job ahead: the next job is taken from it only when
+        the live jobs leave rows free (or none is live), so an iterator can claim work on
+        demand and new jobs join as soon as finished ones make room, with no pause
+        between groups of jobs."""
+        source = iter(jobs)
+        ahead: list[Job] = []  # the one job taken from ``source`` and not yet started
+
+        def peek() -> Job | None:
+            if not ahead:
+                ahead.extend(itertools.islice(source, 1))
+            return ahead[0] if ahead else None
+
         live: list[_Worker] = []
         try:
-            while queue or live:
-                while queue and queue[0].solo and not live:
-                    self._run_solo(queue.popleft(), on_done)
-                while queue and not queue[0].solo and (
-                        not live or sum(w.job.rows for w in live) + queue[0].rows <= self.row_budget):
-                    worker = _Worker(self, queue.popleft())
+            while True:
+                while not live and (job := peek()) is not None and job.solo:
+                    self._run_solo(ahead.pop(), on_done)
+                used = sum(w.job.rows for w in live)
+                while (not live or used < self.row_budget) and (job := peek()) is not None \
+                        and not job.solo and (not live or used + job.rows <= self.row_budget):
+                    worker = _Worker(self, ahead.pop())
                     live.append(worker)
                     worker.start()
-                if not live:
-                    continue
+                    used += job.rows
+                if not live:  # nothing left: a solo job has run, any other started
+                    break
                 self._wait_blocked(live)
                 done = [w for w in live if w.state == _DONE]
                 live = [w for w in live if w.state != _DONE]
@@ -216,7 +238,7 @@ class Gatherer:
                 errors = [w.error for w in done if w.error is not None]
                 if errors:
                     raise errors[0]
-                if live:
+                if not done:  # else new jobs take the rows freed first and join this call
                     self._serve(live)
         finally:
             self._cancel(live)

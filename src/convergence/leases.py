@@ -68,7 +68,9 @@ class Leases:
             for h in hashes:
                 if h in finished or (h not in self.mine and self.holder(h) is not None):
                     continue
-                atomic_write_bytes(self._path(h), self.me.encode())
+                # no fsync: a claim only matters while its writer lives, and a machine
+                # crash ends every writer on it
+                atomic_write_bytes(self._path(h), self.me.encode(), fsync=False)
                 self.mine.add(h)
                 got.append(h)
         return got

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -166,35 +168,35 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
                 tqdm(total=len(todo), desc=f"{cfg.name}: cells", unit="cell",
                      disable=not cfg.progress) as bar, \
                 ThreadPoolExecutor(1, thread_name_prefix="convergence-store") as writer:
-            writes: list[Future] = []
+            writes: deque[Future] = deque()
+
+            def write(job: Job, res: BatchResult, ledger: Ledger) -> None:
+                progress.store(leases, model, job.payload, res, ledger, budget)
+                if not progress.described:  # only once a cell is stored
+                    _write_study(store, cfg, model, planned)
+                    progress.described = True
 
             def store_batch(job: Job, res: BatchResult, ledger: Ledger) -> None:
-                for f in writes:
-                    if f.done():
-                        f.result()
-                writes.append(writer.submit(progress.store, leases, model, job.payload, res,
-                                            ledger, budget))
+                while writes and writes[0].done():
+                    writes.popleft().result()
+                writes.append(writer.submit(write, job, res, ledger))
                 bar.update(len(job.payload))
 
             pending = todo
             while pending:
-                wave = _claim_wave(leases, batches(pending, budget), progress.finished,
-                                   max(16, 4 * budget))
-                if wave:  # a gatherer per wave (a finished one stays cancelled)
-                    wave_stats = Gatherer(call, budget, lock=model_lock(model)).run(
-                        _jobs(model, wave, cfg.sampler_options), store_batch)
-                    stats.calls += wave_stats.calls
-                    stats.rows += wave_stats.rows
-                    stats.model_seconds += wave_stats.model_seconds
-                    stats.rows_histogram.update(wave_stats.rows_histogram)
-                    for f in writes:
-                        f.result()
-                    if progress.ran and not progress.described:
-                        _write_study(store, cfg, model, planned)  # only once a cell is stored
-                        progress.described = True
+                # one gatherer streams every batch, longest first, each claimed only when
+                # the gatherer has room for it; cells other writers hold are skipped here
+                # and waited for below (a finished gatherer stays cancelled: one per pass)
+                claimed: list[Cell] = []
+                plan = _claimed(leases, _longest_first(batches(pending, budget)),
+                                progress.finished, claimed)
+                stats.add(Gatherer(call, budget, lock=model_lock(model)).run(
+                    _jobs(model, plan, cfg.sampler_options), store_batch))
+                while writes:
+                    writes.popleft().result()
                 stored = progress.finished()
                 pending = [c for c in pending if c.hash not in stored]
-                if pending and not wave:
+                if pending and not claimed:
                     time.sleep(min(1.0, cfg.claim_seconds / 8))  # held by other writers
     except KeyboardInterrupt:
         have = len(done & {c.hash for c in cells}) + progress.ran
@@ -216,19 +218,28 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
                       progress.diverged)
 
 
-def _claim_wave(leases, plan: list[list[Cell]], finished, cap: int) -> list[list[Cell]]:
-    """Claim the cells of ``plan`` nobody else holds or has stored, batch by batch, up to
-    about ``cap`` cells: one gatherer run, after which the claims are released."""
-    wave, n = [], 0
+def _longest_first(plan: list[list[Cell]]) -> list[list[Cell]]:
+    """Batches by falling NFE (fewer idle rows at the end of the run), row-coupled
+    samplers last (they run alone, with their own model calls)."""
+
+    def key(batch: list[Cell]) -> tuple[bool, int]:
+        spec = resolve_sampler(batch[0].sampler).spec
+        return not spec.rows_independent, -(spec.claimed_nfe(batch[0].steps) or batch[0].steps)
+
+    return sorted(plan, key=key)
+
+
+def _claimed(leases, plan: Iterable[list[Cell]], finished,
+             claimed: list[Cell]) -> Iterator[list[Cell]]:
+    """The batches of ``plan``, each cut to the cells this writer could claim (nobody
+    else holds them or has stored them), claimed one batch at a time as they are asked
+    for; the claims are released as each batch is stored. ``claimed`` collects them."""
     for batch in plan:
         mine = set(leases.take([c.hash for c in batch], finished))
         batch = [c for c in batch if c.hash in mine]
         if batch:
-            wave.append(batch)
-            n += len(batch)
-        if n >= cap:
-            break
-    return wave
+            claimed += batch
+            yield batch
 
 
 class Progress:
@@ -262,18 +273,15 @@ def _write_study(store: Store, cfg: Config, model: Model, planned: list[Cell]) -
                                     "device_name": device_name(model.device)})
 
 
-def _jobs(model: Model, plan: list[list[Cell]], options: dict | None) -> list[Job]:
-    """One job per batch, longest first (fewer idle rows at the end); row-coupled
-    samplers last, with their own model calls."""
-    jobs = []
+def _jobs(model: Model, plan: Iterable[list[Cell]], options: dict | None) -> Iterator[Job]:
+    """One job per batch, in the plan's order, made as the gatherer asks for them."""
     for batch in plan:
         solo = not resolve_sampler(batch[0].sampler).spec.rows_independent
 
         def fn(call: DenoiseCall, batch: list[Cell] = batch) -> BatchResult:
             return sample_batch(model, batch, options, call)
 
-        jobs.append(Job(fn, rows=sum(rows_per_cell(c) for c in batch), solo=solo, payload=batch))
-    return sorted(jobs, key=lambda j: (j.solo, -j.payload[0].steps))
+        yield Job(fn, rows=sum(rows_per_cell(c) for c in batch), solo=solo, payload=batch)
 
 
 def store_rows(store: Store, model: Model, batch: list[Cell], res: BatchResult, ledger: Ledger,

@@ -130,8 +130,9 @@ class Store:
             self._base = (key, _read_parquet(self.table_path))
         return self._base[1]
 
-    def load(self) -> pd.DataFrame:
-        """All stored rows, one per cell hash (empty frame if nothing is stored yet).
+    def _frames(self) -> list[pd.DataFrame]:
+        """The compacted table and every part file, the non-empty ones (each part is read
+        once: part files never change).
 
         Parts are listed before the compacted table is read; a part that vanished in
         between was folded into a newer table by ``compact``, so the read is retried."""
@@ -150,7 +151,11 @@ class Store:
             if not vanished:
                 break
         self._parts = {n: self._parts[n] for n in names if n in self._parts}
-        frames = [f for f in frames if not f.empty]
+        return [f for f in frames if not f.empty]
+
+    def load(self) -> pd.DataFrame:
+        """All stored rows, one per cell hash (empty frame if nothing is stored yet)."""
+        frames = self._frames()
         if not frames:
             self._rows = {}
             return pd.DataFrame()
@@ -160,9 +165,9 @@ class Store:
         return df
 
     def row_hashes(self) -> set[str]:
-        """Hashes with a row (files not checked: cheap, for writers polling each other)."""
-        self.load()
-        return set(self._rows)
+        """Hashes with a row (files not checked: cheap, for writers polling each other
+        before each claim, so the rows are not built)."""
+        return set().union(*(f["hash"] for f in self._frames()))
 
     def append_rows(self, rows: list[dict]) -> None:
         """Store rows as a new part file of this writer (a re-run cell's newer row wins)."""
@@ -173,6 +178,10 @@ class Store:
         buf = io.BytesIO()
         pd.DataFrame(rows).to_parquet(buf, index=False)
         atomic_write_bytes(self.parts_dir / name, buf.getvalue())
+        # read back here, as a reader would read the file: a writer polling its own store
+        # before each claim (row_hashes) then reads only other writers' parts
+        buf.seek(0)
+        self._parts[name] = pd.read_parquet(buf)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -25,6 +25,19 @@ from convergence.config import AnalysisConfig
 from convergence.store import Store
 
 META = [c for c, _ in T.SCHEMAS["distances"][:11]]
+#: bytes of float64 pictures one metric call sees: a 512x512 decoded picture is 6 MB in
+#: float64, so scoring every pair of a real-model study at once would take gigabytes
+CHUNK_BYTES = 256 * 2**20
+
+
+def in_chunks(fn, x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``fn(x[i], x[j])`` (one value per pair) over chunks of pairs of at most
+    :data:`CHUNK_BYTES`; the analytic model's 64x64 study needs one or two chunks."""
+    size = max(1, CHUNK_BYTES // (8 * max(1, x[0].size)))
+    if len(i) == 0:
+        return np.zeros(0)
+    return np.concatenate([fn(x[i[k:k + size]], x[j[k:k + size]])
+                           for k in range(0, len(i), size)])
 
 
 def noise_estimate(x: np.ndarray) -> np.ndarray:
@@ -75,14 +88,16 @@ def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samp
             if spec.space == "image" and (ref not in a.image_references or ref == "next"):
                 continue
             x = (samples if n in floats else shown) if spec.space == "sample" else images
-            x, r = x[i], x[j]
-            emit(i, ref, n, M.compute(n, x, r), list(cells.hash.iloc[j]))
+            emit(i, ref, n, in_chunks(lambda u, v, n=n: M.compute(n, u, v), x, i, j),
+                 list(cells.hash.iloc[j]))
     if "exact" in refs:
         if model is None:
             notes.append("exact references: this model has no exact solution; skipped")
         else:
             _exact(a, store, cells, samples, images, model, names, notes, emit, progress)
-    emit(np.arange(len(cells)), "self", "noise", noise_estimate(shown), [""] * len(cells))
+    every = np.arange(len(cells))
+    emit(every, "self", "noise", in_chunks(lambda u, _: noise_estimate(u), shown, every, every),
+         [""] * len(cells))
     return pd.concat(out, ignore_index=True), notes
 
 

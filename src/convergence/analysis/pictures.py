@@ -40,8 +40,9 @@ def picture_range(cells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_pictures(store, cells: pd.DataFrame, samples: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Every cell's picture in display units, (B, C, H, W) float64 clipped to the display
-    range, and one-line notes (latent cells without a decoded image)."""
+    """Every cell's picture in display units, (B, C, H, W) clipped to the display range
+    (float64 where it is the sample, float32 as decoded images are stored: 3 MB, not 6, a
+    512x512 picture in memory), and one-line notes (latent cells without a decoded image)."""
     decoded = (cells["decoded"].fillna("").astype(str).str.len().to_numpy() > 0
                if "decoded" in cells else np.zeros(len(cells), dtype=bool))
     lo, hi = picture_range(cells)
@@ -49,10 +50,11 @@ def load_pictures(store, cells: pd.DataFrame, samples: np.ndarray) -> tuple[np.n
     if own.all():  # the sample is the picture (no file to read)
         return displayed(samples, cells), []
     out = np.stack([displayed(samples[k:k + 1], cells.iloc[k:k + 1])[0] if own[k]
-                    else (store.load_decoded(h) if decoded[k] else store.load_image(h) / 255.0
-                          ).transpose(2, 0, 1).astype(np.float64)
+                    else (store.load_decoded(h) if decoded[k]
+                          else store.load_image(h) / np.float32(255)).transpose(2, 0, 1)
                     for k, h in enumerate(cells.hash)])
-    out = np.clip(out, lo.reshape(-1, 1, 1, 1), hi.reshape(-1, 1, 1, 1))
+    shape = (-1, 1, 1, 1)
+    out = np.clip(out, lo.astype(out.dtype).reshape(shape), hi.astype(out.dtype).reshape(shape))
     png = int((~decoded & ~own).sum())
     notes = [] if not png else [
         f"{png} of {len(cells)} cells have no float picture (latent cells stored before decoded "
@@ -65,5 +67,5 @@ def unit_images(shown: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
     """Pictures in display units (B, C, H, W) -> (B, H, W, 3) float32 in [0, 1]: what image
     metrics see (the PNG is this times 255, rounded)."""
     shape = (-1, 1, 1, 1)
-    unit = (shown - lo.reshape(shape)) / (hi - lo).reshape(shape)
-    return np.ascontiguousarray(unit.transpose(0, 2, 3, 1), dtype=np.float32)
+    lo, span = lo.astype(np.float32).reshape(shape), (hi - lo).astype(np.float32).reshape(shape)
+    return ((shown.astype(np.float32, copy=False) - lo) / span).transpose(0, 2, 3, 1)

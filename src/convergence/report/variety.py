@@ -23,9 +23,25 @@ KEYS = ["topic", "prompt", "cfg", "sampler", "schedule", "steps"]
 
 
 def _loader(study: StudyData, space: str):
+    """A group's arrays as the analysis measures the metric: rate metrics on the float
+    samples, other metrics on the cells' pictures (analysis/pictures.py; image metrics in
+    [0, 1]); cells stored without a display range: float samples and PNGs."""
+    from convergence.analysis.pictures import load_pictures, picture_range, unit_images
     from convergence.store import Store
     store = Store(study.root)
-    return store.load_sample if space == "sample" else store.load_image
+    rates = study.study.get("config", {}).get("analysis", {}).get("rate_metrics", ["rmse"])
+
+    def load(g: pd.DataFrame) -> np.ndarray:
+        if "display_lo" not in g:
+            return np.stack([(store.load_sample if space == "sample" else store.load_image)(h)
+                             for h in g["hash"]])
+        samples = np.stack([store.load_sample(h) for h in g["hash"]]).astype(np.float64)
+        if space == "sample" and study.metric in rates:
+            return samples
+        shown = load_pictures(store, g, samples)[0]
+        return shown if space == "sample" else unit_images(shown, *picture_range(g))
+
+    return load
 
 
 def pairwise_variety(study: StudyData) -> pd.DataFrame:
@@ -38,7 +54,7 @@ def pairwise_variety(study: StudyData) -> pd.DataFrame:
         g = g.drop_duplicates("seed")
         if len(g) < 2:
             continue
-        x = np.stack([load(h) for h in g["hash"]])
+        x = load(g)
         i, j = np.array(list(combinations(range(len(g)), 2))).T
         # both directions: a metric scaled by its reference (rel_rmse) is not symmetric
         d = (M.compute(study.metric, x[i], x[j]) + M.compute(study.metric, x[j], x[i])) / 2

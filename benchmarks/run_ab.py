@@ -1,0 +1,109 @@
+"""Time `convergence run` of one study under two versions of the harness, alternated in
+one invocation (a shared, noisy machine: compare ratios from one run only), and check
+that both store the same cells: the same float samples (to the bit) and PNGs.
+
+    python benchmarks/run_ab.py --base REV [--rounds N] [--out FILE] [overrides...]
+
+``REV``'s ``src`` is exported with ``git archive``; the other version is this checkout's
+``src``. Each run is a fresh process (``python -m convergence.cli run ... progress=false``)
+into a fresh results folder; the report gives, per run, the wall time of the process,
+its CPU time (user + system), the seconds of ``run_study`` and inside the model, model
+calls and rows per call (``runs.json``), then the medians per version and their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export_src(rev: str, dest: Path) -> Path:
+    """``rev``'s ``src`` folder, unpacked under ``dest``."""
+    data = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "src"
+
+
+def run_once(src: Path, results: Path, overrides: list[str]) -> dict:
+    """One `convergence run` in a fresh process importing ``src``; its timings."""
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "convergence.cli", "run", *overrides,
+                    f"results_dir={results}", "progress=false"], env=env, check=True,
+                   capture_output=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    study = next(p for p in results.iterdir() if (p / "runs.json").exists())
+    run = json.loads((study / "runs.json").read_text())["runs"][-1]
+    return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "run_study": run["seconds"], "model": run["model_seconds"],
+            "calls": run["model_calls"], "rows_per_call": run["rows_per_call"], "study": study}
+
+
+def same_cells(a: Path, b: Path) -> int:
+    """Number of cells, after checking both stores hold the same cells, samples and PNGs."""
+    from convergence.store import Store
+    sa, sb = Store(a), Store(b)
+    ha, hb = set(sa.load().hash), set(sb.load().hash)
+    assert ha == hb, f"different cells: {len(ha ^ hb)} differ"
+    for h in ha:
+        assert np.array_equal(sa.load_sample(h), sb.load_sample(h)), f"sample {h} differs"
+        assert sa.load_image(h).tobytes() == sb.load_image(h).tobytes(), f"image {h} differs"
+    return len(ha)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", required=True, help="git revision of the version to compare with")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each version, alternated")
+    ap.add_argument("--out", help="also write the report to this file")
+    args, overrides = ap.parse_known_args()
+    sys.path.insert(0, str(REPO / "src"))
+    lines = [f"$ python benchmarks/run_ab.py {' '.join(sys.argv[1:])}",
+             f"# base {args.base} = {subprocess.check_output(['git', '-C', str(REPO), 'rev-parse', '--short', args.base], text=True).strip()}, "
+             f"new = this checkout ({subprocess.check_output(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], text=True).strip()}); "
+             f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start"]
+    with tempfile.TemporaryDirectory(prefix="convergence-ab-") as tmp:
+        tmp = Path(tmp)
+        versions = {"base": export_src(args.base, tmp / "base"), "new": REPO / "src"}
+        got: dict[str, list[dict]] = {v: [] for v in versions}
+        for r in range(args.rounds):
+            for v in (("base", "new") if r % 2 == 0 else ("new", "base")):
+                res = run_once(versions[v], tmp / f"{v}-{r}", overrides)
+                got[v].append(res)
+                lines.append(f"round {r} {v:4}: wall {res['wall']:6.1f} s, CPU {res['cpu']:6.1f} s, "
+                             f"run_study {res['run_study']:6.1f} s, model {res['model']:6.1f} s, "
+                             f"{res['calls']} calls, {res['rows_per_call']:.1f} rows/call")
+                print(lines[-1], flush=True)
+        n = same_cells(got["base"][0]["study"], got["new"][0]["study"])
+        lines.append(f"same {n} cells in both versions: samples bit-identical, PNGs identical")
+        med = {v: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "run_study", "model")}
+               for v, rs in got.items()}
+        for k in ("wall", "cpu", "run_study", "model"):
+            lines.append(f"median {k:9}: base {med['base'][k]:6.1f} s, new {med['new'][k]:6.1f} s, "
+                         f"new/base = {med['new'][k] / med['base'][k]:.2f}")
+    text = "\n".join(lines)
+    print("\n".join(lines[-5:]))
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
