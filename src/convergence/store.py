@@ -288,7 +288,7 @@ class Store:
         """Store a cell's float sample; returns the row fields that record it."""
         buf = io.BytesIO()
         # uncompressed: float mantissas hardly compress (the analytic model's float32
-        # samples deflate to 0.90 of their size, at ~1.6 ms of CPU per cell)
+        # samples deflate to 0.90 of their size, at ~1.4 ms of CPU per cell: docs/batching.md)
         np.savez(buf, sample=sample)
         data = buf.getvalue()
         atomic_write_bytes(self.sample_path(cell_hash), data)
