@@ -32,6 +32,7 @@ import torch
 from convergence.budget import row_budget
 from convergence.config import Config
 from convergence.errors import ConvergenceError
+from convergence.heap import keep_freed_memory
 from convergence.models import build_model
 from convergence.models.base import GuidedDenoiser, Model
 from convergence.models.device import device_name
@@ -155,6 +156,7 @@ def bench(cfg: Config, model: Model | None = None, loop_cells: int | None = None
           repeats: int = 3, clock: str = "wall") -> list[str]:
     """Measure and return the report lines (see the module docstring)."""
     global _clock
+    keep_freed_memory()  # as run_study does, so the floor and the harness allocate alike
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     if clock not in CLOCKS or (clock == "cpu" and model.device.type != "cpu"):
         raise ConvergenceError(f"--clock {clock!r}: use wall, or cpu on a CPU device")
