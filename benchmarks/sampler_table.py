@@ -4,8 +4,9 @@ against the exact limit of the probability-flow ODE). Writes the README's table.
 
     .venv/bin/python benchmarks/sampler_table.py [--plugin MODULE] [--out FILE]
 
-An order is printed only where the local slopes of the last two doublings agree (within
-check.SLOPE_AGREEMENT), with its step range; otherwise "pre-asymptotic" and the slopes.
+An order is printed only where the analysis' one rule accepts it (rates.order_accepted:
+the local slopes of the last two doublings and the order fitted over them agree within
+rates.SLOPE_TOL), with its step range; otherwise "pre-asymptotic" and the slopes.
 """
 
 from __future__ import annotations

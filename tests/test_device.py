@@ -30,7 +30,7 @@ def test_named_devices(monkeypatch):
 
 @pytest.mark.parametrize("name, message", [("cuda", "CUDA is not available"),
                                            ("mps", "MPS is not available"),
-                                           ("tpu", "unknown device")])
+                                           ("tpu", "unknown model.device")])
 def test_unavailable_or_unknown_device_is_a_clear_error(monkeypatch, name, message):
     _backends(monkeypatch, False, False)
     with pytest.raises(ConvergenceError, match=message):

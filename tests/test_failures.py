@@ -161,6 +161,9 @@ CASES = [
          "report.thumbnail must be >= 16 pixels, got 4"),
     Case("on_missing", "analyze", ["analysis.on_missing=maybe"], 2,
          "analysis.on_missing must be 'error' or 'warn', got 'maybe'"),
+    Case("analysis device absent", "analyze", ["analysis.device=cuda"], 2,
+         "device 'cuda' was requested but CUDA is not available here (use analysis.device=auto",
+         setup=_no_cuda, stored=True),
     Case("unknown command", "frobnicate", [], 2, "unknown command 'frobnicate'; use one of: run"),
     Case("unknown store command", "store", ["shrink"], 2, "unknown store command 'shrink'"),
 ]

@@ -111,6 +111,10 @@ class AnalysisConfig:
     bootstrap: int = 100
     #: relative/absolute tolerance of the exact ODE solves
     exact_rtol: float = 1e-10
+    #: where the torch-based metrics (ssim, gmsd, haarpsi, lpips, noise) run: "auto" = the
+    #: device the study's cells were generated on when it is present here, else the CPU;
+    #: or cpu, cuda, cuda:N, mps
+    device: str = "auto"
     #: the claim "poor at <= N steps"
     few_steps: int = 8
     #: planned cells missing from the store: "error" (exit 2) or "warn" (analyse the rest)

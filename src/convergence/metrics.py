@@ -10,7 +10,9 @@ analytic model's clipped sample), and uint8 images are accepted too (divided by 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,32 @@ from convergence.errors import ConvergenceError
 from convergence.registry import Registry
 
 MetricFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+#: where the torch-based metrics (ssim, haarpsi, gmsd, lpips, the noise estimate) compute:
+#: the analysis sets it to the device the study ran on (analysis.device); numpy metrics
+#: (mse, rmse, rel_rmse, psnr) stay on the CPU, where they are memory-bound and cheap
+_DEVICE: ContextVar[torch.device | None] = ContextVar("metric_device", default=None)
+
+
+@contextmanager
+def on_device(device: torch.device | str) -> Iterator[None]:
+    """Run the torch-based metrics on ``device`` inside the block (inputs and results stay
+    numpy arrays on the host)."""
+    token = _DEVICE.set(torch.device(device))
+    try:
+        yield
+    finally:
+        _DEVICE.reset(token)
+
+
+def metric_device() -> torch.device:
+    """The device torch-based metrics compute on (see :func:`on_device`; the CPU outside)."""
+    return _DEVICE.get() or torch.device("cpu")
+
+
+def host(t: torch.Tensor) -> np.ndarray:
+    """A metric's result back on the host as numpy."""
+    return t.detach().cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -124,8 +152,10 @@ def unit_image(img: np.ndarray) -> np.ndarray:
 
 
 def _to_unit_tensor(img: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) RGB (uint8 or floats in [0, 1]) -> float32 (B, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(unit_image(img))).permute(0, 3, 1, 2)
+    """(B, H, W, 3) RGB (uint8 or floats in [0, 1]) -> float32 (B, 3, H, W) in [0, 1], on
+    the metrics' device."""
+    t = torch.from_numpy(np.ascontiguousarray(unit_image(img))).permute(0, 3, 1, 2)
+    return t.to(metric_device())
 
 
 @register_metric("psnr", space="image", lower_is_better=False,
@@ -155,11 +185,11 @@ def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     tests/test_metrics.py checks the equality."""
     if len(x) > 64:  # chunks keep the float64 stack small (page faults cost more than math)
         return np.concatenate([ssim(x[i:i + 64], ref[i:i + 64]) for i in range(0, len(x), 64)])
-    k = torch.arange(11, dtype=torch.float32) - 5
-    k = torch.exp(-0.5 * (k / 1.5) ** 2)
-    k = k / k.sum()
     a = _to_unit_tensor(x)
     b = _to_unit_tensor(ref)
+    k = torch.arange(11, dtype=torch.float32, device=a.device) - 5
+    k = torch.exp(-0.5 * (k / 1.5) ** 2)
+    k = k / k.sum()
     n, c, h, w = a.shape
     a = torch.nn.functional.pad(a, (5, 5, 5, 5), mode="reflect")
     b = torch.nn.functional.pad(b, (5, 5, 5, 5), mode="reflect")
@@ -169,20 +199,20 @@ def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     va, vb = (aa - mu_a**2).clamp(min=0), (bb - mu_b**2).clamp(min=0)
     cov = ab - mu_a * mu_b
     m = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
-    return m.reshape(n, -1).mean(1).numpy()
+    return host(m.reshape(n, -1).mean(1))
 
 
 @register_metric("haarpsi", space="image", lower_is_better=False,
                  description="Haar wavelet perceptual similarity (piq)")
 def haarpsi(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     import piq
-    return piq.haarpsi(_to_unit_tensor(x), _to_unit_tensor(ref), reduction="none").numpy()
+    return host(piq.haarpsi(_to_unit_tensor(x), _to_unit_tensor(ref), reduction="none"))
 
 
 @register_metric("gmsd", space="image", description="gradient magnitude similarity deviation (piq)")
 def gmsd(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     import piq
-    return piq.gmsd(_to_unit_tensor(x), _to_unit_tensor(ref), reduction="none").numpy()
+    return host(piq.gmsd(_to_unit_tensor(x), _to_unit_tensor(ref), reduction="none"))
 
 
 @register_metric("flip", space="image", description="NVIDIA FLIP mean error, LDR (flip-evaluator)")
@@ -224,16 +254,16 @@ _LPIPS_NETS: dict[tuple, torch.nn.Module] = {}
 
 def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None = None) -> np.ndarray:
     """LPIPS between RGB image batches; ``net`` lets tests pass an untrained network."""
-    if net is None:
-        key = (LPIPS_NET,)
-        if key not in _LPIPS_NETS:
-            import lpips
-            _LPIPS_NETS[key] = lpips.LPIPS(net=LPIPS_NET, verbose=False).eval()
-        net = _LPIPS_NETS[key]
     a = _to_unit_tensor(x) * 2 - 1
     b = _to_unit_tensor(ref) * 2 - 1
+    if net is None:
+        key = (LPIPS_NET, str(a.device))
+        if key not in _LPIPS_NETS:
+            import lpips
+            _LPIPS_NETS[key] = lpips.LPIPS(net=LPIPS_NET, verbose=False).eval().to(a.device)
+        net = _LPIPS_NETS[key]
     with torch.no_grad():
-        return net(a, b).reshape(len(x)).numpy()
+        return host(net(a, b).reshape(len(x)))
 
 
 @register_metric("lpips", space="image", description="LPIPS (AlexNet), when its weights are cached")

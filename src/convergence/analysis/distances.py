@@ -22,6 +22,7 @@ from convergence.analysis import tables as T
 from convergence.analysis.pictures import displayed, load_pictures, picture_range, unit_images
 from convergence.analysis.references import EXACT_LIMITS, exact_limits, pairs
 from convergence.config import AnalysisConfig
+from convergence.errors import ConvergenceError
 from convergence.store import Store
 
 META = [c for c, _ in T.SCHEMAS["distances"][:11]]
@@ -44,18 +45,46 @@ def noise_estimate(x: np.ndarray) -> np.ndarray:
     """Residual-noise std per image (Immerkaer 1996: |Laplacian-difference| mean), batched,
     divided by the image's own std, so it does not change with brightness or contrast.
     Needs no reference: it is what makes coherence independent of the final image."""
-    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64)).to(M.metric_device())
     b, c, h, w = t.shape
-    k = torch.tensor([[1., -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=torch.float64).reshape(1, 1, 3, 3)
+    k = torch.tensor([[1., -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=t.dtype,
+                     device=t.device).reshape(1, 1, 3, 3)
     r = torch.nn.functional.conv2d(t.reshape(b * c, 1, h, w), k).abs().reshape(b, -1).mean(1)
     scale = t.reshape(b, -1).std(1, correction=0).clamp_min(1e-12)
-    return (r * math.sqrt(math.pi / 2) / 6 / scale).numpy()
+    return M.host(r * math.sqrt(math.pi / 2) / 6 / scale)
+
+
+def analysis_device(setting: str, cells: pd.DataFrame) -> tuple[torch.device, list[str]]:
+    """Where the torch-based metrics run, and a note when ``auto`` cannot follow the study.
+
+    ``auto``: the device the study's cells were generated on (recorded per cell), so a GPU
+    study is scored in batches on the GPU; the CPU when that device is not present here
+    (a study copied from a GPU machine). A named device must exist."""
+    from convergence.models.device import select_device
+    key = str(setting).strip().lower()
+    if key != "auto":
+        return select_device(key, "analysis.device"), []
+    ran = str(cells.device.mode().iloc[0]) if "device" in cells and len(cells) else "cpu"
+    try:
+        return select_device(ran), []
+    except ConvergenceError:
+        return torch.device("cpu"), [f"analysis.device=auto: the cells ran on {ran}, which is "
+                                     "not available here; the metrics run on the CPU"]
 
 
 def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np.ndarray,
                       model=None, progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """The distances table and one-line notes on what was skipped. ``model`` is the
-    analytic model when exact references are wanted (None elsewhere)."""
+    analytic model when exact references are wanted (None elsewhere). The torch-based
+    metrics run on ``analysis.device`` (:func:`analysis_device`), in chunks."""
+    device, notes = analysis_device(a.device, cells)
+    with M.on_device(device):
+        dist, more = _distances(a, store, cells, samples, model, progress)
+    return dist, notes + more
+
+
+def _distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np.ndarray,
+               model, progress: bool) -> tuple[pd.DataFrame, list[str]]:
     names, notes = M.available(list(dict.fromkeys([a.metric, *a.metrics])))
     shown, more = load_pictures(store, cells, samples)
     notes += more

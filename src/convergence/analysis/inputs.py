@@ -85,6 +85,8 @@ def load_cells(cfg: Config) -> tuple[Store, pd.DataFrame]:
     df = _fill_metadata(df.reset_index(drop=True), str(df.model.iloc[0]))
     if "decoded" not in df:  # stored before decoded images were recorded
         df = df.assign(decoded="")
+    if "device" not in df:  # stored before the device was recorded: the CPU
+        df = df.assign(device="cpu")
     _check_config(cfg, df, store)
     return store, T.conform("cells", df[T.columns("cells")])
 

@@ -31,7 +31,9 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
               ("display_lo", "float"), ("display_hi", "float"),
               # the decoded float image's file ("": the sample is the picture, or a latent
               # cell stored before they were recorded; analysis/pictures.py)
-              ("decoded", "str")],
+              ("decoded", "str"),
+              # the device it was generated on (analysis.device=auto scores there)
+              ("device", "str")],
     "distances": [*_CELL, ("reference", "str"), ("ref_hash", "str"), ("metric", "str"),
                   ("value", "float")],
     # key points of one curve (one prompt x seed), before any aggregation

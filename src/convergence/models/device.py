@@ -22,12 +22,13 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda, else mps, else cpu; a named device must exist (clear error if not)."""
+def select_device(name: str = "auto", setting: str = "model.device") -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu; a named device must exist (clear error if not,
+    naming the ``setting``)."""
     key = str(name).strip().lower()
     base = key.split(":")[0]
     if base not in DEVICES:
-        raise ConvergenceError(f"unknown device {name!r}; use one of: {', '.join(DEVICES)}")
+        raise ConvergenceError(f"unknown {setting} {name!r}; use one of: {', '.join(DEVICES)}")
     if base == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -36,10 +37,10 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if base == "cuda" and not torch.cuda.is_available():
         raise ConvergenceError(f"device {name!r} was requested but CUDA is not available here "
-                               "(use model.device=auto or cpu)")
+                               f"(use {setting}=auto or cpu)")
     if base == "mps" and not _mps_available():
         raise ConvergenceError(f"device {name!r} was requested but Apple MPS is not available here "
-                               "(use model.device=auto or cpu)")
+                               f"(use {setting}=auto or cpu)")
     return torch.device(key)
 
 

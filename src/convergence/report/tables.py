@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from convergence.analysis.rates import SLOPE_TOL, SLOPE_WINDOW
 from convergence.report.data import POINTS, StudyData
 
 #: the guide's own it/s table (M1 Max, 512×512, 3-sample average), for comparison only
@@ -351,7 +352,8 @@ def rates_table(study: StudyData) -> Table | None:
         groups[0] = (*groups[0][:2], True)
     return Table("rates", "Orders of convergence, all topics", r, shown,
                  "An order is a measurement only in its asymptotic range: it is shown where the "
-                 "local slopes of the last successive doublings agree (docs/analysis.md), "
+                 f"last {SLOPE_WINDOW} local slopes of successive doublings and the order fitted "
+                 f"over them agree within {SLOPE_TOL} (docs/analysis.md), "
                  "otherwise the row says pre-asymptotic and no claim is decided from it. "
                  "Per-topic and per-seed fits are in rates.csv.", groups)
 
