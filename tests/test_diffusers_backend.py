@@ -82,9 +82,29 @@ def test_prompt_embeddings_once_per_batch(tiny_model, monkeypatch):
     enc = tiny_model.pipe.text_encoder
     orig = enc.forward
     monkeypatch.setattr(enc, "forward", lambda *a, **k: (calls.append(1), orig(*a, **k))[1])
+    monkeypatch.setattr(tiny_model, "_encoded", type(tiny_model._encoded)())
     res = sample_batch(tiny_model, _cells("euler", "discrete", 6, seeds=(1, 2)))
     assert res.nfe == 6
     assert len(calls) == 2  # one call for the prompts, one for the "" negative prompt
+    again = sample_batch(tiny_model, _cells("euler", "discrete", 6, seeds=(1, 2)))
+    assert len(calls) == 2  # the same prompt list again: its embeddings are kept
+    assert torch.equal(res.samples, again.samples)
+
+
+def test_kept_prompt_embeddings_equal_fresh_ones(tiny_model, monkeypatch):
+    """A kept prompt list's embeddings are the ones encoding it again gives (bit for bit),
+    and only the last ENCODED_KEPT lists are kept."""
+    from convergence.models.diffusers_backend import ENCODED_KEPT
+    monkeypatch.setattr(tiny_model, "_encoded", type(tiny_model._encoded)())
+    lists = [[PROMPT, f"prompt {i}"] for i in range(ENCODED_KEPT + 1)]
+    first = tiny_model.encode_prompts(lists[0], ["food", "x"])
+    assert tiny_model.encode_prompts(lists[0], ["food", "x"]) is first
+    fresh = tiny_model._encode(lists[0])
+    for kept, new in ((first.cond, fresh.cond), (first.uncond, fresh.uncond)):
+        assert torch.equal(kept["encoder_hidden_states"], new["encoder_hidden_states"])
+    for prompts in lists[1:]:
+        tiny_model.encode_prompts(prompts, ["food", "x"])
+    assert len(tiny_model._encoded) == ENCODED_KEPT and tuple(lists[0]) not in tiny_model._encoded
 
 
 @pytest.mark.parametrize("scheduler_cls, steps", [("DDIMScheduler", 10),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import platform
 import sys
@@ -32,6 +33,7 @@ import torch
 from convergence.budget import row_budget
 from convergence.config import Config
 from convergence.errors import ConvergenceError
+from convergence.heap import keep_freed_memory
 from convergence.models import build_model
 from convergence.models.base import GuidedDenoiser, Model
 from convergence.models.device import device_name
@@ -74,7 +76,11 @@ def _timed(fn, model: Model) -> float:
 
 
 def floor(model: Model, cells: list[Cell], max_rows: int, repeats: int = 3) -> list[tuple[int, float]]:
-    """(rows, best seconds per row) of bare ``model.denoise`` calls at 1, 2, 4, ... rows."""
+    """(rows, best seconds per row) of bare ``model.denoise`` calls at 1, 2, 4, ... rows.
+
+    The call the runner makes (no gathering, compiling off): the same dtypes, a prompt's
+    conditioning per row and a noise level per row, spread over the model's range as the
+    rows of a gathered call are (a UNet then sees a timestep per row)."""
     first = cells[0]
     out = []
     n = 1
@@ -82,9 +88,8 @@ def floor(model: Model, cells: list[Cell], max_rows: int, repeats: int = 3) -> l
         rows = min(n, max_rows)
         picked = [cells[i % len(cells)] for i in range(rows)]
         x = model.initial_noise([c.seed for c in picked], first.width, first.height)
-        sigma = torch.full((rows,), float(model.sigma_max) ** 0.5, device=model.device,
-                           dtype=torch.float32 if model.dtype in (torch.float16, torch.bfloat16)
-                           else model.dtype)
+        sigma = torch.logspace(math.log10(model.sigma_min), math.log10(model.sigma_max), rows,
+                               dtype=torch.float64).to(model.device, model.sample_dtype)
         cond = model.encode_prompts([c.prompt for c in picked], [c.topic for c in picked]).cond
         with torch.no_grad():
             model.denoise(x, sigma, cond)  # warm-up
@@ -155,6 +160,7 @@ def bench(cfg: Config, model: Model | None = None, loop_cells: int | None = None
           repeats: int = 3, clock: str = "wall") -> list[str]:
     """Measure and return the report lines (see the module docstring)."""
     global _clock
+    keep_freed_memory()  # as run_study does, so the floor and the harness allocate alike
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     if clock not in CLOCKS or (clock == "cpu" and model.device.type != "cpu"):
         raise ConvergenceError(f"--clock {clock!r}: use wall, or cpu on a CPU device")

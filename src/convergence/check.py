@@ -10,8 +10,8 @@ Checks, each a row of the printed table (what, expected, measured, passed):
   for samplers that claim ``limit="sigma_min"``): the error still falls between the two
   largest step counts;
 - ``order``: the empirical order against that limit equals the claimed one, judged only
-  where asymptotic (local slopes of the last two doublings agree); otherwise reported as
-  pre-asymptotic and not judged;
+  where the analysis' rule accepts it (``rates.order_accepted``: the local slopes of the
+  last two doublings agree); otherwise reported as pre-asymptotic and not judged;
 - ``determinism``: the same seed gives the same image, run again and inside another batch;
 - against a baseline (``convergence baseline save``): NFE, key points (indicative and
   converged step of each seed, within one doubling) and images (within a distance).
@@ -47,15 +47,10 @@ REPEAT_STEPS = 8
 #: the exact limits' ODE tolerance; errors below FLOOR are at the solver's noise level
 EXACT_RTOL = 1e-10
 FLOOR = 1e-8
-#: asymptotic: the local slopes of the last two doublings differ by at most this (measured
-#: over 32-128 steps: euler, ddim 0.00, heun, dpm_2, dpmpp_2m 0.04-0.05, plms 0.06; deis,
-#: still drifting down to its order 2 from above, 0.13, is pre-asymptotic)
-SLOPE_AGREEMENT = 0.1
-#: a claimed order holds when the asymptotic slope is within this of it
+#: a claimed order holds when the order accepted by the analysis' one rule
+#: (rates.order_accepted; its constants and the measurement behind them are there) is
+#: within this of it
 ORDER_TOLERANCE = 0.25
-#: "converges": the last local slope is at least this (lms, whose last step mixes the two
-#: limits, converges at ~0.6 on this study; a sampler that misses the limit plateaus at ~0)
-CONVERGING_SLOPE = 0.4
 #: key points: the analysis' indicative / converged thresholds on its key-point metric
 #: (AnalysisConfig defaults), against the exact limit (deterministic samplers) or the
 #: largest step count; the allowed shift against the baseline, in doubling positions
@@ -270,14 +265,17 @@ def slopes(errors: dict[int, float]) -> list[float]:
 
 
 def empirical_order(errors: dict[int, float]) -> tuple[float | None, str]:
-    """(order, step range) where the last two local slopes agree; (None, why) otherwise."""
+    """(order, step range) where the analysis accepts an order (``rates.asymptotic_fit``,
+    x = steps, against the exact limit); (None, why) otherwise."""
+    from convergence.analysis.rates import asymptotic_fit
     n = sorted(errors)
-    s = slopes(errors)
     if errors[n[-1]] <= FLOOR:
         return None, f"error {errors[n[-1]]:.1e} at the solver's floor"
-    if len(s) < 2 or not abs(s[-1] - s[-2]) <= SLOPE_AGREEMENT:
-        return None, "pre-asymptotic (slopes " + ", ".join(f"{v:.2f}" for v in s[-3:]) + ")"
-    return (s[-1] + s[-2]) / 2, f"steps {n[-3]}-{n[-1]}"
+    fit = asymptotic_fit([(np.array(n, dtype=np.float64), np.array([errors[k] for k in n]))],
+                         math.inf)
+    if not fit["asymptotic"]:
+        return None, "pre-asymptotic (slopes " + ", ".join(f"{v:.2f}" for v in slopes(errors)[-3:]) + ")"
+    return fit["order"], f"steps {fit['x_lo']:g}-{fit['x_hi']:g}"
 
 
 def _claimed_order(spec: SamplerSpec) -> str:
@@ -288,7 +286,11 @@ def _limit_row(spec: SamplerSpec, m: Measurement) -> Row:
     n = sorted(m.errors)
     last = slopes(m.errors)[-1]
     measured = f"{m.limit}: error {m.errors[n[-1]]:.1e} at {n[-1]} steps, slope {last:.2f}"
-    ok = m.errors[n[-1]] <= FLOOR or last >= CONVERGING_SLOPE
+    # "converges": the last local slope is at least the analysis' MIN_ORDER (slower is a
+    # plateau; lms, whose last step mixes the two limits, converges at ~0.6 on this study;
+    # a sampler that misses the limit plateaus at ~0)
+    from convergence.analysis.rates import MIN_ORDER
+    ok = m.errors[n[-1]] <= FLOOR or last >= MIN_ORDER
     expected = "x(sigma_min)" if spec.limit == "sigma_min" else "the exact limit at sigma = 0"
     return Row("limit", f"reaches {expected}", measured, ok,
                "" if ok else f"does not reach the limit: error {m.errors[n[-1]]:.1e} at "

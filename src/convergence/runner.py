@@ -22,6 +22,7 @@ from convergence.compiled import model_call
 from convergence.config import Config
 from convergence.errors import ConvergenceError, Interrupted
 from convergence.gather import CallStats, Gatherer, Job, Ledger
+from convergence.heap import keep_freed_memory
 from convergence.models import build_model
 from convergence.models.base import (
     CountingDenoiser,
@@ -149,6 +150,7 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
     files are missing or damaged are recomputed; cells another live writer has claimed are
     left to it (and waited for), so overlapping runs do not compute a cell twice. ``only``:
     run just these cell hashes of the plan (the adaptive search's probes, adaptive.py)."""
+    keep_freed_memory()  # the model calls' activations: freed and reused, not refaulted
     model = model or build_model(cfg.model, cfg.width, cfg.height)
     planned = expand(cfg, model.name, model.fingerprint())
     cells = [c for c in select_shard(planned, cfg.shard) if only is None or c.hash in only]

@@ -253,7 +253,7 @@ def claims_order(limits: pd.DataFrame | None, cfg: float) -> list[dict]:
             rows.append(_row(H_ORDER, "harness", s, cfg, meas, sel, "#rates", value,
                              PRE_ASYMPTOTIC, "no claim is decided from a pre-asymptotic order"))
             continue
-        # an order is known to +-SLOPE_TOL: only a gap larger than that decides the claim
+        # an accepted order is known to +-SLOPE_TOL (rates.py: measured): only a larger gap decides
         gaps = [info[x].order - info[s].order for x in acc]
         if all(g > SLOPE_TOL for g in gaps):
             verdict, why = HOLDS, "lower than every asymptotic higher-order sampler's"

@@ -22,7 +22,7 @@ from skimage.color import gray2rgb, rgba2rgb
 from skimage.transform import resize
 
 from convergence.errors import ConvergenceError
-from convergence.models.base import Conditioning, GuidedDenoiser, Model
+from convergence.models.base import Conditioning, Model
 from convergence.models.vp import scaled_linear_alphas_cumprod, sigmas_from_alphas_cumprod
 
 #: topic -> pictures (scikit-image names); every picture is one mixture component.
@@ -208,6 +208,11 @@ class AnalyticModel(Model):
 
     def _stats(self, x: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor):
         """Per-component projections, gains and responsibilities for a batch."""
+        xf, c, proj, full, loglik = self._project(x, sigma)
+        return xf, c, proj, full, torch.softmax(log_w + loglik, dim=1)
+
+    def _project(self, x: torch.Tensor, sigma: torch.Tensor):
+        """Per-component projections, gains and log-likelihoods (up to a constant) of x."""
         B = x.shape[0]
         K, r = self.mu.shape[0], self.r
         xf = x.reshape(B, -1).to(torch.float64)
@@ -218,8 +223,7 @@ class AnalyticModel(Model):
         full = self.lam[None] + c[..., None]                                   # (B, K, r)
         quad = (res_sq - (proj**2).sum(2)) / c + (proj**2 / full).sum(2)
         logdet = (self.d - r) * torch.log(c) + torch.log(full).sum(2)
-        resp = torch.softmax(log_w - 0.5 * (quad + logdet), dim=1)             # (B, K)
-        return xf, c, proj, full, resp
+        return xf, c, proj, full, -0.5 * (quad + logdet)                       # (B, K)
 
     def row_bytes(self, width: int, height: int) -> int:
         """About 16 float64 vectors of the image's size per row (the denoiser's temporaries)."""
@@ -238,13 +242,31 @@ class AnalyticModel(Model):
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         xf, c, proj, full, resp = self._stats(x, sigma, cond)
+        return self._combine(xf, c, proj, full, resp).reshape(x.shape).to(x.dtype)
+
+    def _combine(self, xf: torch.Tensor, c: torch.Tensor, proj: torch.Tensor, full: torch.Tensor,
+                 resp: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output from x's projections and the responsibilities (flat)."""
         gain_iso = self.s2 / c                                                 # (B, 1)
         gain_low = (self.lam[None] + self.s2) / full - gain_iso[..., None]     # (B, K, r)
-        coef = torch.cat([(resp[..., None] * gain_low * proj).reshape(x.shape[0], -1),
+        coef = torch.cat([(resp[..., None] * gain_low * proj).reshape(xf.shape[0], -1),
                           (1 - gain_iso) * resp], dim=1)                       # (B, K*r + K)
         # gain_iso * x + (1 - gain_iso) * sum_k resp_k mu_k + sum_k U_k coef_k, one product
-        out = (gain_iso * xf).addmm_(coef, self.basis_t)
-        return out.reshape(x.shape).to(x.dtype)
+        return (gain_iso * xf).addmm_(coef, self.basis_t)
+
+    def guided_denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
+                       cfg_scale: float) -> torch.Tensor:
+        """D_u + s (D_c - D_u) from one projection of x (the exact solver's denoiser).
+
+        The output is linear in the responsibilities, so guidance mixes them, not two
+        outputs: half the arithmetic of a cond row and an uncond row. Equal to
+        GuidedDenoiser(model) up to float64 rounding (tests/test_analytic_model.py)."""
+        xf, c, proj, full, loglik = self._project(x, sigma)
+        resp = torch.softmax(cond.cond + loglik, dim=1)
+        if cfg_scale != 1.0:
+            uncond = torch.softmax(cond.uncond + loglik, dim=1)
+            resp = uncond + (resp - uncond) * cfg_scale
+        return self._combine(xf, c, proj, full, resp).reshape(x.shape)
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
         img = ((x.detach().to(torch.float64).cpu().clamp(-1, 1) + 1) * 127.5).round()
@@ -326,7 +348,6 @@ def exact_solution(model: AnalyticModel, x_start: torch.Tensor, sigma_start: flo
             ortho = ortho * model.s2 / (model.s2 + sigma_end**2)
         return (y @ Q.T + ortho).reshape(shape)
 
-    den = GuidedDenoiser(model)
     x = x_start.to(torch.float64)
     if sigma_end < TAIL_SIGMA:
         # already one picture's Gaussian (usual from the schedules' sigma_min on): the
@@ -336,7 +357,7 @@ def exact_solution(model: AnalyticModel, x_start: torch.Tensor, sigma_start: flo
             x, sigma_start = tail, sigma_end
     stop = max(sigma_end, TAIL_SIGMA)
     if sigma_start > stop:
-        x = _solve(den, x, sigma_start, stop, conditioning, cfg_scale, rtol, atol)
+        x = _solve(model, x, sigma_start, stop, conditioning, cfg_scale, rtol, atol)
     if sigma_end < min(stop, sigma_start):
         tail = _collapsed_tail(model, x, stop, sigma_end, conditioning, cfg_scale)
         if tail is None:
@@ -345,7 +366,7 @@ def exact_solution(model: AnalyticModel, x_start: torch.Tensor, sigma_start: flo
         x = tail
     if denoise_at_end:
         s = torch.full((B,), sigma_end, dtype=torch.float64)
-        x = den(x, s, conditioning=conditioning, cfg_scale=cfg_scale)
+        x = model.guided_denoise(x, s, conditioning, cfg_scale)
     return x
 
 
@@ -378,7 +399,7 @@ def _collapsed_tail(model: AnalyticModel, x: torch.Tensor, sigma_from: float, si
     return out if end is not None and bool((end == k).all()) else None
 
 
-def _solve(den: GuidedDenoiser, x: torch.Tensor, sigma_from: float, sigma_to: float,
+def _solve(model: AnalyticModel, x: torch.Tensor, sigma_from: float, sigma_to: float,
            conditioning: Conditioning, cfg_scale: float, rtol: float,
            atol: float) -> torch.Tensor:
     """x carried from sigma_from to sigma_to by DOP853 in t = log(sigma), all rows as one
@@ -390,7 +411,7 @@ def _solve(den: GuidedDenoiser, x: torch.Tensor, sigma_from: float, sigma_to: fl
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
         xt = torch.from_numpy(y).reshape(shape)
         s = torch.full((shape[0],), math.exp(t), dtype=torch.float64)
-        return (xt - den(xt, s, conditioning=conditioning, cfg_scale=cfg_scale)).reshape(-1).numpy()
+        return (xt - model.guided_denoise(xt, s, conditioning, cfg_scale)).reshape(-1).numpy()
 
     sol = solve_ivp(rhs, (math.log(sigma_from), math.log(sigma_to)), x.reshape(-1).numpy(),
                     method="DOP853", rtol=rtol / shrink, atol=atol / shrink)

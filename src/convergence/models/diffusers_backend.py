@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from convergence.weights import weights_digest
 #: denoising network: a UNet (SD 1.x/2.x/SDXL) or a transformer (SD3)
 _REQUIRED = ("vae", "scheduler")
 _NETWORKS = ("unet", "transformer")
+#: prompt lists whose embeddings a model keeps (encode_prompts): a few batches' worth, so
+#: memory stays small (SD 1.x: 0.5 MB per prompt, cond and uncond)
+ENCODED_KEPT = 8
 
 
 def _looks_local(path: str) -> bool:
@@ -146,11 +150,23 @@ class LatentPipelineModel(Model):
         #: Hugging Face fast tokenizers are not thread-safe, and the runner encodes the
         #: prompts of several batches from worker threads at once (cross-cell batching)
         self._encode_lock = threading.Lock()
+        #: the last ENCODED_KEPT prompt lists' embeddings, most recent last
+        self._encoded: OrderedDict[tuple[str, ...], Conditioning] = OrderedDict()
 
     def encode_prompts(self, prompts: list[str], topics: list[str]) -> Conditioning:
-        """Text embeddings for the batch, computed once per batch (never per step)."""
+        """Text embeddings for the batch, computed once per batch (never per step), and
+        once for a prompt list that recent batches had: a study's batches repeat a few
+        prompt lists (the guide's 48 batches share one), and the same list gives the same
+        embeddings. Callers do not modify them (cat_cond and take_rows make new tensors)."""
+        key = tuple(prompts)
         with self._encode_lock, torch.no_grad():
-            return self._encode(list(prompts))
+            out = self._encoded.pop(key, None)
+            if out is None:
+                out = self._encode(list(prompts))
+            self._encoded[key] = out
+            while len(self._encoded) > ENCODED_KEPT:
+                self._encoded.popitem(last=False)
+            return out
 
     def _encode(self, prompts: list[str]) -> Conditioning:
         raise NotImplementedError

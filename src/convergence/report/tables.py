@@ -320,6 +320,7 @@ def _order_cell(row) -> str:
 def rates_table(study: StudyData) -> Table | None:
     """Orders of convergence (d ∝ x^-order), each with its step range and the local slopes of
     successive doublings it was judged on; an order is shown only where they agree."""
+    from convergence.analysis.rates import SLOPE_TOL, SLOPE_WINDOW
     r = study.rates
     if r is None or r.empty:
         return None
@@ -351,7 +352,8 @@ def rates_table(study: StudyData) -> Table | None:
         groups[0] = (*groups[0][:2], True)
     return Table("rates", "Orders of convergence, all topics", r, shown,
                  "An order is a measurement only in its asymptotic range: it is shown where the "
-                 "local slopes of the last successive doublings agree (docs/analysis.md), "
+                 f"last {SLOPE_WINDOW} local slopes of successive doublings and the order fitted "
+                 f"over them agree within {SLOPE_TOL} (docs/analysis.md), "
                  "otherwise the row says pre-asymptotic and no claim is decided from it. "
                  "Per-topic and per-seed fits are in rates.csv.", groups)
 
