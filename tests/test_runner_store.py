@@ -159,3 +159,34 @@ def test_cell_hash_changes_with_every_axis():
         h = Cell(**{**base.__dict__, k: v}).hash
         assert h not in seen, k
         seen.add(h)
+
+
+def test_a_slow_disk_pauses_the_run_instead_of_piling_up_results(study_config, model32,
+                                                                 monkeypatch):
+    """16 one-cell batches of a few ms each, a writer that takes 50 ms a batch: each new
+    batch starts only while at most MAX_UNWRITTEN finished ones wait to be written (13
+    waited with the bound lifted: measured)."""
+    import time
+
+    import convergence.runner as runner
+
+    real_store, real_sample = runner.store_rows, runner.sample_batch
+    computed, stored, unwritten = [0], [0], []
+
+    def slow_store(*args):
+        time.sleep(0.05)
+        rows = real_store(*args)
+        stored[0] += len(args[2])
+        return rows
+
+    def sample(model, cells, *args):
+        unwritten.append(computed[0] - stored[0])
+        res = real_sample(model, cells, *args)
+        computed[0] += len(cells)
+        return res
+
+    monkeypatch.setattr(runner, "store_rows", slow_store)
+    monkeypatch.setattr(runner, "sample_batch", sample)
+    summary = run_study(study_config(samplers=["euler"], steps=[2, 3, 4, 5], batch_size=2), model32)
+    assert summary.ran == 16 and len(unwritten) == 16
+    assert 0 < max(unwritten) <= runner.MAX_UNWRITTEN

@@ -126,6 +126,11 @@ def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict
 DIVERGENCE_FACTOR = 1e3
 
 
+#: finished batches that may wait for the writer thread: more pause the model calls, so a
+#: slow disk cannot pile up results (memory, and work a killed run has to redo)
+MAX_UNWRITTEN = 4
+
+
 @dataclass
 class RunSummary:
     store: Store
@@ -179,7 +184,7 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
                     progress.described = True
 
             def store_batch(job: Job, res: BatchResult, ledger: Ledger) -> None:
-                while writes and writes[0].done():
+                while writes and (writes[0].done() or len(writes) >= MAX_UNWRITTEN):
                     writes.popleft().result()
                 writes.append(writer.submit(write, job, res, ledger))
                 bar.update(len(job.payload))
