@@ -2,9 +2,10 @@
 one invocation (a shared, noisy machine: compare ratios from one run only), and check
 that both store the same cells: the same float samples (to the bit) and PNGs.
 
-    python benchmarks/run_ab.py --base REV [--rounds N] [--out FILE] [overrides...]
+    python benchmarks/run_ab.py [--base REV] [--revert COMMIT ...] [--rounds N] [--out FILE] [overrides...]
 
-``REV``'s ``src`` is exported with ``git archive``; the other version is this checkout's
+The base version is ``REV``'s ``src`` (``git archive``; default ``HEAD``) with the changes
+to ``src`` of the ``--revert`` commits undone; the other version is this checkout's
 ``src``. Each run is a fresh process (``python -m convergence.cli run ... progress=false``)
 into a fresh results folder; the report gives, per run, the wall time of the process,
 its CPU time (user + system), the seconds of ``run_study`` and inside the model, model
@@ -31,12 +32,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def export_src(rev: str, dest: Path) -> Path:
-    """``rev``'s ``src`` folder, unpacked under ``dest``."""
+def export_src(rev: str, dest: Path, revert: list[str]) -> Path:
+    """``rev``'s ``src`` folder, unpacked under ``dest``, with the changes to ``src`` of
+    the commits ``revert`` undone (a version that differs from ``rev`` by just those)."""
     data = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True,
                           capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(data)) as tar:
         tar.extractall(dest, filter="data")
+    for commit in reversed(revert):
+        diff = subprocess.run(["git", "-C", str(REPO), "diff", f"{commit}^", commit, "--", "src"],
+                              check=True, capture_output=True).stdout
+        subprocess.run(["git", "apply", "-R"], input=diff, cwd=dest, check=True)
     return dest / "src"
 
 
@@ -71,18 +77,20 @@ def same_cells(a: Path, b: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--base", required=True, help="git revision of the version to compare with")
+    ap.add_argument("--base", default="HEAD", help="git revision of the version to compare with")
+    ap.add_argument("--revert", nargs="*", default=[], help="commits whose src changes the base undoes")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each version, alternated")
     ap.add_argument("--out", help="also write the report to this file")
     args, overrides = ap.parse_known_args()
     sys.path.insert(0, str(REPO / "src"))
     lines = [f"$ python benchmarks/run_ab.py {' '.join(sys.argv[1:])}",
-             f"# base {args.base} = {subprocess.check_output(['git', '-C', str(REPO), 'rev-parse', '--short', args.base], text=True).strip()}, "
+             f"# base {args.base} = {subprocess.check_output(['git', '-C', str(REPO), 'rev-parse', '--short', args.base], text=True).strip()}"
+             + (f" with {', '.join(args.revert)} reverted" if args.revert else "") + ", "
              f"new = this checkout ({subprocess.check_output(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], text=True).strip()}); "
              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start"]
     with tempfile.TemporaryDirectory(prefix="convergence-ab-") as tmp:
         tmp = Path(tmp)
-        versions = {"base": export_src(args.base, tmp / "base"), "new": REPO / "src"}
+        versions = {"base": export_src(args.base, tmp / "base", args.revert), "new": REPO / "src"}
         got: dict[str, list[dict]] = {v: [] for v in versions}
         for r in range(args.rounds):
             for v in (("base", "new") if r % 2 == 0 else ("new", "base")):
