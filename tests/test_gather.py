@@ -92,6 +92,8 @@ def test_calls_and_rows_per_call_match_a_hand_count(study_config, model32, tmp_p
     assert (run["model_calls"], run["model_rows"]) == (7, 44)
     assert run["rows_histogram"] == {"4": 3, "8": 4} and run["row_budget"] == 8
     assert 0 < run["model_share"] <= 1
+    # waits for the samplers and model calls are disjoint stretches of the run's wall time
+    assert 0 < run["wait_seconds"] and run["model_seconds"] + run["wait_seconds"] <= run["seconds"]
     df = wide.store.load().set_index("sampler")
     assert set(df.loc["euler", "rows_per_call"]) == {8.0}
     assert df.loc["heun", "rows_per_call"].tolist() == pytest.approx([(4 * 8 + 3 * 4) / 7] * 2)
@@ -174,6 +176,19 @@ def test_gatherer_reads_its_jobs_lazily():
 
     stats = Gatherer(denoise, 4).run(jobs(), lambda j, r, ledger: None)
     assert taken == [0, 0, 1, 2, 3] and sizes == [4, 4, 4, 2, 2] and stats.rows == 16
+
+
+def test_gatherer_counts_the_time_it_waits_for_the_jobs():
+    """A job that works 50 ms before each of its 2 calls: the gatherer waits >= 100 ms."""
+    import time
+
+    def fn(call):
+        for _ in range(2):
+            time.sleep(0.05)
+            call(torch.zeros(1, 1), torch.ones(1), torch.zeros(1, 1))
+
+    stats = Gatherer(lambda x, s, c: x, 4).run([Job(fn, 1)], lambda j, r, ledger: None)
+    assert stats.calls == 2 and stats.wait_seconds >= 0.1
 
 
 def test_gatherer_merges_the_calls_of_all_live_jobs():

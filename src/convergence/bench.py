@@ -189,7 +189,8 @@ def bench(cfg: Config, model: Model | None = None, loop_cells: int | None = None
     per_row = harness / rows
     lines.append(f"harness: {harness:.2f} s for {rows} model rows = {1e3 * per_row:.3f} ms/row; "
                  f"{run['model_calls']} model calls, {run['rows_per_call']:.1f} rows per call, "
-                 f"{100 * run['model_share']:.0f}% of the time in the model")
+                 f"{100 * run['model_share']:.0f}% of the time in the model, "
+                 f"{100 * run['wait_seconds'] / run['seconds']:.0f}% waiting for the samplers")
 
     def work(cs: list[Cell]) -> int:
         return sum(nfe[c.hash] * rows_per_cell(c) for c in cs)

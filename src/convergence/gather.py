@@ -70,6 +70,9 @@ class CallStats:
     calls: int = 0
     rows: int = 0
     model_seconds: float = 0.0
+    #: wall time the gatherer waited for the live jobs' own work between model calls
+    #: (sampler arithmetic, prompt encoding, decoding): the model idles meanwhile
+    wait_seconds: float = 0.0
     rows_histogram: Counter = field(default_factory=Counter)
 
     def record(self, rows: int, seconds: float) -> None:
@@ -83,12 +86,13 @@ class CallStats:
         self.calls += other.calls
         self.rows += other.rows
         self.model_seconds += other.model_seconds
+        self.wait_seconds += other.wait_seconds
         self.rows_histogram.update(other.rows_histogram)
 
     def as_dict(self) -> dict:
         return {"model_calls": self.calls, "model_rows": self.rows,
                 "rows_per_call": self.rows / self.calls if self.calls else 0.0,
-                "model_seconds": self.model_seconds,
+                "model_seconds": self.model_seconds, "wait_seconds": self.wait_seconds,
                 "rows_histogram": {str(k): v for k, v in sorted(self.rows_histogram.items())}}
 
 
@@ -246,8 +250,10 @@ class Gatherer:
 
     def _wait_blocked(self, live: list[_Worker]) -> None:
         """Until every live job waits for a model call or has finished."""
+        start = time.perf_counter()
         with self.cv:
             self.cv.wait_for(lambda: all(w.state != _RUNNING for w in live))
+        self.stats.wait_seconds += time.perf_counter() - start
 
     def _run_solo(self, job: Job, on_done: Callable[[Job, Any, Ledger], None]) -> None:
         ledger = Ledger()
