@@ -190,3 +190,29 @@ def test_a_slow_disk_pauses_the_run_instead_of_piling_up_results(study_config, m
     summary = run_study(study_config(samplers=["euler"], steps=[2, 3, 4, 5], batch_size=2), model32)
     assert summary.ran == 16 and len(unwritten) == 16
     assert 0 < max(unwritten) <= runner.MAX_UNWRITTEN
+
+
+def test_finite_check_names_nan_rows_and_lets_huge_finite_values_pass():
+    # the check sums first: finite values whose sum overflows must still pass, NaN must not
+    import torch
+
+    from convergence.models.base import CountingDenoiser, NonFiniteSample
+
+    class Rows:
+        rows_evaluated = 0
+
+        def __init__(self, out):
+            self.out = out
+
+        def __call__(self, x, sigma, **_):
+            return self.out
+
+    huge = torch.full((3, 4), 1e308, dtype=torch.float64)
+    assert not torch.isfinite(huge.sum())
+    x, s = torch.zeros(3, 4), torch.ones(3)
+    assert CountingDenoiser(Rows(huge))(x, s) is huge
+    bad = huge.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(NonFiniteSample) as e:
+        CountingDenoiser(Rows(bad))(x, s)
+    assert e.value.rows == [1]

@@ -183,7 +183,9 @@ class GuidedDenoiser:
         cond_out, uncond_out = out.chunk(2)
         if post_cfg is not None:
             post_cfg(uncond_out)
-        return uncond_out + (cond_out - uncond_out) * cfg_scale
+        # in place, the same IEEE operations as uncond + (cond - uncond) * scale (an
+        # addition's operands commute exactly): one temporary instead of three
+        return (cond_out - uncond_out).mul_(cfg_scale).add_(uncond_out)
 
 
 class CountingDenoiser:
@@ -213,7 +215,9 @@ class CountingDenoiser:
         self.calls += 1
         s = sigma.flatten()[0] if sigma.ndim else sigma
         self.sigmas_seen.append(float(s))
-        if self.check_finite and not torch.isfinite(out).all():
+        # a finite sum means every value is finite (NaN and inf propagate); only a sum that
+        # is not (NaN/inf, or finite values overflowing it) is checked value by value
+        if self.check_finite and not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
             bad = (~torch.isfinite(out.flatten(1))).any(1).nonzero().flatten().tolist()
             raise NonFiniteSample(bad, float(s))
         return out
