@@ -1,12 +1,12 @@
 """Cost of `convergence analyze` against `convergence run` on the default study, in one run.
 
-Runs both commands as a user would (subprocesses, one torch thread: the machine is shared),
-into a fresh results folder, and prints the wall time of each and their ratio (target:
-analyze at most half of run). A second `analyze` shows the cost once the exact ODE
+Runs both commands as a user would (subprocesses with torch's default thread count, or
+``--threads N`` on a shared machine), into a fresh results folder, and prints the wall time
+of each and their ratio (target: analyze at most half of run), then `convergence report`. A second `analyze` shows the cost once the exact ODE
 solutions are cached. With ``--keep DIR`` the study stays in DIR (its tables are what
 results/measured/default_*.csv record).
 
-    .venv/bin/python benchmarks/bench_analyze.py [--keep DIR] [--out FILE]
+    .venv/bin/python benchmarks/bench_analyze.py [--threads N] [--keep DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -34,21 +34,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--keep", type=Path, help="results folder to keep (default: a temporary one)")
     ap.add_argument("--out", type=Path, help="also write the report to this file")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     opts = ap.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    if opts.threads:
+        env["OMP_NUM_THREADS"] = str(opts.threads)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         results = opts.keep or Path(tmp)
-        common = ["threads=1", f"results_dir={results}"]
+        common = [f"results_dir={results}", *([f"threads={opts.threads}"] if opts.threads else [])]
         t_run, out_run = timed(["run", *common, "progress=false"], env)
         # progress on: the phase lines (stdout) show where analyze spends its time
         t_an, out_an = timed(["analyze", *common], env)
         t_an2, _ = timed(["analyze", *common, "progress=false"], env)
+        t_rep, _ = timed(["report", *common, "progress=false"], env)
+    threads = opts.threads or f"default ({os.cpu_count()} cores)"
     lines = [
-        "# benchmarks/bench_analyze.py: default study (960 cells, 64x64, analytic model), "
-        "threads=1, wall seconds of each command (subprocess, imports included)",
+        f"$ .venv/bin/python benchmarks/bench_analyze.py {' '.join(sys.argv[1:])}",
+        "# default study (960 cells, 64x64, analytic model), threads "
+        f"{threads}, load average {load:.1f} at the start; wall seconds of each command "
+        "(subprocess, imports included)",
         f"run:                        {t_run:7.1f} s   ({out_run.strip().splitlines()[-1]})",
         f"analyze (first):            {t_an:7.1f} s   ratio analyze/run = {t_an / t_run:.2f}",
         f"analyze (exact ODE cached): {t_an2:7.1f} s   ratio analyze/run = {t_an2 / t_run:.2f}",
+        f"report:                     {t_rep:7.1f} s",
+        f"run + analyze + report:     {t_run + t_an + t_rep:7.1f} s",
         "",
         "analyze's output (first run):",
         out_an.rstrip(),
