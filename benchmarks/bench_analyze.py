@@ -13,18 +13,26 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+#: CPU seconds (user + system) of each command, in the order they ran
+CPU: list[float] = []
+
 
 def timed(args: list[str], env: dict) -> tuple[float, str]:
+    """Wall seconds and stdout of one command; its CPU seconds go to :data:`CPU`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "convergence.cli", *args], env=env,
                        capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if r.returncode:
         raise SystemExit(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
     return seconds, r.stdout
@@ -54,10 +62,13 @@ def main() -> None:
         "# default study (960 cells, 64x64, analytic model), threads "
         f"{threads}, load average {load:.1f} at the start; wall seconds of each command "
         "(subprocess, imports included)",
-        f"run:                        {t_run:7.1f} s   ({out_run.strip().splitlines()[-1]})",
-        f"analyze (first):            {t_an:7.1f} s   ratio analyze/run = {t_an / t_run:.2f}",
-        f"analyze (exact ODE cached): {t_an2:7.1f} s   ratio analyze/run = {t_an2 / t_run:.2f}",
-        f"report:                     {t_rep:7.1f} s",
+        f"run:                        {t_run:7.1f} s   CPU {CPU[0]:6.1f} s   "
+        f"({out_run.strip().splitlines()[-1]})",
+        f"analyze (first):            {t_an:7.1f} s   CPU {CPU[1]:6.1f} s   ratio analyze/run = "
+        f"{t_an / t_run:.2f} wall, {CPU[1] / CPU[0]:.2f} CPU",
+        f"analyze (exact ODE cached): {t_an2:7.1f} s   CPU {CPU[2]:6.1f} s   ratio analyze/run = "
+        f"{t_an2 / t_run:.2f} wall, {CPU[2] / CPU[0]:.2f} CPU",
+        f"report:                     {t_rep:7.1f} s   CPU {CPU[3]:6.1f} s",
         f"run + analyze + report:     {t_run + t_an + t_rep:7.1f} s",
         "",
         "analyze's output (first run):",
