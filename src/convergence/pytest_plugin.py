@@ -23,17 +23,12 @@ def convergence_check():
     node; ``baseline``: a path (None: no baseline); ``claims``: order, nfe_per_step, ..."""
 
     def check(sampler: Any, baseline: str | Path | None = None, **claims: Any):
-        import torch
-
         from convergence import baseline as B
         from convergence.check import check_sampler
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny matrices: threads only add contention
-        try:
+        from convergence.models.device import torch_threads
+        with torch_threads(1):  # tiny matrices: threads only add contention
             report = check_sampler(sampler, B.load(Path(baseline)) if baseline else None,
                                    **claims)
-        finally:
-            torch.set_num_threads(threads)
         if not report.passed:
             pytest.fail(f"{report.summary()}\n{report.table()}", pytrace=False)
         return report

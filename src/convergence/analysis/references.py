@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -26,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from convergence.analysis.tables import GROUP
+from convergence.models.device import torch_threads
 from convergence.registry import Registry
 from convergence.store import Store, atomic_write_bytes
 
@@ -112,7 +111,8 @@ def exact_limits(model, store: Store, rows: list[dict], rtol: float, batch_size:
     threads, 3.9 s with one; two chunks at once in two Python threads took 10.3 s (the
     solver's per-step Python work serialises on the GIL)."""
     out: list[dict[str, np.ndarray] | None] = [None] * len(rows)
-    todo: dict[tuple, list[tuple[int, str]]] = {}
+    # span -> {start's cache key: the rows that share that start}
+    todo: dict[tuple, dict[str, list[int]]] = {}
     for i, r in enumerate(rows):
         key = _key(r, rtol)
         path = store.root / "exact" / f"{key}.npz"
@@ -121,22 +121,13 @@ def exact_limits(model, store: Store, rows: list[dict], rtol: float, batch_size:
                 out[i] = {k: f[k] for k in f.files}
         else:
             todo.setdefault((float(r["sigma_start"]), float(r["sigma_min"]), float(r["cfg"]),
-                             float(r["noise_scale"])), []).append((i, key))
-    chunks = []
-    for span, items in todo.items():
-        unique: dict[str, int] = {}
-        for i, key in items:
-            unique.setdefault(key, i)
-        keys = list(unique)
-        chunks += [(span, [(k, rows[unique[k]]) for k in keys[start:start + batch_size]])
-                   for start in range(0, len(keys), batch_size)]
-    where: dict[str, list[int]] = {}
-    for items in todo.values():
-        for i, key in items:
-            where.setdefault(key, []).append(i)
+                             float(r["noise_scale"])), {}).setdefault(key, []).append(i)
+    chunks = [(span, [(k, rows[starts[k][0]]) for k in list(starts)[lo:lo + batch_size]])
+              for span, starts in todo.items() for lo in range(0, len(starts), batch_size)]
+    where = {k: idx for starts in todo.values() for k, idx in starts.items()}
     n_solves = sum(len(c) for _, c in chunks)
     with tqdm(total=n_solves, desc="analyze: exact ODE solves", unit="start",
-              disable=not progress or n_solves == 0) as bar, _torch_threads(1):
+              disable=not progress or n_solves == 0) as bar, torch_threads(1):
         for span, chunk in chunks:
             for (key, _), limits in zip(chunk, _solve_chunk(model, rtol, span, chunk),
                                         strict=True):
@@ -167,17 +158,6 @@ def _solve_chunk(model, rtol: float, span: tuple[float, float, float, float],
         zero = exact_solution(model, x_min, smin, 0.0, cond, cfg_scale, rtol=rtol, atol=rtol)
     return [{"exact-denoised": den[j].numpy(), "exact-zero": zero[j].numpy(),
              "exact-end": x_min[j].numpy()} for j in range(len(rr))]
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op thread count set to ``n`` inside the block (process-wide)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def denoise(model, x: torch.Tensor, sigma: float, cond, cfg_scale: float) -> torch.Tensor:

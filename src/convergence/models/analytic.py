@@ -213,6 +213,13 @@ class AnalyticModel(Model):
 
     def _project(self, x: torch.Tensor, sigma: torch.Tensor):
         """Per-component projections, gains and log-likelihoods (up to a constant) of x."""
+        xf, c, proj, full, quad = self._quadratic(x, sigma)
+        logdet = (self.d - self.r) * torch.log(c) + torch.log(full).sum(2)
+        return xf, c, proj, full, -0.5 * (quad + logdet)                       # (B, K)
+
+    def _quadratic(self, x: torch.Tensor, sigma: torch.Tensor):
+        """x flattened, the noise variances c, x's projections, the components' variances
+        and each component's Mahalanobis quadratic form (x - mu)^T Cov^-1 (x - mu)."""
         B = x.shape[0]
         K, r = self.mu.shape[0], self.r
         xf = x.reshape(B, -1).to(torch.float64)
@@ -221,9 +228,8 @@ class AnalyticModel(Model):
         proj = both[:, :K * r].reshape(B, K, r) - self.muU[None]              # U^T (x - mu)
         res_sq = (xf * xf).sum(1, keepdim=True) - 2 * both[:, K * r:] + self.mu_sq[None]
         full = self.lam[None] + c[..., None]                                   # (B, K, r)
-        quad = (res_sq - (proj**2).sum(2)) / c + (proj**2 / full).sum(2)
-        logdet = (self.d - r) * torch.log(c) + torch.log(full).sum(2)
-        return xf, c, proj, full, -0.5 * (quad + logdet)                       # (B, K)
+        quad = (res_sq - (proj**2).sum(2)) / c + (proj**2 / full).sum(2)       # (B, K)
+        return xf, c, proj, full, quad
 
     def row_bytes(self, width: int, height: int) -> int:
         """About 16 float64 vectors of the image's size per row (the denoiser's temporaries)."""
@@ -282,13 +288,7 @@ class AnalyticModel(Model):
         """Squared Mahalanobis distance / d of each image to its nearest component,
         and that component's index. A clean sample of the model scores about 1; residual
         noise or a blend of two pictures scores far higher (coherence ground truth)."""
-        B = x.shape[0]
-        K, r = self.mu.shape[0], self.r
-        xf = x.reshape(B, -1).to(torch.float64)
-        proj = (xf @ self.U_all).reshape(B, K, r) - self.muU[None]
-        res_sq = (xf**2).sum(1, keepdim=True) - 2 * xf @ self.mu.T + self.mu_sq[None]
-        full = self.lam[None] + self.s2
-        m = (res_sq - (proj**2).sum(2)) / self.s2 + (proj**2 / full).sum(2)
+        m = self._quadratic(x, torch.zeros(x.shape[0], dtype=torch.float64))[-1]
         best, idx = (m / self.d).min(1)
         return best, idx
 

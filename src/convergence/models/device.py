@@ -7,6 +7,9 @@ the choice made here changes speed and rounding, never which image a seed gives.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from convergence.errors import ConvergenceError
@@ -89,3 +92,15 @@ def device_name(device: torch.device | str) -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (process-wide), for
+    work on small matrices, where threads cost more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
