@@ -30,6 +30,7 @@ from convergence.analysis.references import EXACT_LIMITS, REFERENCES
 from convergence.atomic import staged_into
 from convergence.config import AnalysisConfig, Config
 from convergence.errors import ConvergenceError
+from convergence.heap import keep_freed_memory
 from convergence.store import Store
 
 __all__ = ["analyze_study", "check_options", "noise_estimate"]
@@ -91,6 +92,7 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
 
     The tables are written aside and replace the previous ones together, once all of them
     are computed: a failed analysis leaves the last good one as it was."""
+    keep_freed_memory()  # the metrics' large temporaries: reused, not refaulted (heap.py)
     with staged_into(Path(cfg.results_dir) / cfg.name) as out:
         return _analyze(cfg, out)
 

@@ -24,50 +24,76 @@ def _basis(x: np.ndarray, b: float, x_ref: float) -> np.ndarray:
     return g
 
 
+def _usable(x: np.ndarray, d: np.ndarray, x_ref: float) -> np.ndarray:
+    """Points a power law can be fitted through: d > 0, x > 0 and x < x_ref."""
+    ok = np.isfinite(d) & (d > 0) & np.isfinite(x) & (x > 0)
+    if math.isfinite(x_ref):
+        ok &= x < x_ref
+    return ok
+
+
+def _slope_fits(lx: np.ndarray, ld: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Against a limit (x_ref = inf) log d = log a + b log x is linear in b: the weighted
+    least-squares slope of each row of weights ``w`` (R, n), closed-form and clipped to
+    B_BOUNDS (the minimum of a convex quadratic on an interval)."""
+    sw = w.sum(1)
+    mx, md = w @ lx / sw, w @ ld / sw
+    sxx = w @ (lx * lx) - sw * mx * mx
+    sxy = w @ (lx * ld) - sw * mx * md
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.clip(sxy / sxx, *B_BOUNDS)
+
+
 def fit_power(x, d, x_ref: float = math.inf) -> tuple[float, float]:
     """(a, b) minimising the squared error of log d (points with d > 0 and x < x_ref).
 
     For a given b the best log a is closed-form, so the fit is a bounded 1-D search on b
-    (scipy ``minimize_scalar``). Returns (nan, nan) with fewer than 3 usable points."""
+    (scipy ``minimize_scalar``); against a limit (x_ref = inf) it is a straight line in
+    log-log, solved directly. Returns (nan, nan) with fewer than 3 usable points."""
     x = np.asarray(x, dtype=np.float64)
     d = np.asarray(d, dtype=np.float64)
-    ok = np.isfinite(d) & (d > 0) & np.isfinite(x) & (x > 0)
-    if math.isfinite(x_ref):
-        ok &= x < x_ref
+    ok = _usable(x, d, x_ref)
     x, ld = x[ok], np.log(d[ok])
     if len(np.unique(x)) < 3:
         return math.nan, math.nan
+    if not math.isfinite(x_ref):
+        b = float(_slope_fits(np.log(x), ld, np.ones((1, len(x))))[0])
+    else:
+        def loss(b: float) -> float:
+            lg = np.log(_basis(x, b, x_ref))
+            la = np.mean(ld - lg)
+            return float(np.sum((ld - la - lg) ** 2))
 
-    def loss(b: float) -> float:
-        lg = np.log(_basis(x, b, x_ref))
-        la = np.mean(ld - lg)
-        return float(np.sum((ld - la - lg) ** 2))
-
-    res = minimize_scalar(loss, bounds=B_BOUNDS, method="bounded", options={"xatol": 1e-5})
-    b = float(res.x)
+        b = float(minimize_scalar(loss, bounds=B_BOUNDS, method="bounded",
+                                  options={"xatol": 1e-5}).x)
     a = float(np.exp(np.mean(ld - np.log(_basis(x, b, x_ref)))))
     return a, b
 
 
-#: grid of b for the bootstrap (step 0.0025): all resamples are fitted in one array
-#: operation instead of one scalar optimisation each (the interval needs no finer b)
+#: grid of b for the bootstrap against a finite reference (step 0.0025): all resamples
+#: are fitted in one array operation instead of one scalar optimisation each (the interval
+#: needs no finer b); against a limit each resample's fit is closed-form (_slope_fits)
 B_GRID = np.arange(B_BOUNDS[0], B_BOUNDS[1] + 1e-12, 0.0025)
 
 
 def _grid_fits(x: np.ndarray, ld: np.ndarray, w: np.ndarray, x_ref: float) -> np.ndarray:
-    """Best b on B_GRID of the weighted log least squares, for each row of weights ``w``
-    (R, n): a resample of units is a vector of how often each point is drawn."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g = x[None, :] ** B_GRID[:, None]
-        if math.isfinite(x_ref):
-            g = g - x_ref ** B_GRID[:, None]
-        r = ld[None, :] - np.log(g)                                   # (G, n)
-    sw = w.sum(1, keepdims=True)                                      # (R, 1)
-    s1 = w @ r.T                                                      # (R, G)
-    loss = w @ (r**2).T - s1**2 / sw
-    loss[~np.isfinite(loss)] = np.inf
-    best = B_GRID[np.argmin(loss, axis=1)]
-    n_x = np.array([len(np.unique(x[wi > 0])) for wi in w])
+    """Best b of the weighted log least squares, for each row of weights ``w`` (R, n): a
+    resample of units is a vector of how often each point is drawn. NaN for a resample
+    that holds fewer than 3 distinct x."""
+    if not math.isfinite(x_ref):
+        best = _slope_fits(np.log(x), ld, w)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = ld[None, :] - np.log(x[None, :] ** B_GRID[:, None] - x_ref ** B_GRID[:, None])
+        sw = w.sum(1, keepdims=True)                                  # (R, 1)
+        s1 = w @ r.T                                                  # (R, G)
+        loss = w @ (r**2).T - s1**2 / sw
+        loss[~np.isfinite(loss)] = np.inf
+        best = B_GRID[np.argmin(loss, axis=1)]
+    ux, which = np.unique(x, return_inverse=True)
+    one_hot = np.zeros((len(x), len(ux)))
+    one_hot[np.arange(len(x)), which] = 1.0
+    n_x = ((w > 0) @ one_hot > 0).sum(1)
     return np.where(n_x >= 3, best, np.nan)
 
 
@@ -83,11 +109,9 @@ def bootstrap_b(units: list[tuple[np.ndarray, np.ndarray]], x_ref: float, n_boot
         return a, b, math.nan, math.nan
     rng = np.random.default_rng(seed)
     unit_of = np.concatenate([np.full(len(u[0]), i) for i, u in enumerate(units)])
-    ok = np.isfinite(d) & (d > 0) & np.isfinite(x) & (x > 0)
-    if math.isfinite(x_ref):
-        ok &= x < x_ref
-    counts = np.stack([np.bincount(rng.integers(0, len(units), len(units)),
-                                   minlength=len(units)) for _ in range(n_boot)])
+    ok = _usable(x, d, x_ref)
+    draws = rng.integers(0, len(units), (n_boot, len(units)))
+    counts = (draws[:, :, None] == np.arange(len(units))).sum(1)        # (R, units)
     w = counts[:, unit_of[ok]].astype(np.float64)
     bs = _grid_fits(x[ok], np.log(d[ok]), w, x_ref)
     bs = bs[~np.isnan(bs)]
@@ -108,9 +132,7 @@ def ladder(x, d, x_ref: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     next point the largest x at most x/LADDER_RATIO (slopes over short intervals are noise)."""
     x = np.asarray(x, dtype=np.float64)
     d = np.asarray(d, dtype=np.float64)
-    ok = np.isfinite(d) & (d > 0) & np.isfinite(x) & (x > 0)
-    if math.isfinite(x_ref):
-        ok &= x < x_ref
+    ok = _usable(x, d, x_ref)
     x, d = x[ok], d[ok]
     if len(x) == 0:
         return x, d
@@ -195,10 +217,7 @@ def asymptotic_fit(units: list[tuple[np.ndarray, np.ndarray]], x_ref: float, n_b
            "order_fit": math.nan, "order": math.nan}
     if not units:
         return nan
-    pooled = pd.DataFrame({"x": np.concatenate([u[0] for u in units]),
-                           "d": np.concatenate([u[1] for u in units])})
-    med = pooled.groupby("x").d.median()
-    lx, sl = local_slopes(med.index.to_numpy(), med.to_numpy(), x_ref)
+    lx, sl = local_slopes(*_median_curve(units), x_ref)
     if len(sl) < 2:
         return {**nan, "slopes": ",".join(f"{v:.2f}" for v in sl)}
     k = min(window, len(sl))
@@ -216,32 +235,46 @@ def asymptotic_fit(units: list[tuple[np.ndarray, np.ndarray]], x_ref: float, n_b
             "order": -b if ok else math.nan}
 
 
-def _units(g: pd.DataFrame, xname: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(u[xname].to_numpy(float), u.value.to_numpy(float))
-            for _, u in g.groupby(["prompt", "seed"])]
+def _median_curve(units: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(each x, the median over units of d at that x, NaNs left out)."""
+    x = np.concatenate([u[0] for u in units])
+    d = np.concatenate([u[1] for u in units])
+    ux, which = np.unique(x, return_inverse=True)
+    med = np.full(len(ux), np.nan)
+    for k in range(len(ux)):
+        v = d[(which == k) & ~np.isnan(d)]
+        if len(v):
+            med[k] = np.median(v)
+    return ux, med
 
 
 def _rate_rows(d: pd.DataFrame, metric: str, ref: str, xname: str, top_x: dict[str, float],
                n_boot: int) -> list[dict]:
-    """Rows of the rates table for one metric, reference and x: per curve, topic and all."""
-    def x_ref(g: pd.DataFrame) -> float:
-        return top_x[g.ref_hash.iloc[0]] if ref == "highest" else math.inf
+    """Rows of the rates table for one metric, reference and x: per curve, topic and all.
 
-    def row(level: str, topic: str, seed: float, key: tuple, fit: dict, n: int) -> dict:
+    A unit is one (prompt, seed) curve: x and the distance, with the x of the reference
+    it was measured against (its own highest step count; inf against a limit)."""
+    def row(level: str, topic: str, seed: float, key: tuple, units: list, n_boot: int = 0) -> dict:
+        fit = asymptotic_fit([(u[0], u[1]) for u in units], units[0][2], n_boot)
         return {"level": level, "topic": topic, "seed": seed, "sampler": key[0],
                 "schedule": key[1], "cfg": key[2], "x": xname, "reference": ref,
-                "metric": metric, **fit, "n_seeds": n}
+                "metric": metric, **fit, "n_seeds": len(units)}
 
+    # one pass over the rows: curve key -> its units, in the order groupby gives
+    curves: dict[tuple, list[tuple[float, tuple]]] = {}
+    for (topic, sampler, schedule, cfg_scale, _prompt, seed), u in d.groupby(
+            ["topic", "sampler", "schedule", "cfg", "prompt", "seed"]):
+        x_ref = top_x[u.ref_hash.iloc[0]] if ref == "highest" else math.inf
+        curves.setdefault((topic, sampler, schedule, cfg_scale), []).append(
+            (seed, (u[xname].to_numpy(float), u.value.to_numpy(float), x_ref)))
     rows = []
-    for (topic, sampler, schedule, cfg_scale), g in d.groupby(["topic", "sampler", "schedule", "cfg"]):
-        key = (sampler, schedule, cfg_scale)
-        for (_prompt, seed), u in g.groupby(["prompt", "seed"]):
-            rows.append(row("group", topic, seed, key, asymptotic_fit(_units(u, xname), x_ref(u)), 1))
-        us = _units(g, xname)
-        rows.append(row("topic", topic, math.nan, key, asymptotic_fit(us, x_ref(g), n_boot), len(us)))
-    for key, g in d.groupby(["sampler", "schedule", "cfg"]):
-        us = _units(g, xname)
-        rows.append(row("all", "all", math.nan, key, asymptotic_fit(us, x_ref(g), n_boot), len(us)))
+    per_key: dict[tuple, list] = {}
+    for (topic, *key), units in curves.items():
+        key = tuple(key)
+        rows += [row("group", topic, seed, key, [unit]) for seed, unit in units]
+        rows.append(row("topic", topic, math.nan, key, [u for _, u in units], n_boot))
+        per_key.setdefault(key, []).extend(u for _, u in units)
+    rows += [row("all", "all", math.nan, key, per_key[key], n_boot) for key in sorted(per_key)]
     return rows
 
 
