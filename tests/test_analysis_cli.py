@@ -144,3 +144,27 @@ def test_rows_of_an_older_runner_get_their_metadata(tiny, tmp_path):
     store.append_rows(old.to_dict("records"))
     assert cli("analyze", *TINY, f"results_dir={tmp_path}") == 0
     pd.testing.assert_frame_equal(_points_table(src), _points_table(dst))
+
+
+def test_analysis_uses_the_model_the_run_recorded(tiny, tmp_path, monkeypatch):
+    """The run records the analytic model in the study; the analysis loads it instead of
+    building it (no picture is resized), and a study without the record (run before models
+    were recorded) is analysed the same, building the model."""
+    import convergence.models.analytic as A
+    root, _ = tiny
+    src = root / "tiny"
+    assert (src / "model" / "analytic-32x32.npz").exists()
+    recorded, built = tmp_path / "recorded", tmp_path / "built"
+    for dst in (recorded, built):
+        shutil.copytree(src, dst / "tiny")
+        shutil.rmtree(dst / "tiny" / "exact", ignore_errors=True)
+    shutil.rmtree(built / "tiny" / "model")
+    A._component.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(A, "_component", lambda *a: pytest.fail("the analysis built the model"))
+        assert cli("analyze", *TINY, f"results_dir={recorded}") == 0
+    assert cli("analyze", *TINY, f"results_dir={built}") == 0
+    for name in ("distances.parquet",):
+        a = pd.read_parquet(recorded / "tiny" / name)
+        b = pd.read_parquet(built / "tiny" / name)
+        pd.testing.assert_frame_equal(a, b)

@@ -182,3 +182,22 @@ def test_guided_denoise_equals_two_rows_mixed(model32, sigma, cfg_scale):
     two_rows = GuidedDenoiser(model32)(x, s, conditioning=cond, cfg_scale=cfg_scale)
     one = model32.guided_denoise(x, s, cond, cfg_scale)
     assert ((one - two_rows).abs().max() / two_rows.abs().max()) < 1e-13
+
+
+def test_recorded_model_is_the_built_one_bit_for_bit(model32, tmp_path):
+    from convergence.models.analytic import MixtureSpec
+    model32.record(tmp_path)
+    again = AnalyticModel.recorded(tmp_path, 32, 32)
+    assert again is not None and again.fingerprint() == model32.fingerprint()
+    for name in ("mu", "U", "lam", "basis", "muU"):
+        assert torch.equal(getattr(again, name), getattr(model32, name)), name
+    x = model32.initial_noise([1, 2], 32, 32).double() * 3.0
+    cond = model32.encode_prompts(["p", "q"], ["food", "people"])
+    s = torch.full((2,), 3.0, dtype=torch.float64)
+    assert torch.equal(again.guided_denoise(x, s, cond, 7.5), model32.guided_denoise(x, s, cond, 7.5))
+    # another size, another mixture or a damaged file: no record (the analysis builds)
+    assert AnalyticModel.recorded(tmp_path, 64, 64) is None
+    assert AnalyticModel.recorded(tmp_path, 32, 32, MixtureSpec(rank=8)) is None
+    path = tmp_path / "model" / "analytic-32x32.npz"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert AnalyticModel.recorded(tmp_path, 32, 32) is None

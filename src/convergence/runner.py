@@ -275,9 +275,11 @@ class Progress:
 
 
 def _write_study(store: Store, cfg: Config, model: Model, planned: list[Cell]) -> None:
+    """study.json, and the model as the analysis will use it (Model.record)."""
     store.write_json("study.json", {"config": _plain(cfg), "model": model.fingerprint(),
                                     "n_cells": len(planned),
                                     "device_name": device_name(model.device)})
+    model.record(store.root)
 
 
 def _jobs(model: Model, plan: Iterable[list[Cell]], options: dict | None) -> Iterator[Job]:

@@ -72,15 +72,17 @@ def check_options(a: AnalysisConfig) -> None:
         raise ConvergenceError(f"analysis.reference={ref} needs 'exact' in analysis.references")
 
 
-def _exact_model(cfg: Config, cells: pd.DataFrame):
-    """The analytic model the cells were made with (it is cheap to build), for exact
-    references and calibration; None for other models or another model version."""
+def _exact_model(cfg: Config, cells: pd.DataFrame, root: Path):
+    """The analytic model the cells were made with, for exact references and calibration:
+    the one the run recorded in the study (AnalyticModel.record), built again only for a
+    study run before models were recorded; None for other models or another version."""
     if set(cells.model) != {"analytic"} or cfg.model.name != "analytic":
         return None
     from convergence.models import build_model
+    from convergence.models.analytic import AnalyticModel
     from convergence.plan import fingerprint_hash
     w, h = int(cells.width.iloc[0]), int(cells.height.iloc[0])
-    model = build_model(cfg.model, w, h)
+    model = AnalyticModel.recorded(root, w, h) or build_model(cfg.model, w, h)
     if set(cells.model_hash) != {fingerprint_hash(model.fingerprint())} or cells.width.nunique() > 1 \
             or cells.height.nunique() > 1:
         return None
@@ -104,7 +106,7 @@ def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
     with phase("loading the stored cells", show):
         store, cells = load_cells(cfg)
         samples = np.stack([store.load_sample(h) for h in cells.hash]).astype(np.float64)
-    model = _exact_model(cfg, cells) if "exact" in a.references else None
+    model = _exact_model(cfg, cells, store.root) if "exact" in a.references else None
     with phase(f"distances ({len(cells)} cells)", show):
         dist, notes = compute_distances(a, store, cells, samples, model, progress=show)
         dist = T.write(out_dir, "distances", dist)

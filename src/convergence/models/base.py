@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,12 @@ class Model(ABC):
     def cat_cond(self, a: Any, b: Any) -> Any:
         """Concatenate two conditionings along the batch (for the batched CFG call)."""
         return cat_rows([a, b])
+
+    def record(self, folder: Path) -> None:
+        """Write into the study's ``folder`` what the analysis needs to use this model
+        without building it again (the runner calls it once per run). Nothing by default:
+        the analysis needs no model of a model whose cells carry their decoded pictures."""
+        return None
 
     def row_bytes(self, width: int, height: int) -> int:
         """Rough peak memory of one row of a model call, for ``batch_size: auto``.

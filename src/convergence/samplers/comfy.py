@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 
 import torch
-from k_diffusion.sampling import default_noise_sampler, get_ancestral_step, to_d
 
+from convergence.samplers import k_sampling
 from convergence.samplers.integrators import NoiseScale, adams_sigma_weights, identity
 
 # ---------------------------------------------------------------------------- helpers
@@ -69,7 +69,7 @@ def _start(model, x, sigmas, i, extra_args, callback):
 
 
 def _noise(noise_sampler, x):
-    return noise_sampler if noise_sampler is not None else default_noise_sampler(x)
+    return noise_sampler if noise_sampler is not None else k_sampling().default_noise_sampler(x)
 
 
 def _renoise(x, noise, sigma, sigma_next, std):
@@ -133,7 +133,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
         s, s_next = sigmas[i], sigmas[i + 1]
         den, unc = _den_uncond(model, x, s, extra_args)
         _report(callback, x, i, s, den)
-        down, up = get_ancestral_step(s, s_next, eta=eta)
+        down, up = k_sampling().get_ancestral_step(s, s_next, eta=eta)
         if down == 0:
             x = den
             continue
@@ -161,7 +161,7 @@ def _adams(model, x, sigmas, extra_args, callback, max_order, variable):
         if s_next == 0:
             x = den
             continue
-        ds = [to_d(x, s, den), *ds][:max_order]
+        ds = [k_sampling().to_d(x, s, den), *ds][:max_order]
         if variable:
             nodes = [float(v) for v in sigmas[i - len(ds) + 1:i + 1].flip(0)]
             w = adams_sigma_weights(nodes, float(s), float(s_next))
@@ -239,7 +239,7 @@ def _exp_multistep(model, x, sigmas, extra_args, callback, noise_sampler, eta, s
         s, s_next = sigmas[i], sigmas[i + 1]
         den, unc = _evaluate(model, x, s, extra_args, cfg_pp)
         _report(callback, x, i, s, den)
-        down, up = get_ancestral_step(s, s_next, eta=eta)
+        down, up = k_sampling().get_ancestral_step(s, s_next, eta=eta)
         if down == 0:
             x = den
             continue
@@ -289,7 +289,7 @@ def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None,
         s, s_next = sigmas[i], sigmas[i + 1]
         den, unc = _evaluate(model, x, s, extra_args, cfg_pp)
         _report(callback, x, i, s, den)
-        d = to_d(x, s, den)
+        d = k_sampling().to_d(x, s, den)
         d_bar = d if d_old is None else ge_gamma * d + (1 - ge_gamma) * d_old
         x = _cfg_pp(x + d_bar * (s_next - s), s, s_next, den, unc)
         d_old = d
@@ -321,20 +321,20 @@ def sample_heunpp2(model, x, sigmas, extra_args=None, callback=None, disable=Non
         s, s_next = sigmas[i], sigmas[i + 1]
         den = _den(model, x, s, extra_args)
         _report(callback, x, i, s, den)
-        d = to_d(x, s, den)
+        d = k_sampling().to_d(x, s, den)
         dt = s_next - s
         if s_next == 0:
             x = x + d * dt
             continue
         x_2 = x + d * dt
-        d_2 = to_d(x_2, s_next, _den(model, x_2, s_next, extra_args))
+        d_2 = k_sampling().to_d(x_2, s_next, _den(model, x_2, s_next, extra_args))
         if i + 2 > n or sigmas[i + 2] == 0:
             w2 = s_next / (2 * sigmas[0])
             x = x + ((1 - w2) * d + w2 * d_2) * dt
             continue
         s_3 = sigmas[i + 2]
         x_3 = x_2 + d_2 * (s_3 - s_next)
-        d_3 = to_d(x_3, s_3, _den(model, x_3, s_3, extra_args))
+        d_3 = k_sampling().to_d(x_3, s_3, _den(model, x_3, s_3, extra_args))
         w2, w3 = s_next / (3 * sigmas[0]), s_3 / (3 * sigmas[0])
         x = x + ((1 - w2 - w3) * d + w2 * d_2 + w3 * d_3) * dt
     return x

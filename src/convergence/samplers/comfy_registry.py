@@ -12,9 +12,8 @@ path), ``gaussian`` (fresh unit normals per step) for ancestral ones.
 
 from __future__ import annotations
 
-from k_diffusion import sampling as ks
-
 from convergence.samplers import comfy as c
+from convergence.samplers import k_sampling
 from convergence.samplers.registry import register_sampler
 
 _KARRAS = "karras"
@@ -29,7 +28,7 @@ def sample_dpmpp_2m_sde_heun(model, x, sigmas, extra_args=None, callback=None, d
                              noise_sampler=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(2M) SDE with the Heun-type correction (Lu et al. 2022,
     arXiv:2211.01095, App.; k-diffusion's ``solver_type='heun'``): A1111's "DPM++ 2M SDE Heun"."""
-    return ks.sample_dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta,
+    return k_sampling().sample_dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta,
                                   s_noise, noise_sampler, solver_type="heun")
 
 

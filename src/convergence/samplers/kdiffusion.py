@@ -9,16 +9,18 @@ limit). `convergence check` and benchmarks/sampler_table.py measure both.
 
 from __future__ import annotations
 
-from k_diffusion import sampling as ks
-
+from convergence.samplers import k_sampling
 from convergence.samplers.registry import register_sampler
 
 _KARRAS = "karras"
 
 
 def _reg(name, fn, *, a1111=None, invoke=None, aliases=(), karras=(), **meta):
-    """``invoke``: the InvokeAI 3/4 scheduler name; its ``_k`` form fixes Karras, as do
-    the names in ``karras``."""
+    """``fn``: a function, or the name of one in ``k_diffusion.sampling`` (imported when a
+    sampler first runs: importing k-diffusion takes about a second that `convergence
+    analyze`, which resolves sampler names, need not pay). ``invoke``: the InvokeAI 3/4
+    scheduler name; its ``_k`` form fixes Karras, as do the names in ``karras``."""
+    fn = fn if callable(fn) else f"k_diffusion.sampling:{fn}"
     scheduled = {f"{invoke}_k": _KARRAS} if invoke else {}
     scheduled.update(dict.fromkeys(karras, _KARRAS))
     aliases = (*aliases, invoke) if invoke else aliases
@@ -30,35 +32,35 @@ def _reg(name, fn, *, a1111=None, invoke=None, aliases=(), karras=(), **meta):
                      scheduled_aliases=scheduled, **meta)
 
 
-_reg("euler", ks.sample_euler, aliases=("K_EULER",), a1111="Euler", order=1, invoke="euler",
+_reg("euler", "sample_euler", aliases=("K_EULER",), a1111="Euler", order=1, invoke="euler",
      description="Euler (1st order, 1 NFE/step)")
-_reg("euler_ancestral", ks.sample_euler_ancestral, stochastic=True,
+_reg("euler_ancestral", "sample_euler_ancestral", stochastic=True,
      aliases=("K_EULER_A",), a1111="Euler a", description="Euler ancestral (stochastic)")
-_reg("heun", ks.sample_heun, aliases=("K_HEUN",), a1111="Heun", order=2, nfe_per_step=2,
+_reg("heun", "sample_heun", aliases=("K_HEUN",), a1111="Heun", order=2, nfe_per_step=2,
      nfe_offset=-1, invoke="heun", description="Heun (2nd order, 2 NFE/step)")
-_reg("dpm_2", ks.sample_dpm_2, aliases=("K_DPM_2",), a1111="DPM2", order=2, nfe_per_step=2,
+_reg("dpm_2", "sample_dpm_2", aliases=("K_DPM_2",), a1111="DPM2", order=2, nfe_per_step=2,
      nfe_offset=-1, invoke="kdpm_2", description="DPM-2 (2nd order, 2 NFE/step)")
-_reg("dpm_2_ancestral", ks.sample_dpm_2_ancestral, stochastic=True, nfe_per_step=2,
+_reg("dpm_2_ancestral", "sample_dpm_2_ancestral", stochastic=True, nfe_per_step=2,
      nfe_offset=-1, aliases=("K_DPM_2_A",), a1111="DPM2 a", invoke="kdpm_2_a",
      description="DPM-2 ancestral (stochastic)")
 # linear multistep of order 4, but its first step is an Euler step (local error O(h^2))
 # and the next two have orders 2 and 3, so the global error is O(h^2) (measured: README)
-_reg("lms", ks.sample_lms, aliases=("K_LMS",), a1111="LMS", order=2, invoke="lms",
+_reg("lms", "sample_lms", aliases=("K_LMS",), a1111="LMS", order=2, invoke="lms",
      description="linear multistep, order 4 after a lower-order start")
-_reg("dpmpp_2s_ancestral", ks.sample_dpmpp_2s_ancestral, stochastic=True, nfe_per_step=2,
+_reg("dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral", stochastic=True, nfe_per_step=2,
      nfe_offset=-1, a1111="DPM++ 2S a", description="DPM-Solver++(2S) ancestral (stochastic)")
-_reg("dpmpp_sde", ks.sample_dpmpp_sde, stochastic=True, noise="brownian", nfe_per_step=2,
+_reg("dpmpp_sde", "sample_dpmpp_sde", stochastic=True, noise="brownian", nfe_per_step=2,
      nfe_offset=-1, a1111="DPM++ SDE", invoke="dpmpp_sde", aliases=("dpmpp_sde_gpu",),
      description="DPM-Solver++ SDE (stochastic, 2 NFE/step)")
 # InvokeAI 2.3 called it k_dpmpp_2 (k_dpmpp_2_karras)
-_reg("dpmpp_2m", ks.sample_dpmpp_2m, a1111="DPM++ 2M", order=2, invoke="dpmpp_2m",
+_reg("dpmpp_2m", "sample_dpmpp_2m", a1111="DPM++ 2M", order=2, invoke="dpmpp_2m",
      aliases=("k_dpmpp_2",), karras=("k_dpmpp_2_karras",),
      description="DPM-Solver++(2M) (2nd order multistep)")
 # ComfyUI's *_gpu variants draw the same Brownian noise on the GPU: the same method
-_reg("dpmpp_2m_sde", ks.sample_dpmpp_2m_sde, stochastic=True, noise="brownian",
+_reg("dpmpp_2m_sde", "sample_dpmpp_2m_sde", stochastic=True, noise="brownian",
      invoke="dpmpp_2m_sde", aliases=("dpmpp_2m_sde_gpu",), a1111="DPM++ 2M SDE",
      description="DPM-Solver++(2M) SDE (stochastic)")
-_reg("dpmpp_3m_sde", ks.sample_dpmpp_3m_sde, stochastic=True, noise="brownian",
+_reg("dpmpp_3m_sde", "sample_dpmpp_3m_sde", stochastic=True, noise="brownian",
      aliases=("dpmpp_3m_sde_gpu",), a1111="DPM++ 3M SDE",
      description="DPM-Solver++(3M) SDE (stochastic)")
 
@@ -73,9 +75,9 @@ def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=No
     """DPM-Solver fast: k-diffusion spends n = steps model calls between the
     schedule's largest and smallest positive sigma (as ComfyUI maps it)."""
     lo, hi = _positive(sigmas)
-    return ks.sample_dpm_fast(model, x, lo, hi, len(sigmas) - 1, extra_args=extra_args,
-                              callback=callback, disable=disable, eta=eta,
-                              noise_sampler=noise_sampler)
+    return k_sampling().sample_dpm_fast(model, x, lo, hi, len(sigmas) - 1,
+                                        extra_args=extra_args, callback=callback,
+                                        disable=disable, eta=eta, noise_sampler=noise_sampler)
 
 
 def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None,
@@ -83,9 +85,10 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
     """DPM-Solver adaptive: error-controlled, so the step count only sets sigma_min;
     the NFE it spends is measured (rtol/atol/order via sampler options)."""
     lo, hi = _positive(sigmas)
-    return ks.sample_dpm_adaptive(model, x, lo, hi, extra_args=extra_args, callback=callback,
-                                  disable=disable, noise_sampler=noise_sampler, rtol=rtol,
-                                  atol=atol, order=order, eta=eta)
+    return k_sampling().sample_dpm_adaptive(model, x, lo, hi, extra_args=extra_args,
+                                            callback=callback, disable=disable,
+                                            noise_sampler=noise_sampler, rtol=rtol, atol=atol,
+                                            order=order, eta=eta)
 
 
 # both integrate from sigma_max to the smallest positive sigma and stop there

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from k_diffusion.sampling import BrownianTreeNoiseSampler
+
+from convergence.samplers import k_sampling
 
 
 def derived_seed(seed: int, salt: str) -> int:
@@ -43,4 +44,4 @@ class CellNoise:
         # query exp(log(sigma)), which can land just outside [sigma_min, sigma_max]
         lo = torch.tensor(max(float(sigma_min) - 1e-5, float(sigma_min) / 2), dtype=torch.float64)
         hi = torch.tensor(float(sigma_max) + 1e-5, dtype=torch.float64)
-        return BrownianTreeNoiseSampler(x, lo, hi, seed=seeds)
+        return k_sampling().BrownianTreeNoiseSampler(x, lo, hi, seed=seeds)

@@ -11,12 +11,11 @@ import math
 from collections.abc import Callable
 
 import torch
-from k_diffusion import sampling as ks
-from k_diffusion.external import DiscreteSchedule
 
 from convergence.errors import ConvergenceError
 from convergence.models.vp import sigmas_from_alphas_cumprod
 from convergence.registry import Registry, normalize
+from convergence.samplers import k_sampling
 
 ScheduleFn = Callable[[object, int], torch.Tensor]
 #: ``fn(model, steps) -> steps + 1 sigmas``; third parties add to it through the
@@ -51,19 +50,19 @@ def _discrete_sigmas(model) -> torch.Tensor:
 @register_schedule("karras")
 def karras(model, n: int) -> torch.Tensor:
     """Karras et al. (2022), rho = 7: dense near sigma_min."""
-    return ks.get_sigmas_karras(n, model.sigma_min, model.sigma_max, rho=7.0).double()
+    return k_sampling().get_sigmas_karras(n, model.sigma_min, model.sigma_max, rho=7.0).double()
 
 
 @register_schedule("exponential")
 def exponential(model, n: int) -> torch.Tensor:
     """Uniform in log sigma."""
-    return ks.get_sigmas_exponential(n, model.sigma_min, model.sigma_max).double()
+    return k_sampling().get_sigmas_exponential(n, model.sigma_min, model.sigma_max).double()
 
 
 @register_schedule("polyexponential")
 def polyexponential(model, n: int) -> torch.Tensor:
     """Polynomial in log sigma (rho = 1 is exponential)."""
-    return ks.get_sigmas_polyexponential(n, model.sigma_min, model.sigma_max, rho=1.0).double()
+    return k_sampling().get_sigmas_polyexponential(n, model.sigma_min, model.sigma_max, rho=1.0).double()
 
 
 @register_schedule("discrete")
@@ -81,7 +80,7 @@ def discrete(model, n: int) -> torch.Tensor:
         ts = euler_timesteps(config, n)
         if ts is not None:
             return torch.cat([t_to_sigma(model.alphas_cumprod, ts), ts.new_zeros(1)])
-    return DiscreteSchedule(_discrete_sigmas(model), quantize=False).get_sigmas(n).double()
+    return _timesteps(model).get_sigmas(n).double()
 
 
 @register_schedule("flow_shift")
@@ -114,7 +113,9 @@ def ddim_uniform(model, n: int) -> torch.Tensor:
 # over the discrete table (0 .. T-1, log-sigma interpolated between entries).
 
 
-def _timesteps(model) -> DiscreteSchedule:
+def _timesteps(model):
+    """k-diffusion's DiscreteSchedule of the model's training sigmas (t <-> sigma)."""
+    from k_diffusion.external import DiscreteSchedule
     return DiscreteSchedule(_discrete_sigmas(model), quantize=False)
 
 
@@ -123,7 +124,7 @@ def _t_span(model, n: int, endpoint: bool) -> torch.Tensor:
     hi = ds.sigma_to_t(torch.tensor(model.sigma_max, dtype=torch.float64))
     lo = ds.sigma_to_t(torch.tensor(model.sigma_min, dtype=torch.float64))
     t = torch.linspace(float(hi), float(lo), n + (0 if endpoint else 1), dtype=torch.float64)
-    return ks.append_zero(ds.t_to_sigma(t if endpoint else t[:-1])).double()
+    return k_sampling().append_zero(ds.t_to_sigma(t if endpoint else t[:-1])).double()
 
 
 @register_schedule("normal")
@@ -148,7 +149,7 @@ def simple(model, n: int) -> torch.Tensor:
     if n > T:
         raise ConvergenceError(f"simple cannot take {n} steps (the model has {T} timesteps)")
     idx = [T - 1 - int(k * T / n) for k in range(n)]
-    return ks.append_zero(sig[idx]).double()
+    return k_sampling().append_zero(sig[idx]).double()
 
 
 @register_schedule("beta")
@@ -161,7 +162,7 @@ def beta(model, n: int, alpha: float = 0.6, beta_: float = 0.6) -> torch.Tensor:
     ds = _timesteps(model)
     q = 1 - torch.arange(n, dtype=torch.float64).numpy() / n
     t = torch.from_numpy(beta_dist.ppf(q, alpha, beta_)) * (len(ds.sigmas) - 1)
-    return ks.append_zero(ds.t_to_sigma(t.to(torch.float64))).double()
+    return k_sampling().append_zero(ds.t_to_sigma(t.to(torch.float64))).double()
 
 
 @register_schedule("linear_quadratic")
@@ -186,7 +187,7 @@ def kl_optimal(model, n: int) -> torch.Tensor:
     KL-optimal schedule): uniform in arctan(sigma) from sigma_max to sigma_min, then 0."""
     a = torch.linspace(math.atan(model.sigma_max), math.atan(model.sigma_min), n,
                        dtype=torch.float64)
-    return ks.append_zero(torch.tan(a))
+    return k_sampling().append_zero(torch.tan(a))
 
 
 def get_sigmas(model, schedule: str, steps: int) -> torch.Tensor:
