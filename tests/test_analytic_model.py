@@ -194,7 +194,8 @@ def test_recorded_model_is_the_built_one_bit_for_bit(model32, tmp_path):
     x = model32.initial_noise([1, 2], 32, 32).double() * 3.0
     cond = model32.encode_prompts(["p", "q"], ["food", "people"])
     s = torch.full((2,), 3.0, dtype=torch.float64)
-    assert torch.equal(again.guided_denoise(x, s, cond, 7.5), model32.guided_denoise(x, s, cond, 7.5))
+    assert torch.equal(again.guided_denoise(x, s, cond, 7.5),
+                       model32.guided_denoise(x, s, cond, 7.5))
     # another size, another mixture or a damaged file: no record (the analysis builds)
     assert AnalyticModel.recorded(tmp_path, 64, 64) is None
     assert AnalyticModel.recorded(tmp_path, 32, 32, MixtureSpec(rank=8)) is None

@@ -28,8 +28,8 @@ def sample_dpmpp_2m_sde_heun(model, x, sigmas, extra_args=None, callback=None, d
                              noise_sampler=None, eta=1.0, s_noise=1.0):
     """DPM-Solver++(2M) SDE with the Heun-type correction (Lu et al. 2022,
     arXiv:2211.01095, App.; k-diffusion's ``solver_type='heun'``): A1111's "DPM++ 2M SDE Heun"."""
-    return k_sampling().sample_dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta,
-                                  s_noise, noise_sampler, solver_type="heun")
+    return k_sampling().sample_dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable,
+                                            eta, s_noise, noise_sampler, solver_type="heun")
 
 
 _ANCESTRAL = {"stochastic": True, "noise": "gaussian"}

@@ -62,7 +62,8 @@ def exponential(model, n: int) -> torch.Tensor:
 @register_schedule("polyexponential")
 def polyexponential(model, n: int) -> torch.Tensor:
     """Polynomial in log sigma (rho = 1 is exponential)."""
-    return k_sampling().get_sigmas_polyexponential(n, model.sigma_min, model.sigma_max, rho=1.0).double()
+    return k_sampling().get_sigmas_polyexponential(n, model.sigma_min, model.sigma_max,
+                                                   rho=1.0).double()
 
 
 @register_schedule("discrete")
