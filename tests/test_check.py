@@ -167,3 +167,19 @@ def test_builtins_pass_against_their_stored_baselines(name):
     order = next(r for r in report.rows if r.check == "order")
     assert (order.passed is True) if name == "heun" else (order.passed is None and
                                                           "pre-asymptotic" in order.measured)
+
+
+def test_baseline_save_all_skips_samplers_for_another_kind_of_model(capsys, tmp_path,
+                                                                    monkeypatch):
+    """`baseline save all` saves what the check (on the analytic model, a DDPM schedule)
+    can measure and skips the flow-matching scheduler with a line; named alone, that
+    scheduler is not saved and the exit status says so."""
+    import convergence.samplers.registry as registry
+    flow = "FlowMatchEulerDiscreteScheduler"
+    code, out, _ = run_main(capsys, "baseline", "save", flow, "--dir", str(tmp_path))
+    assert code == 1 and f"not saved: {flow}: " in out and "flow-matching model" in out
+    monkeypatch.setattr(registry, "available_samplers", lambda: [flow, "euler"])
+    code, out, _ = run_main(capsys, "baseline", "save", "all", "--dir", str(tmp_path))
+    assert code == 0, out
+    assert f"skipped: {flow}: " in out and (tmp_path / "euler.json").exists()
+    assert not (tmp_path / f"{flow}.json").exists()

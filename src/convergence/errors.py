@@ -12,3 +12,8 @@ class Interrupted(ConvergenceError):
     """Ctrl-C: what was stored is kept; the message says how to resume."""
 
     exit_code = 130
+
+
+class NeedsOtherModel(ConvergenceError):
+    """A sampler that runs only on another kind of model (a flow-matching scheduler on a
+    DDPM-trained one, or the reverse): ``convergence baseline save all`` skips it."""

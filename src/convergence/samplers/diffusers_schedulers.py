@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.errors import ConvergenceError, NeedsOtherModel
 from convergence.samplers.registry import register_equivalent, register_sampler
 
 #: SD 1.x/2.x training schedule as diffusers configures it (matches models/vp.py); used
@@ -168,8 +168,8 @@ def _build_scheduler(variant: SchedulerVariant, ctx):
     flow_model = ctx.alphas_cumprod is None and bool(ctx.scheduler_config)
     if _is_flow(variant) != flow_model:
         need = "a flow-matching model (SD3)" if _is_flow(variant) else "a DDPM-trained model"
-        raise ConvergenceError(f"sampler {variant.name} needs {need}; use a k-diffusion sampler "
-                               "(euler, heun, dpmpp_2m, ...) or the model's own scheduler")
+        raise NeedsOtherModel(f"sampler {variant.name} needs {need}; use a k-diffusion sampler "
+                              "(euler, heun, dpmpp_2m, ...) or the model's own scheduler")
     config = base_config(ctx)
     if not _is_flow(variant):
         config.setdefault("clip_sample", False)  # latents are not in [-1, 1]
