@@ -34,6 +34,7 @@ from convergence.models.base import (
 )
 from convergence.models.device import device_name
 from convergence.plan import Cell, batches, expand, rows_per_cell
+from convergence.samplers import k_sampling
 from convergence.samplers.compvis import start_noise_scale
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.registry import SamplingContext, resolve_sampler
@@ -163,6 +164,11 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
     store.clean_stale()
     done = store.done_hashes()  # damaged files count as missing: recomputed
     todo = [c for c in cells if c.hash not in done]
+    # the samplers' modules (k-diffusion's is imported on first use) are imported here,
+    # once, not by the gatherer's threads at the same moment
+    k_sampling()
+    for name in {c.sampler for c in todo}:
+        resolve_sampler(name).spec.function()
     start = time.perf_counter()
     budget = row_budget(cfg.batch_size, model, cfg.width, cfg.height)
     call = model_call(model, budget, bool(getattr(cfg.model, "compile", False)))
