@@ -197,19 +197,30 @@ def test_study_through_the_cli(tiny_sd_path, tmp_path, cli, monkeypatch):
     report), offline. One torch thread: far faster on a shared 2-core machine."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     results = tmp_path / "results"
-    r = cli("all", "model=diffusers", f"model.path={tiny_sd_path}", "model.device=cpu",
-            "study=smoke", "name=tiny", f"results_dir={results}", "samplers=[DDIM,K_EULER]",
-            "steps=[2,4,8,16]", "seeds_per_prompt=1", f"width={IMAGE_SIZE}",
-            f"height={IMAGE_SIZE}", "progress=false")
+    study = ["model=diffusers", f"model.path={tiny_sd_path}", "model.device=cpu",
+             "study=smoke", "name=tiny", f"results_dir={results}", "samplers=[DDIM,K_EULER]",
+             "steps=[2,4,8,16]", "seeds_per_prompt=1", f"width={IMAGE_SIZE}",
+             f"height={IMAGE_SIZE}", "progress=false"]
+    r = cli("all", *study)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ran 16 cells" in r.stdout
     import pandas as pd
+    from inprocess import main_status
 
+    from convergence.analysis.inputs import META_COLUMNS
     from convergence.store import Store
-    table = pd.read_parquet(Store(results / "tiny").table_path)
+    store = Store(results / "tiny")
+    table = pd.read_parquet(store.table_path)
     assert len(table) == 16 and set(table["sampler"]) == {"ddim", "euler"}
     assert sorted(table.loc[table.sampler == "euler", "nfe"].unique()) == [2, 4, 8, 16]
     assert (results / "tiny" / "report" / "index.html").is_file()
+    # a store written before the runner recorded the cells' metadata: the analysis fills
+    # it from the configured pipeline (model.path), and finds the same key points
+    points = pd.read_csv(results / "tiny" / "keypoints_seed.csv")
+    store.table_path.unlink()
+    store.append_rows(table.drop(columns=list(META_COLUMNS)).to_dict("records"))
+    assert main_status("analyze", *study) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(results / "tiny" / "keypoints_seed.csv"), points)
 
 
 @pytest.mark.parametrize("path_kind", ["missing", "plain"])

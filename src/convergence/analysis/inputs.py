@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from convergence.analysis import tables as T
-from convergence.config import Config
+from convergence.config import Config, ModelConfig
 from convergence.errors import ConvergenceError
 from convergence.store import Store
 
@@ -37,8 +37,9 @@ def study_model_hash(root: Path) -> str | None:
     return fingerprint_hash(fp)
 
 
-def _fill_metadata(df: pd.DataFrame, model_name: str) -> pd.DataFrame:
-    """Metadata of rows stored by an older runner, from the registry (imported only then)."""
+def _fill_metadata(df: pd.DataFrame, model_cfg: ModelConfig) -> pd.DataFrame:
+    """Metadata of rows stored by an older runner, from the registry and the configured
+    model (a real model's pipeline is loaded from its ``model.path``; imported only then)."""
     todo = [c for c in META_COLUMNS if c not in df.columns or df[c].isna().any()]
     if not todo:
         return df
@@ -52,8 +53,7 @@ def _fill_metadata(df: pd.DataFrame, model_name: str) -> pd.DataFrame:
     for i, r in df[df[list(META_COLUMNS)].isna().any(axis=1)].iterrows():
         key = (int(r.width), int(r.height))
         if key not in models:
-            from convergence.config import ModelConfig
-            models[key] = build_model(ModelConfig(name=model_name), *key)
+            models[key] = build_model(model_cfg, *key)
         for k, v in cell_metadata(models[key], r.sampler, r.schedule, int(r.steps)).items():
             df.at[i, k] = v
     return df
@@ -82,7 +82,9 @@ def load_cells(cfg: Config) -> tuple[Store, pd.DataFrame]:
             raise ConvergenceError(f"every stored cell in {store.root} is damaged (e.g. "
                                    f"{store.describe(bad)}: {store.damaged.get(bad)}); "
                                    "`convergence run` recomputes them")
-    df = _fill_metadata(df.reset_index(drop=True), str(df.model.iloc[0]))
+    model = str(df.model.iloc[0])
+    df = _fill_metadata(df.reset_index(drop=True),
+                        cfg.model if cfg.model.name == model else ModelConfig(name=model))
     if "decoded" not in df:  # stored before decoded images were recorded
         df = df.assign(decoded="")
     if "device" not in df:  # stored before the device was recorded: the CPU
