@@ -212,7 +212,7 @@ def measure(spec: SamplerSpec) -> tuple[Measurement, list[Row]]:
                else "diffusers scheduler: chooses its own timesteps")
         rows.append(Row("order", _claimed_order(spec), f"not measured ({why})", None))
     for label in KEYPOINTS:
-        m.keypoints[label] = _keypoints(runs, reference, label)
+        m.keypoints[label] = _keypoints(runs, reference, label, model.display_range)
     for n in (min(runs), top):
         for (_, _, seed), img in zip(PROMPTS, _pooled(runs[n].samples), strict=True):
             m.images[f"{seed}:{n}"] = img
@@ -220,16 +220,22 @@ def measure(spec: SamplerSpec) -> tuple[Measurement, list[Row]]:
     return m, rows
 
 
-def _keypoints(runs, reference: torch.Tensor, label: str) -> list[int | None]:
+def _keypoints(runs, reference: torch.Tensor, label: str,
+               display: tuple[float, float]) -> list[int | None]:
     """Per seed: the smallest step count from which the distance stays within the
-    analysis' threshold ``label``."""
+    analysis' threshold ``label``, measured as the analysis does: on the picture, i.e. the
+    sample clipped to the model's ``display`` range (analysis/pictures.py)."""
     from convergence.analysis.keypoints import earliest_from_which
     from convergence.config import AnalysisConfig
     from convergence.metrics import compute
     a = AnalysisConfig()
-    ref = reference.double().numpy()
+
+    def picture(x: torch.Tensor) -> np.ndarray:
+        return np.clip(x.double().numpy(), *display)
+
+    ref = picture(reference)
     steps = sorted(runs)
-    d = np.stack([compute(a.metric, runs[n].samples.double().numpy(), ref) for n in steps], 1)
+    d = np.stack([compute(a.metric, picture(runs[n].samples), ref) for n in steps], 1)
     return [earliest_from_which(steps, [v <= getattr(a, label) for v in row]) for row in d]
 
 
