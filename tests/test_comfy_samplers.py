@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from convergence.analysis.rates import fit_power
+from convergence.analysis.rates import asymptotic_fit
 from convergence.analysis.references import denoise
 from convergence.metrics import rmse
 from convergence.models.analytic import exact_solution
@@ -50,7 +50,8 @@ def exact_denoised(model32):
 # (measured with 2 seeds, steps 4..512; the table is in docs/samplers.md). The
 # multistep methods in sigma (ipndm*, deis, er_sde as an ODE) start with an Euler step whose
 # O(h^2) error is never damped: global order 2, approached from above (deis: 2.55 at
-# 16-32, 2.26 at 128-256, 2.14 at 256-512), hence their late ranges.
+# 16-32, 2.26 at 128-256, 2.14 at 256-512), hence their late ranges. Each order is judged
+# by the analysis' one rule (rates.order_accepted, via asymptotic_fit).
 ORDERS = [
     ("euler_cfg_pp", 1, [16, 32, 64], {}),
     ("dpmpp_2m_cfg_pp", 2, [16, 32, 64], {}),
@@ -69,21 +70,35 @@ ORDERS = [
 ]
 
 
-def _order(model, name, steps, options, limit):
+#: still drifting over their range: the rule refuses the order (the last two slopes differ
+#: by 0.12-0.18), and the slopes fall towards the claim from above (measured: ipndm_v 2.29,
+#: 2.11; deis 2.32, 2.18; res_multistep(_cfg_pp) 2.24, 2.12; er_sde 2.28, 2.13)
+DRIFTING = {"ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "er_sde"}
+
+
+def _order(model, name, steps, options, limit) -> dict:
+    """asymptotic_fit of the error against the exact limit, over NFE."""
     nfe, err = [], []
     for n in steps:
         r = sample_batch(model, [cell(name, n, seed=s) for s in SEEDS], options)
         nfe.append(r.nfe)
         err.append(float(np.median(rmse(r.samples.numpy(), limit))))
-    return -fit_power(np.array(nfe, float), np.array(err))[1], err
+    return {**asymptotic_fit([(np.array(nfe, float), np.array(err))], math.inf), "err": err}
 
 
 @pytest.mark.parametrize("name,order,steps,options", ORDERS, ids=[o[0] for o in ORDERS])
 def test_empirical_order_matches_the_claim(model32, exact_denoised, name, order, steps, options):
+    """Accepted by the rule and within 0.25 of the claim (as `convergence check` judges);
+    for the drifting ones, refused, approaching the claim from above, the fit within 0.3."""
     claimed = COMFY[name].order
     assert claimed == order or (claimed is None and options), (name, claimed)
-    measured, err = _order(model32, name, steps, options, exact_denoised)
-    assert abs(measured - order) <= 0.3, (name, measured, err)
+    fit = _order(model32, name, steps, options, exact_denoised)
+    if name in DRIFTING:
+        slopes = [float(v) for v in fit["slopes"].split(",")]
+        assert not fit["asymptotic"] and slopes[0] > slopes[-1] > order, (name, fit)
+        assert abs(fit["order_fit"] - order) <= 0.3, (name, fit)
+    else:
+        assert fit["asymptotic"] and abs(fit["order"] - order) <= 0.25, (name, fit)
 
 
 @pytest.mark.parametrize("name", ["sa_solver", "sa_solver_pece"])
@@ -91,8 +106,8 @@ def test_sa_solver_corrector_lifts_the_order(model32, exact_denoised, name):
     """Without noise SA-Solver is an Adams predictor (order 3) + corrector (order 4):
     measured 3.9-4.1 over 16-128 steps. An AB3 predictor alone, with its Euler first step,
     would tend to 2; so a working corrector shows as an order above 3.5."""
-    measured, err = _order(model32, name, [16, 32, 64], {"eta": 0.0}, exact_denoised)
-    assert measured > 3.5, (name, measured, err)
+    fit = _order(model32, name, [16, 32, 64], {"eta": 0.0}, exact_denoised)
+    assert fit["order_fit"] > 3.5, (name, fit)
 
 
 STOCHASTIC = [n for n, s in COMFY.items() if s.stochastic]
