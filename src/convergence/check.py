@@ -280,7 +280,7 @@ def empirical_order(errors: dict[int, float]) -> tuple[float | None, str]:
     fit = asymptotic_fit([(np.array(n, dtype=np.float64), np.array([errors[k] for k in n]))],
                          math.inf)
     if not fit["asymptotic"]:
-        return None, "pre-asymptotic (slopes " + ", ".join(f"{v:.2f}" for v in slopes(errors)[-3:]) + ")"
+        return None, f"pre-asymptotic (slopes {', '.join(fit['slopes'].split(',')[-3:])})"
     return fit["order"], f"steps {fit['x_lo']:g}-{fit['x_hi']:g}"
 
 

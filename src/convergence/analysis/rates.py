@@ -84,7 +84,7 @@ def _grid_fits(x: np.ndarray, ld: np.ndarray, w: np.ndarray, x_ref: float) -> np
         best = _slope_fits(np.log(x), ld, w)
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = ld[None, :] - np.log(x[None, :] ** B_GRID[:, None] - x_ref ** B_GRID[:, None])
+            r = ld[None, :] - np.log(_basis(x[None, :], B_GRID[:, None], x_ref))  # (G, n)
         sw = w.sum(1, keepdims=True)                                  # (R, 1)
         s1 = w @ r.T                                                  # (R, G)
         loss = w @ (r**2).T - s1**2 / sw

@@ -135,10 +135,12 @@ def _record_path(folder: Path, width: int, height: int) -> Path:
     return Path(folder) / "model" / f"{AnalyticModel.name}-{width}x{height}.npz"
 
 
-def _recorded_fingerprint(path: Path) -> str | None:
+def _read_record(path: Path, *names: str) -> dict[str, np.ndarray] | None:
+    """These arrays of a model record (an npz reads only the members asked for); None for
+    a missing or damaged file."""
     try:
         with np.load(path) as f:
-            return str(f["fingerprint"])
+            return {n: f[n] for n in names}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 
@@ -174,7 +176,8 @@ class AnalyticModel(Model):
         were made with instead of building it again (2 s at 64x64; 25 MB there, half the
         size of the default study's 960 float samples)."""
         path = _record_path(folder, self.width, self.height)
-        if _recorded_fingerprint(path) == _fingerprint_text(self.spec):
+        have = _read_record(path, "fingerprint")
+        if have is not None and str(have["fingerprint"]) == _fingerprint_text(self.spec):
             return
         buf = io.BytesIO()
         np.savez(buf, mu=self.mu.numpy(), U=self.U.numpy(), lam=self.lam.numpy(),
@@ -187,14 +190,10 @@ class AnalyticModel(Model):
         """The model :meth:`record` wrote into ``folder`` for this size and spec; None when
         there is none (a study run before models were recorded) or it is another model."""
         spec = spec or MixtureSpec()
-        path = _record_path(folder, width, height)
-        if _recorded_fingerprint(path) != _fingerprint_text(spec):
-            return None
-        try:
-            with np.load(path) as f:
-                mu, U, lam = f["mu"], f["U"], f["lam"]
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-            return None  # damaged: the caller builds the model
+        rec = _read_record(_record_path(folder, width, height), "fingerprint", "mu", "U", "lam")
+        if rec is None or str(rec["fingerprint"]) != _fingerprint_text(spec):
+            return None  # none, another model or damaged: the caller builds the model
+        mu, U, lam = rec["mu"], rec["U"], rec["lam"]
         if mu.shape != (len(PICTURES), 3 * width * height) or U.shape[:2] != mu.shape:
             return None
         return cls(width, height, spec, (mu, U, lam))
