@@ -33,7 +33,7 @@ chromium:
 	echo "note: chromium could not be installed; the report rendering test will be skipped"
 
 test: venv chromium
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: venv

@@ -89,3 +89,35 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> subproce
 @pytest.fixture
 def cli():
     return run_cli
+
+
+#: CPU flags that decide which kernels torch, MKL and oneDNN run (the test log's header)
+KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
+                "amx_tile")
+#: environment variables that force kernel variants (tests/test_kernel_variants.py)
+VARIANT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                     "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and its kernel-relevant flags (Linux; else the platform's word)."""
+    import platform
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    return fields.get("model name", platform.machine()), [f for f in KERNEL_FLAGS if f in flags]
+
+
+def pytest_report_header(config):
+    """Which CPU and which kernel variants this run used: a test tuned to one CPU shows
+    up here before it fails on the next."""
+    import torch
+    model, flags = _cpu()
+    forced = ", ".join(f"{v}={os.environ[v]}" for v in VARIANT_VARIABLES if v in os.environ)
+    return [f"cpu: {model} ({os.cpu_count()} logical); flags: {' '.join(flags) or 'unknown'}",
+            f"torch {torch.__version__}: ATen CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; forced: {forced or 'nothing'}"]

@@ -45,6 +45,7 @@ def _dense_posterior_mean(x, sigma, mu, U, lam, s2, log_w):
     return (w[:, None] * np.array(means)).sum(0)
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("sigma", [0.05, 0.7, 3.0, 14.6])
 def test_denoiser_equals_dense_posterior_mean(model32, sigma):
     m, mu, U, lam = _synthetic(model32)
@@ -89,6 +90,7 @@ def test_topic_conditioning_and_guidance(model32):
         assert dist < 3.0, (cell.topic, dist)
 
 
+@pytest.mark.portable
 def test_exact_solution_meets_its_tolerance(model32):
     cond = model32.encode_prompts(["p", "q"], ["people", "nature"])
     sig = get_sigmas(model32, "karras", 10)
@@ -105,6 +107,7 @@ def test_exact_solution_meets_its_tolerance(model32):
     assert (fine - a).abs().max() < 1e-3
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("denoise", [False, True])
 def test_reduced_exact_solution_equals_full_dimensional_solve(model32, denoise):
     cond = model32.encode_prompts(["p", "q"], ["animals", "anime"])
@@ -154,6 +157,7 @@ def test_decode_range_and_shape(model32):
     assert img.min() == 0 and img.max() == 255
 
 
+@pytest.mark.portable
 def test_collapsed_posterior_takes_the_closed_form_from_sigma_min(model32):
     # at a schedule's sigma_min every posterior sits on one picture, so the flow to 0 is
     # closed-form from there: it must equal integrating down to 2e-4 first (the integrator
@@ -170,6 +174,7 @@ def test_collapsed_posterior_takes_the_closed_form_from_sigma_min(model32):
     assert (direct - x).abs().max() > 1e-4  # the tail does move the sample
 
 
+@pytest.mark.portable
 @pytest.mark.parametrize("sigma", [14.6, 1.0, 0.05])
 @pytest.mark.parametrize("cfg_scale", [1.0, 7.5])
 def test_guided_denoise_equals_two_rows_mixed(model32, sigma, cfg_scale):

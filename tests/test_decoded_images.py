@@ -51,6 +51,7 @@ def tiny(tmp_path_factory):
     return model, store
 
 
+@pytest.mark.portable
 def test_stored_float_image_is_the_pipelines_decoded_image(tiny):
     model, store = tiny
     rows = store.load().set_index("steps")

@@ -34,6 +34,8 @@ CASES = [("sd", s) for s in SCHEDULERS] + [
     ("sd2v", "EulerAncestralDiscreteScheduler"),
     ("sdxl", "DDIMScheduler"), ("sdxl", "EulerDiscreteScheduler"),
     ("sdxl", "DPMSolverMultistepScheduler_SDE")]
+#: rerun under forced kernel variants: one deterministic and one stochastic scheduler on SD
+PORTABLE_CASES = {("sd", "DDIMScheduler"), ("sd", "DPMSolverMultistepScheduler_SDE")}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,9 @@ def pipeline_latents(model, scheduler_cls, steps, latents=None, **config):
                 latents=latents, output_type="latent").images
 
 
-@pytest.mark.parametrize("family, sampler", CASES)
+@pytest.mark.parametrize("family, sampler", [
+    pytest.param(*case, marks=[pytest.mark.portable] if case in PORTABLE_CASES else [])
+    for case in CASES])
 def test_scheduler_through_harness_equals_pipeline(family_model, family, sampler):
     from convergence.runner import sample_batch
     model = family_model(family)

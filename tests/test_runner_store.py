@@ -58,6 +58,7 @@ def test_store_rows_images_and_samples(study_config, model32):
     assert set(df[df.sampler == "heun"].nfe) == {7, 15}
 
 
+@pytest.mark.portable
 def test_same_study_twice_is_bit_identical_and_rerun_is_free(study_config, tmp_path, model32):
     a = run_study(study_config(results_dir=str(tmp_path / "a")), model32)
     b = run_study(study_config(results_dir=str(tmp_path / "b")), model32)
@@ -66,6 +67,7 @@ def test_same_study_twice_is_bit_identical_and_rerun_is_free(study_config, tmp_p
     assert again.ran == 0 and again.skipped == 16
 
 
+@pytest.mark.portable
 def test_resumed_run_equals_uninterrupted_run(study_config, tmp_path, model32, monkeypatch):
     import convergence.runner as runner
 

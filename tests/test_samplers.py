@@ -124,7 +124,7 @@ def test_cfg_one_evaluates_one_row(model32):
 @pytest.mark.parametrize("name", [n for n in KDIFFUSION if n != "dpm_adaptive"] + ["ddim", "plms"])
 def test_cell_is_independent_of_its_batch(model32, name):
     """Same cell alone and inside a batch of other prompts and seeds: identical floats
-    (the analytic model's denoiser is row-independent to the bit, analytic.MIN_ROWS)."""
+    (the analytic model's denoiser is row-independent to the bit, models/fixed_order.py)."""
     target = cell(name, steps=5, seed=11, topic="people")
     others = [cell(name, steps=5, seed=s, topic=t) for s, t in ((1, "food"), (2, "anime"))]
     alone = sample_batch(model32, [target])

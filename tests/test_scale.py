@@ -168,6 +168,18 @@ def _content(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     return df[keep].sort_values("hash").reset_index(drop=True), files
 
 
+@pytest.mark.portable
+def test_two_shards_store_what_one_process_stores(study_config, model32, tmp_path):
+    """Bit for bit: the same cells, samples and images, whichever shard computed them."""
+    run_study(study_config(results_dir=str(tmp_path / "one")), model32)
+    for i in range(2):
+        run_study(study_config(shard=f"{i}/2", results_dir=str(tmp_path / "two")), model32)
+    one_cells, one_files = _content(tmp_path / "one" / "t")
+    two_cells, two_files = _content(tmp_path / "two" / "t")
+    pd.testing.assert_frame_equal(two_cells, one_cells)
+    assert two_files == one_files and len(one_files) == 2 * len(one_cells) > 0
+
+
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
     """The smoke study run in one process: what every launch must reproduce."""

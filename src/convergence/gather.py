@@ -8,7 +8,7 @@ rows back. So cells of different samplers, step counts, seeds and prompts advanc
 together, and each model call is as large as the row budget allows.
 
 A cell's result does not depend on which cells shared its calls as long as the model is
-row-independent (the analytic model is, to the bit; see ``analytic.MIN_ROWS``). Jobs
+row-independent (the analytic model is, to the bit, by construction: ``models.fixed_order``). Jobs
 marked ``solo`` (samplers that couple their rows) make their own calls.
 """
 

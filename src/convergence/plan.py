@@ -15,8 +15,9 @@ from convergence.samplers.registry import resolve_sampler
 from convergence.samplers.schedules import canonical_schedule
 
 #: bump when a change to the harness alters images for the same cell
-#: (3: the analytic model's denoiser sums its terms in another order, last-bit changes)
-HASH_VERSION = 3
+#: (3: the analytic model's denoiser sums its terms in another order, last-bit changes;
+#: 4: it sums them in a fixed order of its own, models/fixed_order.py)
+HASH_VERSION = 4
 
 
 @dataclass(frozen=True)

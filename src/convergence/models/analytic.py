@@ -27,6 +27,7 @@ from skimage.transform import resize
 
 from convergence.atomic import atomic_write_bytes
 from convergence.errors import ConvergenceError
+from convergence.models import fixed_order, mixture_rows
 from convergence.models.base import Conditioning, Model
 from convergence.models.vp import scaled_linear_alphas_cumprod, sigmas_from_alphas_cumprod
 
@@ -45,12 +46,6 @@ PICTURES = tuple(p for t in TOPIC_PICTURES.values() for p in t)
 OFF_TOPIC_LOG_WEIGHT = -math.inf
 
 MIN_SIZE, MAX_SIZE = 32, 256
-#: denoiser calls are padded to at least this many rows: MKL's float64 matrix product
-#: takes another summation path below 4 rows (measured: rows of a 1-3 row product differ
-#: in the last bits from the same rows in a larger one, from 4 rows on they are equal), so
-#: padding (with a margin) makes every row's result independent of its batch-mates, which
-#: cross-cell batching relies on (tests/test_gather.py checks it on this machine's BLAS)
-MIN_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -207,13 +202,15 @@ class AnalyticModel(Model):
         self.s2 = float(s2)
         K, d, r = self.U.shape
         self.d, self.r = d, r
-        self.U_all = self.U.permute(1, 0, 2).reshape(d, K * r)            # (d, K*r)
-        self.muU = torch.einsum("kd,kdr->kr", self.mu, self.U)             # (K, r)
-        self.mu_sq = (self.mu**2).sum(1)                                   # (K,)
-        # every projection of x in one matrix product, and the output in another: the
-        # denoiser is two passes over x instead of five (its cost is these two products)
-        self.basis = torch.cat([self.U_all, self.mu.T], dim=1).contiguous()  # (d, K*r + K)
-        self.basis_t = self.basis.T.contiguous()
+        # every projection of x in one product, and the output in another: the denoiser
+        # is two passes over x (its cost is these two products), both in a fixed order
+        self.basis = torch.cat([self.U.permute(1, 0, 2).reshape(d, K * r), self.mu.T],
+                               dim=1).contiguous()                            # (d, K*r + K)
+        self._project_onto = fixed_order.PackedColumns(self.basis.numpy())
+        self._expand_from = fixed_order.PackedColumns(self.basis.T.contiguous().numpy())
+        self.muU = torch.stack([fixed_order.matmul(self.mu[k:k + 1], fixed_order.PackedColumns(
+            self.U[k].numpy()))[0] for k in range(K)])                       # (K, r)
+        self.mu_sq = fixed_order.sum_squares(self.mu)                         # (K,)
         self._reduced: tuple[AnalyticModel, torch.Tensor] | None = None
 
     def reduced(self) -> tuple[AnalyticModel, torch.Tensor]:
@@ -267,59 +264,35 @@ class AnalyticModel(Model):
         uncond = torch.stack([self.topic_log_weights(None) for _ in topics])
         return Conditioning(cond=cond, uncond=uncond)
 
-    def _stats(self, x: torch.Tensor, sigma: torch.Tensor, log_w: torch.Tensor):
-        """Per-component projections, gains and responsibilities for a batch."""
-        xf, c, proj, full, loglik = self._project(x, sigma)
-        return xf, c, proj, full, torch.softmax(log_w + loglik, dim=1)
+    def _projections(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """x flattened, its projections x @ basis (B, K*r + K) and |x|^2, in a fixed order."""
+        xf = x.reshape(x.shape[0], -1).to(torch.float64)
+        both = fixed_order.matmul(xf, self._project_onto).contiguous().numpy()
+        return xf, both, fixed_order.sum_squares(xf).numpy()
 
-    def _project(self, x: torch.Tensor, sigma: torch.Tensor):
-        """Per-component projections, gains and log-likelihoods (up to a constant) of x."""
-        xf, c, proj, full, quad = self._quadratic(x, sigma)
-        logdet = (self.d - self.r) * torch.log(c) + torch.log(full).sum(2)
-        return xf, c, proj, full, -0.5 * (quad + logdet)                       # (B, K)
+    def _log_likelihoods(self, both: np.ndarray, xsq: np.ndarray, sigma: torch.Tensor,
+                         with_logdet: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(Mahalanobis forms, log-likelihoods up to a constant), each (B, K)."""
+        return mixture_rows.log_likelihoods(
+            both, xsq, _rows(sigma), self.muU.numpy(), self.mu_sq.numpy(), self.lam.numpy(),
+            self.s2, self.d, with_logdet)
 
-    def _quadratic(self, x: torch.Tensor, sigma: torch.Tensor):
-        """x flattened, the noise variances c, x's projections, the components' variances
-        and each component's Mahalanobis quadratic form (x - mu)^T Cov^-1 (x - mu)."""
-        B = x.shape[0]
-        K, r = self.mu.shape[0], self.r
-        xf = x.reshape(B, -1).to(torch.float64)
-        c = (self.s2 + sigma.to(torch.float64) ** 2)[:, None]                 # (B, 1)
-        both = xf @ self.basis                                                 # (B, K*r + K)
-        proj = both[:, :K * r].reshape(B, K, r) - self.muU[None]              # U^T (x - mu)
-        res_sq = (xf * xf).sum(1, keepdim=True) - 2 * both[:, K * r:] + self.mu_sq[None]
-        full = self.lam[None] + c[..., None]                                   # (B, K, r)
-        quad = (res_sq - (proj**2).sum(2)) / c + (proj**2 / full).sum(2)       # (B, K)
-        return xf, c, proj, full, quad
+    def _output(self, xf: torch.Tensor, both: np.ndarray, resp: np.ndarray,
+                sigma: torch.Tensor) -> torch.Tensor:
+        """gain_iso * x + (1 - gain_iso) * sum_k resp_k mu_k + sum_k U_k coef_k (flat)."""
+        coef, gain_iso = mixture_rows.output_coefficients(
+            both, resp, _rows(sigma), self.muU.numpy(), self.lam.numpy(), self.s2)
+        start = torch.mul(torch.from_numpy(gain_iso)[:, None], xf)
+        return fixed_order.matmul(torch.from_numpy(coef), self._expand_from, out=start)
 
     def row_bytes(self, width: int, height: int) -> int:
         """About 16 float64 vectors of the image's size per row (the denoiser's temporaries)."""
         return 16 * 8 * 3 * width * height
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Row-independent to the bit: small calls are padded to MIN_ROWS rows."""
-        n = x.shape[0]
-        if n < MIN_ROWS:
-            pad = MIN_ROWS - n
-            x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
-            sigma = torch.cat([sigma, sigma[:1].expand(pad)])
-            cond = torch.cat([cond, cond[:1].expand(pad, *cond.shape[1:])])
-            return self._denoise(x, sigma, cond)[:n]
-        return self._denoise(x, sigma, cond)
-
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        xf, c, proj, full, resp = self._stats(x, sigma, cond)
-        return self._combine(xf, c, proj, full, resp).reshape(x.shape).to(x.dtype)
-
-    def _combine(self, xf: torch.Tensor, c: torch.Tensor, proj: torch.Tensor, full: torch.Tensor,
-                 resp: torch.Tensor) -> torch.Tensor:
-        """The denoiser's output from x's projections and the responsibilities (flat)."""
-        gain_iso = self.s2 / c                                                 # (B, 1)
-        gain_low = (self.lam[None] + self.s2) / full - gain_iso[..., None]     # (B, K, r)
-        coef = torch.cat([(resp[..., None] * gain_low * proj).reshape(xf.shape[0], -1),
-                          (1 - gain_iso) * resp], dim=1)                       # (B, K*r + K)
-        # gain_iso * x + (1 - gain_iso) * sum_k resp_k mu_k + sum_k U_k coef_k, one product
-        return (gain_iso * xf).addmm_(coef, self.basis_t)
+        """Row-independent to the bit by construction: every row's arithmetic runs in a
+        fixed order of its own (``fixed_order``, ``mixture_rows``), whatever shares the call."""
+        return self.guided_denoise(x, sigma, Conditioning(cond=cond, uncond=None), 1.0).to(x.dtype)
 
     def guided_denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning,
                        cfg_scale: float) -> torch.Tensor:
@@ -328,12 +301,12 @@ class AnalyticModel(Model):
         The output is linear in the responsibilities, so guidance mixes them, not two
         outputs: half the arithmetic of a cond row and an uncond row. Equal to
         GuidedDenoiser(model) up to float64 rounding (tests/test_analytic_model.py)."""
-        xf, c, proj, full, loglik = self._project(x, sigma)
-        resp = torch.softmax(cond.cond + loglik, dim=1)
-        if cfg_scale != 1.0:
-            uncond = torch.softmax(cond.uncond + loglik, dim=1)
-            resp = uncond + (resp - uncond) * cfg_scale
-        return self._combine(xf, c, proj, full, resp).reshape(x.shape)
+        xf, both, xsq = self._projections(x)
+        _, loglik = self._log_likelihoods(both, xsq, sigma)
+        uncond = cond.uncond if cfg_scale != 1.0 else cond.cond
+        resp = mixture_rows.responsibilities(loglik, _rows(cond.cond), _rows(uncond),
+                                             float(cfg_scale))
+        return self._output(xf, both, resp, sigma).reshape(x.shape)
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
         img = ((x.detach().to(torch.float64).cpu().clamp(-1, 1) + 1) * 127.5).round()
@@ -342,16 +315,26 @@ class AnalyticModel(Model):
     # -- ground truth for the analysis --------------------------------------------------
     def responsibilities(self, x: torch.Tensor, sigma: float, log_w: torch.Tensor) -> torch.Tensor:
         """Posterior probability of each picture given x_sigma (rows sum to 1)."""
+        _, both, xsq = self._projections(x)
         s = torch.full((x.shape[0],), float(sigma), dtype=torch.float64)
-        return self._stats(x, s, log_w)[-1]
+        _, loglik = self._log_likelihoods(both, xsq, s)
+        w = _rows(log_w.expand(x.shape[0], -1) if log_w.ndim == 1 else log_w)
+        return torch.from_numpy(mixture_rows.responsibilities(loglik, w, w, 1.0))
 
     def mahalanobis_per_dim(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared Mahalanobis distance / d of each image to its nearest component,
         and that component's index. A clean sample of the model scores about 1; residual
         noise or a blend of two pictures scores far higher (coherence ground truth)."""
-        m = self._quadratic(x, torch.zeros(x.shape[0], dtype=torch.float64))[-1]
-        best, idx = (m / self.d).min(1)
+        _, both, xsq = self._projections(x)
+        quad, _ = self._log_likelihoods(both, xsq, torch.zeros(x.shape[0], dtype=torch.float64),
+                                        with_logdet=False)
+        best, idx = (torch.from_numpy(quad) / self.d).min(1)
         return best, idx
+
+
+def _rows(t: torch.Tensor) -> np.ndarray:
+    """A float64, C-contiguous numpy view (or copy) of a per-row tensor."""
+    return np.ascontiguousarray(t.detach().to(torch.float64).cpu().numpy())
 
 
 def _single_gaussian_tail(model: AnalyticModel, x: torch.Tensor, k: torch.Tensor,
