@@ -26,13 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convergence.adaptive import run_adaptive
+from convergence.analysis.adaptive import KeyPointJudge
 from convergence.analysis.distances import compute_distances
 from convergence.analysis.inputs import load_cells
 from convergence.analysis.keypoints import seed_points
 from convergence.config import to_config
 from convergence.models.analytic import AnalyticModel
-from convergence.runner import run_study
+from convergence.run.adaptive import run_adaptive
+from convergence.run.runner import run_study
 
 PROMPTS = [{"topic": "food", "seed": 4053222918, "text": "a hamburger with a bowl of french fries"},
            {"topic": "people", "seed": 2131956332, "text": "Ultra realistic photo, blue eyes"}]
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     ad_cfg = to_config({**base, "steps": coarse_steps(args.top), "search": "adaptive",
                         "results_dir": str(tmp / "adaptive")})
-    summary = run_adaptive(ad_cfg, model)
+    summary = run_adaptive(ad_cfg, KeyPointJudge(ad_cfg.analysis), model)
     adaptive = pd.read_csv(summary.store.root / "keypoints_adaptive.csv")
     adaptive_nfe = float(summary.store.load().nfe.sum())
     t_adaptive = time.perf_counter() - t

@@ -72,9 +72,8 @@ def time_study(use_blas: bool) -> tuple[float, int]:
     """Seconds of the default study's generation and its cells, with either denoiser."""
     from hydra import compose, initialize_config_dir
 
-    from convergence.cli import CONF_DIR
-    from convergence.config import register_configs, to_config
-    from convergence.runner import run_study
+    from convergence.config import CONF_DIR, register_configs, to_config
+    from convergence.run.runner import run_study
     register_configs()
     real = AnalyticModel.denoise
     with tempfile.TemporaryDirectory() as tmp:

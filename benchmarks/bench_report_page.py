@@ -22,14 +22,14 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
 from cdp import Browser, chromium  # noqa: E402
 
 from convergence.analysis import analyze_study  # noqa: E402
 from convergence.config import ReportConfig, to_config  # noqa: E402
 from convergence.report import build_report  # noqa: E402
-from convergence.runner import run_study  # noqa: E402
+from convergence.run.runner import run_study  # noqa: E402
 
 PROMPTS = [{"topic": "anime", "seed": 3031912972, "text": "an anime girl"},
            {"topic": "nature", "seed": 1458228930, "text": "valley landscape wallpaper"},

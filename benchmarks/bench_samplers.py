@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from convergence.models.analytic import AnalyticModel
-from convergence.plan import Cell
-from convergence.runner import sample_batch
+from convergence.run.plan import Cell
+from convergence.run.runner import sample_batch
 
 SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "ddim", "plms",
             "dpmpp_2m", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde",

@@ -30,12 +30,15 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
+
+from writers import fork_writer as writer
+from writers import wait_writer as wait
+
 from convergence.config import to_config
+from convergence.core.store import Store
 from convergence.models.analytic import AnalyticModel
-from convergence.plan import expand
-from convergence.store import Store
-from convergence.writers import fork_writer as writer
-from convergence.writers import wait_writer as wait
+from convergence.run.plan import expand
 
 PROMPTS = [{"topic": "food", "seed": 4053222918, "text": "a hamburger with a bowl of french fries"},
            {"topic": "people", "seed": 2131956332, "text": "Ultra realistic photo"}]

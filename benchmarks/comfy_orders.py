@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from convergence.analysis.metrics import rmse
 from convergence.analysis.references import denoise
-from convergence.metrics import rmse
 from convergence.models.analytic import AnalyticModel, exact_solution
-from convergence.plan import Cell
-from convergence.runner import cell_metadata, sample_batch
+from convergence.run.plan import Cell
+from convergence.run.runner import cell_metadata, sample_batch
 from convergence.samplers.integrators import NoiseScale
-from convergence.samplers.registry import available_samplers
+from convergence.samplers.spec import available_samplers
 
 SEEDS = [1, 2]
 #: options that turn a stochastic sampler into its deterministic (ODE) limit

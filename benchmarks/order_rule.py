@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from convergence.analysis import rates as R
-from convergence.check import ORDER_TOLERANCE
-from convergence.samplers.registry import resolve_sampler
+from convergence.samplers.spec import resolve_sampler
+from convergence.tools.check import ORDER_TOLERANCE
 
 BASELINES = Path(__file__).parents[1] / "results" / "baselines"
 ISSUE_SLOPES = (2.0, 3.2, 5.6, 0.37, 0.64, 1.20, 0.97)

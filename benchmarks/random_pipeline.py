@@ -9,7 +9,7 @@ reproduce the numbers without downloading weights:
 
 Sizes: ``sd15`` has SD 1.5's UNet (860 M parameters), VAE and CLIP ViT-L/14 text encoder
 configs (512x512); ``small`` is a CPU-sized UNet (64x64 images). The tokenizer is the
-tests' character-level CLIP BPE (tests/tiny_pipeline.py), which costs the same per token.
+tests' character-level CLIP BPE (tests/helpers/tiny_pipeline.py), which costs the same per token.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
 from tiny_pipeline import SD_SCHEDULER_CONFIG, write_tokenizer_files  # noqa: E402
 
 SIZES = {

@@ -1,8 +1,10 @@
 """Time `convergence run` of one study under two versions of the harness, alternated in
 one invocation (a shared, noisy machine: compare ratios from one run only), and check
-that both store the same cells: the same float samples (to the bit) and PNGs.
+that both store the same cells: the same float samples (to the bit) and PNGs. With
+``--analyze``, each version also analyses its first store, and every analysis table must
+be equal (all columns but the seconds the two runs spent).
 
-    python benchmarks/run_ab.py [--base REV] [--revert COMMIT ...] [--rounds N] [--out FILE] [overrides...]
+    python benchmarks/run_ab.py [--base REV] [--revert COMMIT ...] [--rounds N] [--analyze] [--out FILE] [overrides...]
 
 The base version is ``REV``'s ``src`` (``git archive``; default ``HEAD``) with the changes
 to ``src`` of the ``--revert`` commits undone; the other version is this checkout's
@@ -65,7 +67,7 @@ def run_once(src: Path, results: Path, overrides: list[str]) -> dict:
 
 def same_cells(a: Path, b: Path) -> int:
     """Number of cells, after checking both stores hold the same cells, samples and PNGs."""
-    from convergence.store import Store
+    from convergence.core.store import Store
     sa, sb = Store(a), Store(b)
     ha, hb = set(sa.load().hash), set(sb.load().hash)
     assert ha == hb, f"different cells: {len(ha ^ hb)} differ"
@@ -75,11 +77,46 @@ def same_cells(a: Path, b: Path) -> int:
     return len(ha)
 
 
+#: what `convergence analyze` writes (analysis/tables.py FILES), and the columns that hold
+#: the seconds each version's run spent (they differ by design)
+TABLES = ("distances.parquet", "keypoints_seed.csv", "keypoints.csv", "rates.csv", "limits.csv",
+          "claims.csv", "calibration.csv")
+TIMINGS = ("seconds",)
+
+
+def analyze(src: Path, study: Path, overrides: list[str]) -> None:
+    """`convergence analyze` of ``study`` in a fresh process importing ``src``."""
+    env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    subprocess.run([sys.executable, "-m", "convergence.cli", "analyze", *overrides,
+                    f"results_dir={study.parent}", "progress=false"], env=env, check=True,
+                   capture_output=True)
+
+
+def same_tables(a: Path, b: Path) -> list[str]:
+    """One line per analysis table: equal, or the columns that differ."""
+    import pandas as pd
+    lines = []
+    for name in TABLES:
+        read = pd.read_parquet if name.endswith(".parquet") else pd.read_csv
+        ta, tb = read(a / name), read(b / name)
+        keep = [c for c in ta.columns if c not in TIMINGS]
+        if list(ta.columns) != list(tb.columns) or len(ta) != len(tb):
+            lines.append(f"{name}: DIFFERENT shape or columns")
+            continue
+        bad = [c for c in keep if not ta[c].equals(tb[c])]
+        skipped = [c for c in ta.columns if c in TIMINGS]
+        line = f"{name}: {len(ta)} rows, " + (f"DIFFERENT in {bad}" if bad else "equal")
+        lines.append(line + (f" (not compared: {', '.join(skipped)})" if skipped else ""))
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="HEAD", help="git revision of the version to compare with")
     ap.add_argument("--revert", nargs="*", default=[], help="commits whose src changes the base undoes")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each version, alternated")
+    ap.add_argument("--analyze", action="store_true",
+                    help="also analyse each version's first store and compare the tables")
     ap.add_argument("--out", help="also write the report to this file")
     args, overrides = ap.parse_known_args()
     sys.path.insert(0, str(REPO / "src"))
@@ -102,6 +139,11 @@ def main() -> None:
                 print(lines[-1], flush=True)
         n = same_cells(got["base"][0]["study"], got["new"][0]["study"])
         lines.append(f"same {n} cells in both versions: samples bit-identical, PNGs identical")
+        if args.analyze:
+            for v in versions:
+                analyze(versions[v], got[v][0]["study"], overrides)
+            lines += ["analysis tables, base vs new:", *same_tables(got["base"][0]["study"],
+                                                                   got["new"][0]["study"])]
         med = {v: {k: statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "run_study", "model")}
                for v, rs in got.items()}
         for k in ("wall", "cpu", "run_study", "model"):

@@ -23,10 +23,10 @@ import time
 from collections import Counter
 from dataclasses import replace
 
-import convergence.runner as runner
-from convergence.cli import compose_config
+import convergence.run.runner as runner
+from convergence.config import compose_config
+from convergence.core.store import Store
 from convergence.models import build_model
-from convergence.store import Store
 
 MODEL, DECODE, ENCODE, STORE = ("model call (model.denoise)", "VAE decode",
                                 "prompt encode", "store_rows (writer thread)")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from convergence import check as C
-from convergence.errors import ConvergenceError
-from convergence.registry import import_plugins
-from convergence.samplers.registry import available_samplers
+from convergence.core.errors import ConvergenceError
+from convergence.core.registry import import_plugins
+from convergence.samplers.spec import available_samplers
+from convergence.tools import check as C
 
 HEAD = ("| sampler | family | NFE claimed | NFE measured | order claimed | order measured "
         "(Karras, vs exact limit) | limit | check |\n|---|---|---|---|---|---|---|---|")

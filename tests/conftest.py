@@ -15,25 +15,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
-#: test layers by file (README "Tests"); a file or test with its own layer marker keeps it
-LAYERS = {
-    "e2e": {"test_cli", "test_failures", "test_scale", "test_analysis_cli", "test_install",
-            "test_check", "test_bench", "test_adaptive"},
-    "integration": {"test_runner_store", "test_store_integrity", "test_concurrent", "test_report",
-                    "test_report_inputs", "test_report_guide", "test_analysis_inputs",
-                    "test_analysis_grids", "test_diffusers_backend", "test_diffusers_pipelines",
-                    "test_gather"},
-}
+#: the test layers, one folder each (README "Tests")
+LAYERS = ("unit", "integration", "e2e")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test gets a layer marker (unit, integration or e2e) unless it has one: `pytest -m unit`."""
+    """Every test is marked with its folder's layer: `pytest -m unit`."""
     for item in items:
-        if any(item.get_closest_marker(m) for m in ("unit", "integration", "e2e")):
-            continue
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        layer = next((k for k, files in LAYERS.items() if module in files), "unit")
-        item.add_marker(getattr(pytest.mark, layer))
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 def pytest_configure(config):
@@ -94,7 +85,7 @@ def cli():
 #: CPU flags that decide which kernels torch, MKL and oneDNN run (the test log's header)
 KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni",
                 "amx_tile")
-#: environment variables that force kernel variants (tests/test_kernel_variants.py)
+#: environment variables that force kernel variants (tests/e2e/test_kernel_variants.py)
 VARIANT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
                      "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

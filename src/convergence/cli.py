@@ -1,33 +1,24 @@
-"""The ``convergence`` command: ``run``, ``analyze``, ``report``, ``samplers``.
+"""The ``convergence`` command: it parses, then dispatches through one table.
 
-Entry points only parse and dispatch. Each subcommand is a Hydra app over the configs
-shipped in the package (``pkg://convergence.conf``; ``CONVERGENCE_CONF=DIR`` replaces
-them), so every key can be overridden, ``--multirun`` sweeps work, and user studies outside
-the package come in through ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``. User errors print one line
-and exit with status 2, without a traceback.
+Study commands (``run``, ``analyze``, ``report``, ``all``, ``verify``, ``store compact``)
+are Hydra apps over the configs (:mod:`convergence.config.compose`), so every key can be
+overridden, ``--multirun`` sweeps work, and user studies outside the package come in
+through ``--config-dir DIR`` or ``hydra.searchpath=[file://DIR]``. Tool commands
+(``check``, ``baseline``, ``bench``, ``samplers``) take their own options. A user error is
+one line and an exit status (:mod:`convergence.failures`), never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from convergence.errors import ConvergenceError, NeedsOtherModel
-
-#: the package's own configs; found by Hydra as ``pkg://convergence.conf`` so a plain
-#: ``pip install`` works in any directory
-PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
-#: the configs in use: ``CONVERGENCE_CONF`` (a folder) replaces the package's
-CONF_DIR = Path(os.environ["CONVERGENCE_CONF"]) if os.environ.get("CONVERGENCE_CONF") else PACKAGE_CONF
-
-
-def config_path() -> str:
-    """Hydra's primary config path: the override folder, else the package's configs."""
-    override = os.environ.get("CONVERGENCE_CONF")
-    return str(Path(override).resolve()) if override else "pkg://convergence.conf"
+from convergence.core.errors import ConvergenceError, NeedsOtherModel
 
 
 def _quiet_known_warnings() -> None:
@@ -48,34 +39,25 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+# -- study commands (Hydra apps) ---------------------------------------------------------
+#: what "diverged" means, for the warning (runner.DIVERGENCE_FACTOR x the data's scale ~1)
+DIVERGENCE_NOTE = "1e3 times the data's scale"
+
+
 def cmd_run(cfg) -> None:
-    from convergence.runner import run_study
+    from convergence.run.runner import run_study
     if cfg.search == "adaptive":
-        from convergence.adaptive import run_adaptive as run_study
-    summary = run_study(cfg)
+        from convergence.analysis.adaptive import KeyPointJudge
+        from convergence.run.adaptive import run_adaptive
+        summary = run_adaptive(cfg, KeyPointJudge(cfg.analysis))
+    else:
+        summary = run_study(cfg)
     print(f"ran {summary.ran} cells, {summary.skipped} already stored, in {summary.seconds:.1f}s "
           f"-> {summary.store.root}")
     if getattr(summary, "diverged", None):
         print(f"warning: {len(summary.diverged)} cells diverged (|x| above "
               f"{DIVERGENCE_NOTE}), e.g. {summary.store.describe(summary.diverged[0])}; they are "
               "stored with diverged=true", file=sys.stderr)
-
-
-def cmd_verify(cfg) -> None:
-    from convergence.verify import verify_study
-    problems = verify_study(cfg)
-    if problems:
-        sys.exit(1)
-
-
-def cmd_compact(cfg) -> None:
-    from convergence.runner import study_root
-    from convergence.store import Store
-    store = Store(study_root(cfg))
-    if not store.exists():
-        raise ConvergenceError(f"no results in {store.root}: nothing to compact")
-    rows, parts = store.compact()
-    print(f"{store.root}: {rows} cells; folded {parts} part files into {store.table_path.name}")
 
 
 def cmd_analyze(cfg) -> None:
@@ -85,8 +67,7 @@ def cmd_analyze(cfg) -> None:
 
 def cmd_report(cfg) -> None:
     from convergence.report import write_report
-    path = write_report(cfg)
-    print(f"report: {path}")
+    print(f"report: {write_report(cfg)}")
 
 
 def cmd_all(cfg) -> None:
@@ -95,31 +76,35 @@ def cmd_all(cfg) -> None:
     cmd_report(cfg)
 
 
-COMMANDS: dict[str, Callable] = {"run": cmd_run, "analyze": cmd_analyze, "report": cmd_report,
-                                 "all": cmd_all, "verify": cmd_verify}
-#: ``convergence store SUBCOMMAND``
-STORE_COMMANDS: dict[str, Callable] = {"compact": cmd_compact}
-#: what "diverged" means, for the warning (runner.DIVERGENCE_FACTOR x the data's scale ~1)
-DIVERGENCE_NOTE = "1e3 times the data's scale"
+def cmd_verify(cfg) -> None:
+    from convergence.tools.verify import verify_study
+    if verify_study(cfg):
+        sys.exit(1)
+
+
+def cmd_compact(cfg) -> None:
+    from convergence.core.store import Store
+    store = Store(cfg.study_dir())
+    if not store.exists():
+        raise ConvergenceError(f"no results in {store.root}: nothing to compact")
+    rows, parts = store.compact()
+    print(f"{store.root}: {rows} cells; folded {parts} part files into {store.table_path.name}")
 
 
 def _hydra_app(task: Callable):
     import hydra
     from omegaconf import DictConfig
 
-    from convergence.config import register_configs, to_config
-    from convergence.worker import assign_device
+    from convergence.config.compose import config_path, ready, register_configs
+    from convergence.run.gpu import assign_device
 
     register_configs()
 
     @hydra.main(config_path=config_path(), config_name="config", version_base="1.3")
     def app(dcfg: DictConfig) -> None:
         try:
-            cfg = to_config(dcfg)
+            cfg = ready(dcfg)
             cfg.model.device = assign_device(cfg.model.device)
-            if cfg.threads:
-                import torch
-                torch.set_num_threads(cfg.threads)
             task(cfg)
         except Exception as e:  # past Hydra's job runner, which would print its own line
             raise _JobFailed(e) from e
@@ -135,15 +120,17 @@ class _JobFailed(BaseException):
         self.error = error
 
 
-def _run_app(task: Callable, overrides: list[str], debug: bool) -> None:
+def _run_hydra(name: str, task: Callable, overrides: list[str], debug: bool) -> int:
     """Run a Hydra app; any failure becomes one line and an exit status (failures.py),
     or, with ``--debug`` / HYDRA_FULL_ERROR=1, the full traceback."""
-    from convergence.config import check_name_overrides
+    from convergence.config.validate import validate_name_overrides
     from convergence.failures import explain
     before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.argv = [f"convergence-{name.replace(' ', '-')}", *overrides]
     try:
-        check_name_overrides(overrides)  # before Hydra creates any folder named after it
+        validate_name_overrides(overrides)  # before Hydra creates any folder named after it
         _hydra_app(task)()
     except SystemExit:
         raise
@@ -157,79 +144,23 @@ def _run_app(task: Callable, overrides: list[str], debug: bool) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = before
+    return 0
 
 
-def compose_config(overrides: list[str]):
-    """A validated Config from Hydra overrides without a Hydra app (``convergence bench``)."""
-    from hydra import compose, initialize_config_dir, initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from convergence.config import register_configs, to_config
-
-    register_configs()
-    override = os.environ.get("CONVERGENCE_CONF")
-    init = (initialize_config_dir(str(Path(override).resolve()), version_base="1.3") if override
-            else initialize_config_module("convergence.conf", version_base="1.3"))
-    try:
-        with init:
-            cfg = to_config(compose("config", overrides=list(overrides)))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConvergenceError(str(e).strip().splitlines()[0]) from None
-    if cfg.threads:
-        import torch
-        torch.set_num_threads(cfg.threads)
-    return cfg
-
-
-def list_samplers() -> None:
-    from convergence.samplers.registry import available_samplers
-    from convergence.samplers.schedules import schedule_names
-    for name, spec in available_samplers().items():
-        kind = "stochastic" if spec.stochastic else "deterministic"
-        alias = ", ".join(dict.fromkeys(a for a in spec.aliases if a.lower() != name.lower()))
-        nfe = "adaptive" if spec.nfe_per_step is None else (
-            f"{spec.nfe_per_step:g}/step" + (f"{spec.nfe_offset:+d}" if spec.nfe_offset else ""))
-        order = "-" if spec.order is None else f"{spec.order:g}"
-        print(f"{name:22s} {spec.family:12s} {kind:13s} order={order:3s} nfe={nfe:10s} "
-              f"native={spec.native_schedule:12s} {alias}")
-    print("schedules:", ", ".join(schedule_names()))
-
-
-class _Args:
+# -- tool commands (their own options) -----------------------------------------------------
+class _Parser(argparse.ArgumentParser):
     """argparse whose errors are the one-line ``convergence: error:`` of every command."""
 
-    @staticmethod
-    def parser(prog: str, description: str):
-        import argparse
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(f"{self.prog.removeprefix('convergence ')}: {message}")
 
-        class Parser(argparse.ArgumentParser):
-            def error(self, message: str) -> None:  # type: ignore[override]
-                fail(f"{prog}: {message}")
 
-        p = Parser(prog=f"convergence {prog}", description=description)
+def _parser(name: str, description: str, plugins: bool = True) -> _Parser:
+    p = _Parser(prog=f"convergence {name}", description=description)
+    if plugins:
         p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                        help="import MODULE first (it registers samplers); repeatable")
-        return p
-
-
-def _check_parser():
-    p = _Args.parser("check", "Check a sampler against its claims and its baseline on a small "
-                     "fixed study of the analytic model (docs/plugins.md). Exit status: 0 "
-                     "passed, 1 a check failed, 2 bad input.")
-    p.add_argument("sampler", help="a registered name, module:function, or a {_target_: ...} node")
-    p.add_argument("--baseline", help="baseline file (default: results/baselines/NAME.json "
-                   "when it exists)")
-    p.add_argument("--no-baseline", action="store_true", help="check the claims only")
-    p.add_argument("--order", type=float, help="claimed order (overrides the registered one)")
-    p.add_argument("--nfe-per-step", type=float, help="claimed model calls per step")
-    p.add_argument("--nfe-offset", type=int, help="claimed extra calls per image")
     return p
-
-
-def _claims(args) -> dict:
-    return {k: v for k, v in (("order", args.order), ("nfe_per_step", args.nfe_per_step),
-                              ("nfe_offset", args.nfe_offset)) if v is not None}
 
 
 def _sampler_arg(text: str):
@@ -244,12 +175,21 @@ def _sampler_arg(text: str):
 
 
 def cmd_check(argv: list[str]) -> int:
-    from convergence import baseline
-    from convergence.check import check_sampler
-    from convergence.registry import import_plugins
-    args = _check_parser().parse_args(argv)
+    from convergence.core.registry import import_plugins
+    from convergence.tools import baseline
+    from convergence.tools.check import check_sampler, resolve_for_check
+    p = _parser("check", "Check a sampler against its claims and its baseline on a small "
+                "fixed study of the analytic model (docs/plugins.md). Exit status: 0 "
+                "passed, 1 a check failed, 2 bad input.")
+    p.add_argument("sampler", help="a registered name, module:function, or a {_target_: ...} node")
+    p.add_argument("--baseline", help="baseline file (default: results/baselines/NAME.json "
+                   "when it exists)")
+    p.add_argument("--no-baseline", action="store_true", help="check the claims only")
+    p.add_argument("--order", type=float, help="claimed order (overrides the registered one)")
+    p.add_argument("--nfe-per-step", type=float, help="claimed model calls per step")
+    p.add_argument("--nfe-offset", type=int, help="claimed extra calls per image")
+    args = p.parse_args(argv)
     import_plugins(args.plugin)
-    from convergence.check import resolve_for_check
     spec = resolve_for_check(_sampler_arg(args.sampler))
     base = None
     if not args.no_baseline:
@@ -259,29 +199,29 @@ def cmd_check(argv: list[str]) -> int:
             if base.sampler != spec.name:
                 raise ConvergenceError(f"baseline {str(path)!r} is for {base.sampler!r}, "
                                        f"not {spec.name!r}")
-    report = check_sampler(spec.name, base, **_claims(args))
+    claims = {k: v for k, v in (("order", args.order), ("nfe_per_step", args.nfe_per_step),
+                                ("nfe_offset", args.nfe_offset)) if v is not None}
+    report = check_sampler(spec.name, base, **claims)
     print(report.table())
     print(report.summary())
     return 0 if report.passed else 1
 
 
 def cmd_baseline(argv: list[str]) -> int:
-    from convergence import baseline
-    from convergence.check import check_sampler
-    from convergence.registry import import_plugins
-    p = _Args.parser("baseline", "Save what `convergence check` measures as the baseline of "
-                     "SAMPLER (only after its claims pass, unless --force).")
+    from convergence.core.registry import import_plugins
+    from convergence.samplers.spec import available_samplers
+    from convergence.tools import baseline
+    from convergence.tools.check import check_sampler
+    p = _parser("baseline", "Save what `convergence check` measures as the baseline of "
+                "SAMPLER (only after its claims pass, unless --force).")
     p.add_argument("action", choices=["save"])
     p.add_argument("samplers", nargs="+", help="sampler names, or 'all' for every registered one")
     p.add_argument("--dir", help="folder (default: results/baselines, or $CONVERGENCE_BASELINES)")
     p.add_argument("--force", action="store_true", help="save even when a claim fails")
     args = p.parse_args(argv)
     import_plugins(args.plugin)
-    names = args.samplers
-    every = names == ["all"]
-    if every:
-        from convergence.samplers.registry import available_samplers
-        names = list(available_samplers())
+    every = args.samplers == ["all"]
+    names = list(available_samplers()) if every else args.samplers
     status = 0
     for name in names:
         try:
@@ -305,19 +245,74 @@ def cmd_baseline(argv: list[str]) -> int:
     return status
 
 
-USAGE = """usage: convergence {run,analyze,report,all,verify,samplers,bench,check,baseline} [options]
-       convergence store compact [hydra overrides]
+def cmd_bench(argv: list[str]) -> int:
+    from convergence.config.compose import compose_config
+    from convergence.tools.bench import CLOCKS, bench_report
+    p = _parser("bench", "The study's speed against the device's floor, a per-cell and a "
+                "direct loop, as ratios of one run (docs/batching.md).", plugins=False)
+    p.add_argument("--out", help="also write the report to this file")
+    p.add_argument("--loop-cells", type=int, default=None,
+                   help="time the per-cell and direct loops on this many cells (scaled)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each floor timing")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or the process's CPU time (CPU devices; a shared machine)")
+    args, overrides = p.parse_known_args(argv)
+    text = bench_report(compose_config(overrides), argv, loop_cells=args.loop_cells,
+                        repeats=args.repeats, clock=args.clock)
+    print(text, flush=True)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
 
-  run       generate the study's images into results/<name>/
-  analyze   distances, key points, rates and the guide's claims
-  report    grids, curves, tables and results/<name>/report/index.html
-  all       run + analyze + report
-  verify    check every stored cell's files against their sha256 (exit 1 if any problem)
-  store compact   fold the part files of concurrent writers into cells.parquet
-  samplers  list samplers (claims, aliases) and schedules
-  bench     the study's speed vs the device's floor, a per-cell and a direct loop (ratios)
-  check     check a sampler against its claims and baseline (exit 1 on a regression)
-  baseline  `baseline save SAMPLER|all`: store what `check` measures
+
+def cmd_samplers(argv: list[str]) -> int:
+    from convergence.samplers.schedules import schedule_names
+    from convergence.samplers.spec import available_samplers
+    _parser("samplers", "List the samplers (claims, aliases) and schedules.",
+            plugins=False).parse_args(argv)
+    for name, spec in available_samplers().items():
+        kind = "stochastic" if spec.stochastic else "deterministic"
+        alias = ", ".join(dict.fromkeys(a for a in spec.aliases if a.lower() != name.lower()))
+        nfe = "adaptive" if spec.nfe_per_step is None else (
+            f"{spec.nfe_per_step:g}/step" + (f"{spec.nfe_offset:+d}" if spec.nfe_offset else ""))
+        order = "-" if spec.order is None else f"{spec.order:g}"
+        print(f"{name:22s} {spec.family:12s} {kind:13s} order={order:3s} nfe={nfe:10s} "
+              f"native={spec.native_schedule:12s} {alias}")
+    print("schedules:", ", ".join(schedule_names()))
+    return 0
+
+
+# -- the one table -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    #: a study command gets the composed Config; a tool command its own argv
+    run: Callable
+    study: bool = True
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("run", "generate the study's images into results/<name>/", cmd_run),
+    Command("analyze", "distances, key points, rates and the guide's claims", cmd_analyze),
+    Command("report", "grids, curves, tables and results/<name>/report/index.html", cmd_report),
+    Command("all", "run + analyze + report", cmd_all),
+    Command("verify", "check every stored cell's files against their sha256 (exit 1 if any "
+            "problem)", cmd_verify),
+    Command("store compact", "fold the part files of concurrent writers into cells.parquet",
+            cmd_compact),
+    Command("samplers", "list samplers (claims, aliases) and schedules", cmd_samplers, False),
+    Command("bench", "the study's speed vs the device's floor, a per-cell and a direct loop "
+            "(ratios)", cmd_bench, False),
+    Command("check", "check a sampler against its claims and baseline (exit 1 on a "
+            "regression)", cmd_check, False),
+    Command("baseline", "`baseline save SAMPLER|all`: store what `check` measures", cmd_baseline,
+            False),
+)}
+
+USAGE = ("usage: convergence {" + ",".join(n for n in COMMANDS if " " not in n)
+         + "} [options]\n       convergence store compact [hydra overrides]\n\n"
+         + "\n".join(f"  {c.name:15s} {c.summary}" for c in COMMANDS.values()) + """
 
 examples:
   convergence run samplers=[euler,heun] steps=[4,8,16] seeds=[1,2]
@@ -327,21 +322,25 @@ examples:
   convergence check my_pkg.samplers:sample_mine --order 2 --no-baseline
   convergence run --debug ...   (a failure shows its full traceback)
 
-exit status of run/analyze/report/verify/store: 0 done, 1 verify found problems, 2 bad input
-or damaged file (one line; nothing stored is lost), 3 internal error (--debug shows the
-traceback), 130 interrupted (the same command again resumes)
-"""
+exit status: 0 done, 1 verify or check found problems, 2 bad input or damaged file (one line;
+nothing stored is lost), 3 internal error (--debug shows the traceback), 130 interrupted (the
+same command again resumes)
+""")
 
 
-#: subcommands with their own options (not Hydra apps)
-PLAIN: dict[str, Callable[[list[str]], int]] = {"check": cmd_check, "baseline": cmd_baseline}
-
-
-def torch_threads_from_env() -> None:
-    """The check study is tiny: one thread unless OMP_NUM_THREADS says otherwise (threads
-    only add contention on such small matrices)."""
-    import torch
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+def _lookup(argv: list[str]) -> tuple[Command, list[str]]:
+    """The command named by the first one or two words, and the rest of the line."""
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in COMMANDS:
+            return COMMANDS[name], argv[words:]
+    if argv[0] == "store":
+        sub = argv[1] if len(argv) > 1 else ""
+        fail(f"unknown store command {sub!r}; use one of: "
+             + ", ".join(n.split()[1] for n in COMMANDS if n.startswith("store ")))
+    fail(f"unknown command {argv[0]!r}; use one of: "
+         + ", ".join(dict.fromkeys(n.split()[0] for n in COMMANDS)))
+    raise AssertionError  # fail() exits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -353,34 +352,16 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return
-    cmd, rest = argv[0], argv[1:]
-    if cmd == "samplers":
-        list_samplers()
-        return
-    if cmd == "bench":
-        from convergence.bench import main as bench_main
-        bench_main(rest)
-        return
-    if cmd in PLAIN:
-        torch_threads_from_env()
-        try:
-            code = PLAIN[cmd](rest)
-        except ConvergenceError as e:
-            fail(str(e))
-        sys.exit(code)
-    if cmd == "store":
-        sub = rest[0] if rest else ""
-        if sub not in STORE_COMMANDS:
-            fail(f"unknown store command {sub!r}; use one of: {', '.join(STORE_COMMANDS)}")
-        task, cmd, rest = STORE_COMMANDS[sub], f"store-{sub}", rest[1:]
-    elif cmd in COMMANDS:
-        task = COMMANDS[cmd]
-    else:
-        fail(f"unknown command {cmd!r}; use one of: "
-             f"{', '.join([*COMMANDS, 'store', 'samplers', 'bench', *PLAIN])}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.argv = [f"convergence-{cmd}", *rest]
-    _run_app(task, rest, debug)
+    command, rest = _lookup(argv)
+    if command.study:
+        sys.exit(_run_hydra(command.name, command.run, rest, debug))
+    try:
+        code = command.run(rest)
+    except ConvergenceError as e:
+        if debug:
+            raise
+        fail(str(e))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

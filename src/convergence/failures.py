@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import logging
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from convergence.errors import ConvergenceError
+from convergence.config.schema import Config
+from convergence.core.errors import ConvergenceError
 
 OK, PROBLEMS, USER, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -28,7 +25,6 @@ def one_line(text: str) -> str:
 
 def _keys_of(path: str) -> list[str] | None:
     """Valid keys beside the dotted ``path`` in the structured config (None: free-form)."""
-    from convergence.config import Config
     node: object = Config
     for part in path.split(".")[:-1]:
         fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
@@ -125,26 +121,3 @@ def explain(e: BaseException, overrides: list[str]) -> tuple[str, int]:
             return one_line(msg), USER
     return (f"internal error: {type(e).__name__}: {one_line(str(e))[:300]} (a bug, please report "
             "it; run with --debug for the traceback)", INTERNAL)
-
-
-@contextmanager
-def quiet_library() -> Iterator[None]:
-    """Silence diffusers' and transformers' log lines and progress bars while a model loads: a
-    failure becomes our one line, so its multi-line account is noise. ``--debug``
-    (CONVERGENCE_DEBUG=1) keeps them."""
-    if os.environ.get("CONVERGENCE_DEBUG") == "1":
-        yield
-        return
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
-    for m in (dlog, tlog):
-        m.set_verbosity(logging.CRITICAL + 1)
-        m.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for m, level, bars in saved:
-            m.set_verbosity(level)
-            if bars:
-                m.enable_progress_bar()

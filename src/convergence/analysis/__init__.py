@@ -18,22 +18,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from convergence import metrics as M
+from convergence.analysis import metrics as M
 from convergence.analysis import tables as T
+from convergence.analysis.adaptive import search_column, with_adaptive_points
 from convergence.analysis.calibration import calibration_table
 from convergence.analysis.claims import evaluate_claims
 from convergence.analysis.distances import compute_distances, noise_estimate
 from convergence.analysis.inputs import load_cells
 from convergence.analysis.keypoints import POINTS, aggregate_points, seed_points
 from convergence.analysis.rates import compute_rates, limits_table
-from convergence.analysis.references import EXACT_LIMITS, REFERENCES
-from convergence.atomic import staged_into
-from convergence.config import AnalysisConfig, Config
-from convergence.errors import ConvergenceError
-from convergence.heap import keep_freed_memory
-from convergence.store import Store
+from convergence.config.schema import AnalysisConfig, Config
+from convergence.core.allocator import keep_freed_memory
+from convergence.core.atomic import staged_into
+from convergence.core.store import Store
+from convergence.models import build_model
+from convergence.run.plan import fingerprint_hash
 
-__all__ = ["analyze_study", "check_options", "noise_estimate"]
+__all__ = ["analyze_study", "noise_estimate"]
 
 
 @contextmanager
@@ -47,40 +48,14 @@ def phase(name: str, enabled: bool = True) -> Iterator[None]:
         print(f"analyze: {name} done in {time.perf_counter() - start:.1f}s", flush=True)
 
 
-def check_options(a: AnalysisConfig) -> None:
-    """Reject analysis settings that cannot work, naming the value (before any work)."""
-    if a.on_missing not in ("error", "warn"):
-        raise ConvergenceError(f"analysis.on_missing must be 'error' or 'warn', got {a.on_missing!r}")
-    if a.metric in a.rate_metrics:
-        raise ConvergenceError(f"analysis.metric={a.metric!r} is also in analysis.rate_metrics: "
-                               "key points are measured on the displayed (clipped) sample, "
-                               "rates on the unclipped floats; use different metrics")
-    if not M.get_metric(a.metric).lower_is_better:
-        raise ConvergenceError(f"analysis.metric={a.metric!r} is a similarity (higher is better); "
-                               "key points need a distance: rel_rmse, rmse, mse or gmsd")
-    ref = a.reference
-    if ref == "exact":
-        raise ConvergenceError("analysis.reference=exact is ambiguous: use exact-denoised, "
-                               "exact-zero or exact-end")
-    for key, r in (("reference", ref), *(("references", r) for r in a.references)):
-        if r not in (*EXACT_LIMITS, "exact") and "@" not in r and (r not in REFERENCES or (
-                key == "reference" and r == "next")):
-            raise ConvergenceError(f"unknown analysis.{key} {r!r}: use "
-                                   f"{', '.join(REFERENCES.names())}, exact-denoised, exact-zero, "
-                                   "exact-end or SAMPLER@STEPS")
-    if ref in EXACT_LIMITS and "exact" not in a.references:
-        raise ConvergenceError(f"analysis.reference={ref} needs 'exact' in analysis.references")
-
-
 def _exact_model(cfg: Config, cells: pd.DataFrame, root: Path):
     """The analytic model the cells were made with, for exact references and calibration:
     the one the run recorded in the study (AnalyticModel.record), built again only for a
     study run before models were recorded; None for other models or another version."""
     if set(cells.model) != {"analytic"} or cfg.model.name != "analytic":
         return None
-    from convergence.models import build_model
+    # imported when needed: its pictures and kernels cost a second other models need not pay
     from convergence.models.analytic import AnalyticModel
-    from convergence.plan import fingerprint_hash
     w, h = int(cells.width.iloc[0]), int(cells.height.iloc[0])
     model = AnalyticModel.recorded(root, w, h) or build_model(cfg.model, w, h)
     if set(cells.model_hash) != {fingerprint_hash(model.fingerprint())} or cells.width.nunique() > 1 \
@@ -94,14 +69,13 @@ def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
 
     The tables are written aside and replace the previous ones together, once all of them
     are computed: a failed analysis leaves the last good one as it was."""
-    keep_freed_memory()  # the metrics' large temporaries: reused, not refaulted (heap.py)
-    with staged_into(Path(cfg.results_dir) / cfg.name) as out:
+    keep_freed_memory()  # the metrics' large temporaries: reused, not refaulted (core/allocator.py)
+    with staged_into(cfg.study_dir()) as out:
         return _analyze(cfg, out)
 
 
 def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
     a = cfg.analysis
-    check_options(a)
     show = cfg.progress
     with phase("loading the stored cells", show):
         store, cells = load_cells(cfg)
@@ -112,7 +86,6 @@ def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
         dist = T.write(out_dir, "distances", dist)
     with phase("key points", show):
         lower = M.get_metric(a.metric).lower_is_better
-        from convergence.adaptive import search_column, with_adaptive_points
         seeds = T.write(out_dir, "keypoints_seed", with_adaptive_points(
             store.root, seed_points(a, dist, cells, lower)))
         kp = T.write(out_dir, "keypoints", search_column(aggregate_points(a, seeds, cells),

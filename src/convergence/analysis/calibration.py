@@ -10,7 +10,7 @@ import torch
 
 from convergence.analysis.keypoints import forward_changes
 from convergence.analysis.tables import GROUP
-from convergence.config import AnalysisConfig
+from convergence.config.schema import AnalysisConfig
 
 #: change bounds tried besides the configured one (metric units: rel_rmse by default)
 CHANGE_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6)

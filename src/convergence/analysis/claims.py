@@ -18,7 +18,7 @@ import pandas as pd
 
 from convergence.analysis.rates import SLOPE_TOL
 from convergence.analysis.tables import columns
-from convergence.registry import Registry
+from convergence.core.registries import GUIDE_CLAIMS, register_claim
 
 HOLDS, CONTRADICTED, UNTESTABLE = "holds", "contradicted", "not testable here"
 PRE_ASYMPTOTIC = "pre-asymptotic: not decided"
@@ -282,9 +282,7 @@ class ClaimInputs:
 
 #: claims by name, judged in registration order: ``fn(ClaimInputs) -> [claim_row(...)]``
 #: with the quoted claim and its claim_source ("guide", "harness", ...) as metadata (an
-#: empty result is reported as "not testable here"); third parties add theirs through the
-#: ``convergence.claims`` entry-point group or plugins (docs/plugins.md)
-CLAIMS: Registry = Registry("claim", group="convergence.claims")
+#: empty result is reported as "not testable here")
 claim_row = _row
 for _name, _fn, _quote, _source in (
         ("converge", lambda i: claims_converge(i.kp, i.cfg), Q_CONVERGE, "guide"),
@@ -298,7 +296,7 @@ for _name, _fn, _quote, _source in (
          Q_INDICATORS, "guide"),
         ("people_later", lambda i: claims_people_later(i.seeds, i.cfg), Q_LATER, "guide"),
         ("order", lambda i: claims_order(i.limits, i.cfg), H_ORDER, "harness")):
-    CLAIMS.register(_name, _fn, quote=_quote, claim_source=_source)
+    register_claim(_name, _fn, quote=_quote, claim_source=_source)
 
 
 def evaluate_claims(kp: pd.DataFrame, seeds: pd.DataFrame, dist: pd.DataFrame, *, metric: str,
@@ -310,7 +308,7 @@ def evaluate_claims(kp: pd.DataFrame, seeds: pd.DataFrame, dist: pd.DataFrame, *
     empty = pd.DataFrame(columns=["cfg", "sampler", "topic", "point", "steps", "status",
                                   "metric", "reference", "value"])
     kp, seeds, dist = (x if _has(x, "cfg") else empty for x in (kp, seeds, dist))
-    entries = list(CLAIMS.entries().values())
+    entries = list(GUIDE_CLAIMS.entries().values())
     for c in scales:
         inputs = ClaimInputs(
             kp[kp.cfg == c], seeds[seeds.cfg == c] if _has(seeds, "cfg") else seeds,

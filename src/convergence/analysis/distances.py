@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convergence import metrics as M
+from convergence.analysis import metrics as M
 from convergence.analysis import tables as T
 from convergence.analysis.pictures import displayed, load_pictures, picture_range, unit_images
 from convergence.analysis.references import EXACT_LIMITS, exact_limits, pairs
-from convergence.config import AnalysisConfig
-from convergence.errors import ConvergenceError
-from convergence.store import Store
+from convergence.config.schema import AnalysisConfig
+from convergence.core.errors import ConvergenceError
+from convergence.core.store import Store
+from convergence.models.device import select_device
 
 META = [c for c, _ in T.SCHEMAS["distances"][:11]]
 #: bytes of float64 pictures one metric call sees: a 512x512 decoded picture is 6 MB in
@@ -63,7 +64,6 @@ def analysis_device(setting: str, cells: pd.DataFrame) -> tuple[torch.device, li
     ``auto``: the device the study's cells were generated on (recorded per cell), so a GPU
     study is scored in batches on the GPU; the CPU when that device is not present here
     (a study copied from a GPU machine). A named device must exist."""
-    from convergence.models.device import select_device
     key = str(setting).strip().lower()
     if key != "auto":
         return select_device(key, "analysis.device"), []

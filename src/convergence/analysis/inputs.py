@@ -16,11 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from convergence.analysis import tables as T
-from convergence.config import Config, ModelConfig
-from convergence.errors import ConvergenceError
-from convergence.store import Store
+from convergence.config.schema import Config, ModelConfig
+from convergence.core.errors import ConvergenceError
+from convergence.core.store import Store
+from convergence.models import build_model
+from convergence.run.plan import expand, fingerprint_hash
+from convergence.run.runner import cell_metadata
 
-#: per-cell metadata the runner records (convergence.runner.cell_metadata)
+#: per-cell metadata the runner records (convergence.run.runner.cell_metadata)
 META_COLUMNS = ("family", "stochastic", "sigma_start", "noise_scale", "sigma_min",
                 "stops_above_zero", "display_lo", "display_hi")
 
@@ -33,7 +36,6 @@ def study_model_hash(root: Path) -> str | None:
     fp = json.loads(path.read_text()).get("model")
     if not fp:
         return None
-    from convergence.plan import fingerprint_hash
     return fingerprint_hash(fp)
 
 
@@ -43,8 +45,6 @@ def _fill_metadata(df: pd.DataFrame, model_cfg: ModelConfig) -> pd.DataFrame:
     todo = [c for c in META_COLUMNS if c not in df.columns or df[c].isna().any()]
     if not todo:
         return df
-    from convergence.models import build_model
-    from convergence.runner import cell_metadata
     df = df.copy()
     models: dict[tuple, object] = {}
     for c in META_COLUMNS:
@@ -61,7 +61,7 @@ def _fill_metadata(df: pd.DataFrame, model_cfg: ModelConfig) -> pd.DataFrame:
 
 def load_cells(cfg: Config) -> tuple[Store, pd.DataFrame]:
     """The stored cells of the study (of its current model version) with their files."""
-    store = Store(Path(cfg.results_dir) / cfg.name)
+    store = Store(cfg.study_dir())
     df = store.load()
     if df.empty:
         raise ConvergenceError(f"no cells stored in {store.root}; run `convergence run` first")
@@ -95,7 +95,6 @@ def load_cells(cfg: Config) -> tuple[Store, pd.DataFrame]:
 
 def _check_config(cfg: Config, df: pd.DataFrame, store: Store) -> None:
     """One line when the config asks for cells the store lacks (error or warning)."""
-    from convergence.plan import expand  # resolves sampler aliases (K_EULER -> euler)
     key = ["topic", "prompt", "seed", "sampler", "schedule", "steps", "cfg", "width", "height"]
     stored = set(map(tuple, df[key].astype(str).to_numpy()))
     planned = expand(cfg, str(df.model.iloc[0]), {})

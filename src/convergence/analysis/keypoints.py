@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from convergence.analysis.tables import GROUP
-from convergence.config import AnalysisConfig
+from convergence.config.schema import AnalysisConfig
 
 POINTS = ("indicative", "coherent", "converged")
 

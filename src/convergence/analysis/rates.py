@@ -14,6 +14,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 
+from convergence.analysis import metrics as M
+from convergence.analysis.references import EXACT_LIMITS
+from convergence.analysis.tables import columns
+
 B_BOUNDS = (-6.0, -0.01)
 
 
@@ -284,8 +288,6 @@ def compute_rates(a, dist: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     ends at the same step count) and the exact limits (x_ref = inf). Cross-sampler
     references (SAMPLER@STEPS) are not fitted: another sampler's image is not this
     sampler's limit, so no power law describes the distance to it."""
-    from convergence import metrics as M
-    from convergence.analysis.tables import columns
     rows: list[dict] = []
     refs = [r for r in dist.reference.unique() if r not in ("next", "self") and "@" not in r]
     by_hash = cells.set_index("hash")
@@ -310,8 +312,6 @@ def limits_table(dist: pd.DataFrame, rates: pd.DataFrame, metric: str) -> pd.Dat
     (a limit the sampler misses shows a plateau, local order -> 0, at the distance between
     the limits). The closest limit is the approached one with the steepest last local
     order; none when no limit is approached (ancestral samplers)."""
-    from convergence.analysis.references import EXACT_LIMITS
-    from convergence.analysis.tables import columns
     d = dist[(dist.metric == metric) & dist.reference.isin(EXACT_LIMITS)]
     rows = []
     for (sampler, schedule, cfg_scale), g in d.groupby(["sampler", "schedule", "cfg"]):

@@ -24,11 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from convergence.analysis.tables import GROUP
+from convergence.core.registries import EXACT_LIMITS, REFERENCES, register_reference
+from convergence.core.store import Store, atomic_write_bytes
+from convergence.models.base import GuidedDenoiser
 from convergence.models.device import torch_threads
-from convergence.registry import Registry
-from convergence.store import Store, atomic_write_bytes
+from convergence.samplers.spec import resolve_sampler
 
-EXACT_LIMITS = ("exact-denoised", "exact-zero", "exact-end")
+__all__ = ["EXACT_LIMITS", "REFERENCES", "exact_limits", "pairs"]
 
 
 def canonical_sampler(name: str, known: set[str]) -> str:
@@ -36,10 +38,12 @@ def canonical_sampler(name: str, known: set[str]) -> str:
     is imported only for a name the store does not already use)."""
     if name in known:
         return name
-    from convergence.samplers.registry import resolve_sampler
     return resolve_sampler(name).spec.name
 
 
+#: cell references by name (``analysis.references=[...]``); ``SAMPLER@STEPS`` and the exact
+#: limits are built in (:func:`pairs`)
+@register_reference("highest")
 def _highest(df: pd.DataFrame) -> list[tuple[int, int]]:
     """Each cell against its curve's highest step count."""
     out: list[tuple[int, int]] = []
@@ -49,6 +53,7 @@ def _highest(df: pd.DataFrame) -> list[tuple[int, int]]:
     return out
 
 
+@register_reference("next")
 def _next(df: pd.DataFrame) -> list[tuple[int, int]]:
     """Each cell against the next swept step count of its curve."""
     out: list[tuple[int, int]] = []
@@ -56,14 +61,6 @@ def _next(df: pd.DataFrame) -> list[tuple[int, int]]:
         idx = list(g.sort_values("steps").index)
         out += list(zip(idx[:-1], idx[1:], strict=False))
     return out
-
-
-#: cell references by name: ``fn(cells) -> [(row, reference row)]`` over the store's cell
-#: table; third parties add theirs through the ``convergence.references`` entry-point
-#: group or plugins (docs/plugins.md). ``SAMPLER@STEPS`` and the exact limits are built in.
-REFERENCES: Registry = Registry("reference", group="convergence.references")
-REFERENCES.register("highest", _highest)
-REFERENCES.register("next", _next)
 
 
 def pairs(df: pd.DataFrame, ref: str) -> list[tuple[int, int]]:
@@ -150,6 +147,7 @@ def exact_limits(model, store: Store, rows: list[dict], rtol: float, batch_size:
 def _solve_chunk(model, rtol: float, span: tuple[float, float, float, float],
                  chunk: list[tuple[str, dict]]) -> list[dict[str, np.ndarray]]:
     """The exact limits of starts that share (sigma_start, sigma_min, cfg, noise scale)."""
+    # imported when needed: its pictures and kernels cost a second other models need not pay
     from convergence.models.analytic import exact_solution
     s0, smin, cfg_scale, scale = span
     rr = [r for _, r in chunk]
@@ -166,6 +164,5 @@ def _solve_chunk(model, rtol: float, span: tuple[float, float, float, float],
 
 def denoise(model, x: torch.Tensor, sigma: float, cond, cfg_scale: float) -> torch.Tensor:
     """The guided denoiser D(x, sigma) at one sigma for a batch."""
-    from convergence.models.base import GuidedDenoiser
     s = torch.full((x.shape[0],), float(sigma), dtype=torch.float64)
     return GuidedDenoiser(model)(x, s, conditioning=cond, cfg_scale=cfg_scale)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from convergence.errors import ConvergenceError
+from convergence.core.atomic import atomic_write_bytes
+from convergence.core.errors import ConvergenceError
 
 GROUP = ["model", "topic", "prompt", "seed", "sampler", "schedule", "cfg"]
 CURVE = ["sampler", "schedule", "cfg"]
@@ -74,11 +75,20 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
                     ("tp", "int"), ("fp", "int"), ("fn", "int"), ("tn", "int"),
                     ("accuracy", "float"), ("precision", "float"), ("recall", "float"),
                     ("balanced_accuracy", "float"), ("configured", "bool")],
+    # the points search=adaptive pinned (analysis/adaptive.py): per curve and point, the
+    # keypoints_seed columns a sparse search defines, the bracket width in steps (1 = exact
+    # to one step, 0 = the lowest step count), the curve's probes and what they cost
+    "keypoints_adaptive": [*[(c, k) for c, k in _CELL if c in GROUP], ("metric", "str"),
+                           ("reference", "str"), ("point", "str"), ("steps", "int"),
+                           ("nfe", "float"), ("seconds", "float"), ("search", "str"),
+                           ("known_to", "int"), ("probes", "int"), ("probe_steps", "int"),
+                           ("probe_nfe", "float")],
 }
 
 FILES = {"distances": "distances.parquet", "keypoints_seed": "keypoints_seed.csv",
          "keypoints": "keypoints.csv", "rates": "rates.csv", "limits": "limits.csv",
-         "claims": "claims.csv", "calibration": "calibration.csv"}
+         "claims": "claims.csv", "calibration": "calibration.csv",
+         "keypoints_adaptive": "keypoints_adaptive.csv"}
 
 
 def columns(name: str) -> list[str]:
@@ -122,7 +132,6 @@ def conform(name: str, df: pd.DataFrame) -> pd.DataFrame:
 
 def write(root: Path, name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Check ``df`` against the schema and write it atomically; returns the checked table."""
-    from convergence.store import atomic_write_bytes
     df = conform(name, df)
     path = Path(root) / FILES[name]
     if path.suffix == ".parquet":

@@ -1,37 +1,62 @@
-"""Model registry: ``model.name`` in the config -> a :class:`Model`."""
+"""Models: ``model.name`` in the config -> a :class:`~convergence.models.base.Model`.
+
+The built-in factories register here (the analytic model, diffusers pipelines); third
+parties add theirs through the ``convergence.models`` entry-point group, plugins or a
+``model._target_`` (docs/plugins.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import torch
 
+from convergence.core.errors import ConvergenceError
+from convergence.core.registries import MODELS, register_model
 from convergence.models.base import Model
-from convergence.registry import Registry
-
-ModelFactory = Callable[..., Model]
-#: ``factory(model_cfg, width, height) -> Model``; third parties add to it through the
-#: ``convergence.models`` entry-point group or plugins (docs/plugins.md)
-MODELS: Registry[ModelFactory] = Registry("model", group="convergence.models")
-register_model = MODELS.register
+from convergence.models.device import require_cpu, select_device, select_dtype
+from convergence.models.diffusers_backend import (
+    DiffusersModel,
+    LatentPipelineModel,
+    load_pipeline,
+    quiet_library,
+)
+from convergence.models.flow_matching import FlowMatchModel
 
 
 @register_model("analytic")
-def _analytic(model_cfg, width: int, height: int) -> Model:
+def analytic_model(model_cfg, width: int, height: int) -> Model:
+    """The embedded analytic model (CPU, float64)."""
+    # imported when built: scikit-image's pictures and numba's kernels cost about a second
+    # that commands on other models need not pay
     from convergence.models.analytic import AnalyticModel
-    from convergence.models.device import check_cpu_only
-    check_cpu_only(model_cfg.device, "the analytic model")
+    require_cpu(model_cfg.device, "the analytic model")
     return AnalyticModel(width, height)
 
 
 @register_model("diffusers")
-def _diffusers(model_cfg, width: int, height: int) -> Model:
-    from convergence.failures import quiet_library
-    from convergence.models.diffusers_backend import load_diffusers_model
+def diffusers_model(model_cfg, width: int, height: int) -> LatentPipelineModel:
+    """A diffusers pipeline: a flow-matching scheduler makes it a :class:`FlowMatchModel`,
+    anything else a VP :class:`DiffusersModel`. The libraries' own log lines are silenced
+    while it loads: a failure becomes one line."""
     with quiet_library():
-        return load_diffusers_model(model_cfg, width, height)
+        return _diffusers(model_cfg, width, height)
+
+
+def _diffusers(model_cfg, width: int, height: int) -> LatentPipelineModel:
+    device = select_device(model_cfg.device)
+    dtype = select_dtype(device, model_cfg.dtype)
+    if dtype == torch.float64:
+        raise ConvergenceError("model.dtype=float64 is not supported for diffusers models; "
+                               "use float32")
+    pipe = load_pipeline(model_cfg, device, dtype)
+    if type(pipe.scheduler).__name__.startswith("FlowMatch"):
+        return FlowMatchModel(pipe, model_cfg, width, height, device, dtype)
+    if getattr(pipe, "unet", None) is None or not hasattr(pipe.scheduler, "alphas_cumprod"):
+        raise ConvergenceError(f"pipeline {type(pipe).__name__} at {model_cfg.path!r}: neither a "
+                               "UNet on a DDPM schedule nor a flow-matching model")
+    return DiffusersModel(pipe, model_cfg, width, height, device, dtype)
 
 
 def build_model(model_cfg, width: int, height: int) -> Model:
     """Build the configured model and check it can make images of this size."""
     model = MODELS.get(model_cfg.name)(model_cfg, width, height)
-    model.check_size(width, height)
+    model.validate_size(width, height)
     return model

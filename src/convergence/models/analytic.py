@@ -25,8 +25,8 @@ from skimage import data as skdata
 from skimage.color import gray2rgb, rgba2rgb
 from skimage.transform import resize
 
-from convergence.atomic import atomic_write_bytes
-from convergence.errors import ConvergenceError
+from convergence.core.atomic import atomic_write_bytes
+from convergence.core.errors import ConvergenceError
 from convergence.models import fixed_order, mixture_rows
 from convergence.models.base import Conditioning, Model
 from convergence.models.vp import scaled_linear_alphas_cumprod, sigmas_from_alphas_cumprod
@@ -113,10 +113,6 @@ def _component(name: str, width: int, height: int, spec: MixtureSpec):
     return mean, vt[:r].T.copy(), lam
 
 
-def topic_names() -> list[str]:
-    return list(TOPIC_PICTURES)
-
-
 def _fingerprint(spec: MixtureSpec) -> dict:
     return {"name": AnalyticModel.name, "pictures": list(PICTURES), **spec.__dict__}
 
@@ -152,7 +148,7 @@ class AnalyticModel(Model):
         """``components``: (means, bases, variances) as :meth:`record` wrote them, instead
         of building them from the pictures (seconds: resizing crops and their SVDs)."""
         self.spec = spec or MixtureSpec()
-        self.check_size(width, height)
+        self.validate_size(width, height)
         self.width, self.height = width, height
         self.dtype = torch.float64
         self.device = torch.device("cpu")
@@ -235,7 +231,7 @@ class AnalyticModel(Model):
     def fingerprint(self) -> dict:
         return _fingerprint(self.spec)
 
-    def check_size(self, width: int, height: int) -> None:
+    def validate_size(self, width: int, height: int) -> None:
         for label, v in (("width", width), ("height", height)):
             if not isinstance(v, int) or v % 8 or not MIN_SIZE <= v <= MAX_SIZE:
                 raise ConvergenceError(
@@ -300,7 +296,7 @@ class AnalyticModel(Model):
 
         The output is linear in the responsibilities, so guidance mixes them, not two
         outputs: half the arithmetic of a cond row and an uncond row. Equal to
-        GuidedDenoiser(model) up to float64 rounding (tests/test_analytic_model.py)."""
+        GuidedDenoiser(model) up to float64 rounding (tests/unit/test_analytic_model.py)."""
         xf, both, xsq = self._projections(x)
         _, loglik = self._log_likelihoods(both, xsq, sigma)
         uncond = cond.uncond if cfg_scale != 1.0 else cond.cond

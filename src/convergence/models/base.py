@@ -5,7 +5,7 @@ implement :class:`Model`; :class:`GuidedDenoiser` adds classifier-free guidance 
 one batched call and :class:`CountingDenoiser` counts and times every call, so NFE is
 measured rather than looked up. :class:`GuidedDenoiser` sends its rows to a ``call``
 (the model's ``denoise`` by default), which is where the runner's gatherer
-(``convergence.gather``) merges the calls of many cells into one model call.
+(``convergence.run.gather``) merges the calls of many cells into one model call.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.core.errors import ConvergenceError
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Model(ABC):
         """Everything that changes the model's outputs (goes into each cell hash)."""
 
     @abstractmethod
-    def check_size(self, width: int, height: int) -> None:
+    def validate_size(self, width: int, height: int) -> None:
         """Raise ConvergenceError if the model cannot make images of this size."""
 
     @abstractmethod

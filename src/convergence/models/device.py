@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.core.errors import ConvergenceError
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
@@ -65,7 +65,7 @@ def select_dtype(device: torch.device | str, name: str = "auto") -> torch.dtype:
     return dtype
 
 
-def check_cpu_only(name: str, what: str) -> None:
+def require_cpu(name: str, what: str) -> None:
     """A model that runs on the CPU only: ``auto``/``cpu`` are fine, any other named device
     fails (with select_device's message if it does not exist here)."""
     if str(name).strip().lower() in ("auto", "cpu"):

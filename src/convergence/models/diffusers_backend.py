@@ -12,19 +12,21 @@ UNet, and why the images equal those of ``StableDiffusionPipeline`` itself.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.core.errors import ConvergenceError
 from convergence.models.base import Conditioning, Model
-from convergence.models.device import select_device, select_dtype
-from convergence.weights import weights_digest
+from convergence.models.weights import weights_digest
 
 #: pipeline folders must hold these (model_index.json names the components) and a
 #: denoising network: a UNet (SD 1.x/2.x/SDXL) or a transformer (SD3)
@@ -195,7 +197,7 @@ class LatentPipelineModel(Model):
         """Image sizes must be multiples of this (VAE downsampling x transformer patches)."""
         return max(8, self.vae_scale_factor * int(self.net.config.get("patch_size") or 1))
 
-    def check_size(self, width: int, height: int) -> None:
+    def validate_size(self, width: int, height: int) -> None:
         step = self.size_step
         for label, v in (("width", width), ("height", height)):
             if not isinstance(v, int) or v < step or v % step:
@@ -204,7 +206,7 @@ class LatentPipelineModel(Model):
                                        f"{self.vae_scale_factor})")
 
     def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
-        self.check_size(width, height)
+        self.validate_size(width, height)
         f = self.vae_scale_factor
         return (self.latent_channels, height // f, width // f)
 
@@ -309,19 +311,24 @@ class DiffusersModel(LatentPipelineModel):
         return denoised.to(x.dtype)
 
 
-def load_diffusers_model(model_cfg, width: int, height: int) -> LatentPipelineModel:
-    """Factory behind ``model=diffusers`` (see models/__init__.py): a flow-matching
-    scheduler makes it a :class:`FlowMatchModel`, anything else a VP :class:`DiffusersModel`."""
-    device = select_device(model_cfg.device)
-    dtype = select_dtype(device, model_cfg.dtype)
-    if dtype == torch.float64:
-        raise ConvergenceError("model.dtype=float64 is not supported for diffusers models; "
-                               "use float32")
-    pipe = load_pipeline(model_cfg, device, dtype)
-    if type(pipe.scheduler).__name__.startswith("FlowMatch"):
-        from convergence.models.flow_matching import FlowMatchModel
-        return FlowMatchModel(pipe, model_cfg, width, height, device, dtype)
-    if getattr(pipe, "unet", None) is None or not hasattr(pipe.scheduler, "alphas_cumprod"):
-        raise ConvergenceError(f"pipeline {type(pipe).__name__} at {model_cfg.path!r}: neither a "
-                               "UNet on a DDPM schedule nor a flow-matching model")
-    return DiffusersModel(pipe, model_cfg, width, height, device, dtype)
+@contextmanager
+def quiet_library() -> Iterator[None]:
+    """Silence diffusers' and transformers' log lines and progress bars while a model loads: a
+    failure becomes our one line, so its multi-line account is noise. ``--debug``
+    (CONVERGENCE_DEBUG=1) keeps them."""
+    if os.environ.get("CONVERGENCE_DEBUG") == "1":
+        yield
+        return
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+    saved = [(m, m.get_verbosity(), m.is_progress_bar_enabled()) for m in (dlog, tlog)]
+    for m in (dlog, tlog):
+        m.set_verbosity(logging.CRITICAL + 1)
+        m.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for m, level, bars in saved:
+            m.set_verbosity(level)
+            if bars:
+                m.enable_progress_bar()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.core.errors import ConvergenceError
 from convergence.models.base import Conditioning
 from convergence.models.diffusers_backend import LatentPipelineModel
 

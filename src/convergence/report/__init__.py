@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from convergence.atomic import staged_dir
-from convergence.config import Config, ReportConfig
-from convergence.errors import ConvergenceError
+from convergence.config.schema import Config, ReportConfig
+from convergence.core.atomic import staged_dir
+from convergence.core.errors import ConvergenceError
 from convergence.report.curves import curve_figure, write_curves
 from convergence.report.data import StudyData, load_study
 from convergence.report.grids import grid_specs, grid_tiles, render_grid, write_grids
@@ -57,7 +57,7 @@ def check_report_config(rc: ReportConfig) -> None:
 
 def write_report(cfg: Config) -> Path:
     """`convergence report`: render results/<study>/report/index.html; returns its path."""
-    return build_report(Path(cfg.results_dir) / cfg.name, cfg.report)
+    return build_report(cfg.study_dir(), cfg.report)
 
 
 def build_report(root: Path | str, rc: ReportConfig | None = None,

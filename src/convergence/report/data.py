@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from convergence.errors import ConvergenceError
+from convergence.core.errors import ConvergenceError
+from convergence.core.store import Store
 
 #: the analysis files the report needs, and the optional ones it shows when present
 REQUIRED = ("distances.parquet", "keypoints.csv")
@@ -106,7 +107,6 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
 
     ``metric`` picks the distance drawn in curves and used for key points; by default the
     analysis' own metric (study.json), else the first metric in keypoints.csv."""
-    from convergence.store import Store
     root = Path(root)
     store = Store(root)
     if not store.exists():

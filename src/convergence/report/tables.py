@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from convergence.analysis.rates import SLOPE_TOL, SLOPE_WINDOW
 from convergence.report.data import POINTS, StudyData
 
 #: the guide's own it/s table (M1 Max, 512×512, 3-sample average), for comparison only
@@ -320,7 +321,6 @@ def _order_cell(row) -> str:
 def rates_table(study: StudyData) -> Table | None:
     """Orders of convergence (d ∝ x^-order), each with its step range and the local slopes of
     successive doublings it was judged on; an order is shown only where they agree."""
-    from convergence.analysis.rates import SLOPE_TOL, SLOPE_WINDOW
     r = study.rates
     if r is None or r.empty:
         return None

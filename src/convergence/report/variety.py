@@ -15,7 +15,9 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from convergence import metrics as M
+from convergence.analysis import metrics as M
+from convergence.analysis.pictures import load_pictures, picture_range, unit_images
+from convergence.core.store import Store
 from convergence.report.data import StudyData
 from convergence.report.tables import ALL, Table, _fmt_num, _ratio, _row_label
 
@@ -26,8 +28,6 @@ def _loader(study: StudyData, space: str):
     """A group's arrays as the analysis measures the metric: rate metrics on the float
     samples, other metrics on the cells' pictures (analysis/pictures.py; image metrics in
     [0, 1]); cells stored without a display range: float samples and PNGs."""
-    from convergence.analysis.pictures import load_pictures, picture_range, unit_images
-    from convergence.store import Store
     store = Store(study.root)
     rates = study.study.get("config", {}).get("analysis", {}).get("rate_metrics", ["rmse"])
 

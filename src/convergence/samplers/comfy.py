@@ -2,8 +2,14 @@
 
 Each is a plain function with k-diffusion's signature
 ``fn(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
-**options)``, so it runs on any k-diffusion denoiser; :mod:`comfy_registry` declares its
-claims (order, NFE per step, stochastic) and registers it the way a plug-in would.
+**options)``, so it runs on any k-diffusion denoiser, registered with its claims right
+above it the way a plug-in registers. The claims are what `convergence check` and
+tests/unit/test_comfy_samplers.py hold each sampler to: ``order`` is the global order of
+accuracy against the exact limit on a smooth schedule (Karras); stochastic samplers claim
+none (no pathwise limit to measure). NFE is ``nfe_per_step * steps + nfe_offset`` (the
+cheaper final steps make the offset). Noise: ``brownian`` for SDE solvers (one Brownian
+path per cell, so finer steps refine the same path), ``gaussian`` (fresh unit normals per
+step) for ancestral ones.
 
 Conventions shared by all of them (the maths lives in :mod:`integrators`):
 
@@ -27,6 +33,7 @@ import math
 
 import torch
 
+from convergence.core.registries import register_sampler
 from convergence.samplers import k_sampling
 from convergence.samplers.integrators import NoiseScale, adams_sigma_weights, identity
 
@@ -80,6 +87,7 @@ def _renoise(x, noise, sigma, sigma_next, std):
 # ------------------------------------------------------------- Euler-type, CFG++ family
 
 
+@register_sampler("euler_cfg_pp", family="comfyui", order=1, aliases=("Euler CFG++",))
 @torch.no_grad()
 def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None,
                         noise_sampler=None, eta=0.0, s_noise=1.0):
@@ -91,6 +99,7 @@ def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disabl
                           cfg_pp=True, order=1)
 
 
+@register_sampler("euler_ancestral_cfg_pp", family="comfyui", aliases=("Euler a CFG++",), stochastic=True, noise="gaussian")
 @torch.no_grad()
 def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None,
                                   disable=None, noise_sampler=None, eta=1.0, s_noise=1.0):
@@ -100,6 +109,7 @@ def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=No
                                eta=eta, s_noise=s_noise)
 
 
+@register_sampler("dpmpp_2m_cfg_pp", family="comfyui", order=2, aliases=("DPM++ 2M CFG++",))
 @torch.no_grad()
 def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None,
                            noise_sampler=None):
@@ -122,6 +132,8 @@ def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 
+@register_sampler("dpmpp_2s_ancestral_cfg_pp", family="comfyui", nfe_per_step=2, nfe_offset=-1,
+                  aliases=("DPM++ 2S a CFG++",), stochastic=True, noise="gaussian")
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None,
                                      disable=None, noise_sampler=None, eta=1.0, s_noise=1.0):
@@ -171,6 +183,9 @@ def _adams(model, x, sigmas, extra_args, callback, max_order, variable):
     return x
 
 
+# Adams methods in sigma of nominal order 4 / 3: their Euler first step's O(h^2) error is
+# never damped, so the global order is 2 (approached from above: docs/samplers.md)
+@register_sampler("ipndm", family="comfyui", order=2, aliases=("iPNDM",))
 @torch.no_grad()
 def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  noise_sampler=None, max_order=4):
@@ -182,6 +197,7 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return _adams(model, x, sigmas, extra_args, callback, max_order, variable=False)
 
 
+@register_sampler("ipndm_v", family="comfyui", order=2, aliases=("iPNDM_v",))
 @torch.no_grad()
 def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None,
                    noise_sampler=None, max_order=4):
@@ -192,6 +208,10 @@ def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=Non
     return _adams(model, x, sigmas, extra_args, callback, max_order, variable=True)
 
 
+# InvokeAI's deis / deis_k are diffusers' DEIS; here they are this DEIS (the diffusers one
+# is DEISMultistepScheduler, swapped in by model.sampler_backend=diffusers)
+@register_sampler("deis", family="comfyui", order=2, aliases=("DEIS",), scheduled={"deis_k": "karras"},
+                  diffusers="DEISMultistepScheduler")
 @torch.no_grad()
 def sample_deis(model, x, sigmas, extra_args=None, callback=None, disable=None,
                 noise_sampler=None, max_order=3):
@@ -215,6 +235,7 @@ def _exp_step(x, s, t, hist, scale, coord=None):
 _ODE = NoiseScale.power(1.0)
 
 
+@register_sampler("res_multistep", family="comfyui", order=2, aliases=("RES multistep",))
 @torch.no_grad()
 def sample_res_multistep(model, x, sigmas, extra_args=None, callback=None, disable=None,
                          noise_sampler=None, eta=0.0, s_noise=1.0, cfg_pp=False):
@@ -249,6 +270,7 @@ def _exp_multistep(model, x, sigmas, extra_args, callback, noise_sampler, eta, s
     return x
 
 
+@register_sampler("res_multistep_cfg_pp", family="comfyui", order=2)
 @torch.no_grad()
 def sample_res_multistep_cfg_pp(model, x, sigmas, extra_args=None, callback=None,
                                 disable=None, noise_sampler=None):
@@ -256,6 +278,7 @@ def sample_res_multistep_cfg_pp(model, x, sigmas, extra_args=None, callback=None
     return sample_res_multistep(model, x, sigmas, extra_args, callback, disable, cfg_pp=True)
 
 
+@register_sampler("res_multistep_ancestral", family="comfyui", stochastic=True, noise="gaussian")
 @torch.no_grad()
 def sample_res_multistep_ancestral(model, x, sigmas, extra_args=None, callback=None,
                                    disable=None, noise_sampler=None, eta=1.0, s_noise=1.0):
@@ -264,6 +287,7 @@ def sample_res_multistep_ancestral(model, x, sigmas, extra_args=None, callback=N
                                 eta=eta, s_noise=s_noise)
 
 
+@register_sampler("res_multistep_ancestral_cfg_pp", family="comfyui", stochastic=True, noise="gaussian")
 @torch.no_grad()
 def sample_res_multistep_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None,
                                           disable=None, noise_sampler=None, eta=1.0,
@@ -276,6 +300,7 @@ def sample_res_multistep_ancestral_cfg_pp(model, x, sigmas, extra_args=None, cal
 # ------------------------------------------------------------- gradient estimation
 
 
+@register_sampler("gradient_estimation", family="comfyui", order=1, aliases=("Gradient Estimation",))
 @torch.no_grad()
 def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None, disable=None,
                                noise_sampler=None, ge_gamma=2.0, cfg_pp=False):
@@ -296,6 +321,7 @@ def sample_gradient_estimation(model, x, sigmas, extra_args=None, callback=None,
     return x
 
 
+@register_sampler("gradient_estimation_cfg_pp", family="comfyui", order=1)
 @torch.no_grad()
 def sample_gradient_estimation_cfg_pp(model, x, sigmas, extra_args=None, callback=None,
                                       disable=None, noise_sampler=None, ge_gamma=2.0):
@@ -307,6 +333,8 @@ def sample_gradient_estimation_cfg_pp(model, x, sigmas, extra_args=None, callbac
 # ------------------------------------------------------------------------ Heun++
 
 
+@register_sampler("heunpp2", family="comfyui", order=1, nfe_per_step=3, nfe_offset=-3,
+                  aliases=("heunpp", "Heun++"))
 @torch.no_grad()
 def sample_heunpp2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                    noise_sampler=None):
@@ -343,6 +371,7 @@ def sample_heunpp2(model, x, sigmas, extra_args=None, callback=None, disable=Non
 # ----------------------------------------------------------------- SDE solvers
 
 
+@register_sampler("er_sde", family="comfyui", aliases=("ER-SDE", "ER SDE"), stochastic=True, noise="brownian")
 @torch.no_grad()
 def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
                   noise_sampler=None, s_noise=1.0, max_stage=3, noise_scale=None):
@@ -369,6 +398,7 @@ def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None
     return x
 
 
+@register_sampler("sa_solver", family="comfyui", aliases=("SA-Solver",), stochastic=True, noise="brownian")
 @torch.no_grad()
 def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=None,
                      noise_sampler=None, eta=1.0, s_noise=1.0, predictor_order=3,
@@ -406,6 +436,8 @@ def sample_sa_solver(model, x, sigmas, extra_args=None, callback=None, disable=N
     return x
 
 
+@register_sampler("sa_solver_pece", family="comfyui", nfe_per_step=2, nfe_offset=-1,
+                  aliases=("SA-Solver PECE",), stochastic=True, noise="brownian")
 @torch.no_grad()
 def sample_sa_solver_pece(model, x, sigmas, extra_args=None, callback=None, disable=None,
                           noise_sampler=None, eta=1.0, s_noise=1.0, predictor_order=3,
@@ -444,6 +476,8 @@ def _seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, 
     return x
 
 
+@register_sampler("seeds_2", family="comfyui", nfe_per_step=2, nfe_offset=-1, aliases=("SEEDS-2",),
+                  stochastic=True, noise="brownian")
 @torch.no_grad()
 def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                    noise_sampler=None, eta=1.0, s_noise=1.0, r=0.5):
@@ -454,6 +488,8 @@ def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=Non
     return _seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise, (r,))
 
 
+@register_sampler("seeds_3", family="comfyui", nfe_per_step=3, nfe_offset=-2, aliases=("SEEDS-3",),
+                  stochastic=True, noise="brownian")
 @torch.no_grad()
 def sample_seeds_3(model, x, sigmas, extra_args=None, callback=None, disable=None,
                    noise_sampler=None, eta=1.0, s_noise=1.0, r_1=1 / 3, r_2=2 / 3):
@@ -462,3 +498,15 @@ def sample_seeds_3(model, x, sigmas, extra_args=None, callback=None, disable=Non
     the last); eta = 0 is DPM-Solver-3 (order 3)."""
     return _seeds(model, x, sigmas, extra_args, callback, noise_sampler, eta, s_noise,
                   (r_1, r_2))
+
+
+@register_sampler("dpmpp_2m_sde_heun", family="comfyui", stochastic=True, noise="brownian",
+                  aliases=("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun_gpu"),
+                  scheduled={"DPM++ 2M SDE Heun Karras": "karras",
+                             "DPM++ 2M SDE Heun Exponential": "exponential"})
+def sample_dpmpp_2m_sde_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                             noise_sampler=None, eta=1.0, s_noise=1.0):
+    """DPM-Solver++(2M) SDE with the Heun-type correction (Lu et al. 2022,
+    arXiv:2211.01095, App.; k-diffusion's ``solver_type='heun'``): A1111's "DPM++ 2M SDE Heun"."""
+    return k_sampling().sample_dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable,
+                                            eta, s_noise, noise_sampler, solver_type="heun")

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from convergence.samplers.registry import register_sampler
+from convergence.core.registries import register_sampler
 
 
 def start_noise_scale(family: str, sigma0: float) -> float:
@@ -38,7 +38,7 @@ def _eps(model, x, sigma, extra_args):
 
 
 @register_sampler("ddim", family="compvis", native_schedule="ddim_uniform",
-                  aliases=("DDIM",), order=1)
+                  aliases=("DDIM",), order=1, diffusers="DDIMScheduler")
 @torch.no_grad()
 def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DDIM, deterministic (eta = 0): 1 NFE/step."""
@@ -55,7 +55,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None):
 # extrapolates eps to sigma = 0 instead of denoising: first order against either exact
 # limit (measured on `convergence check`: 1.09 over 32-128 steps on Karras)
 @register_sampler("plms", family="compvis", native_schedule="ddim_uniform",
-                  aliases=("PLMS", "pndm_plms"), order=1, nfe_offset=1)
+                  aliases=("PLMS", "pndm_plms"), order=1, nfe_offset=1, diffusers="PNDMScheduler")
 @torch.no_grad()
 def sample_plms(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """PLMS (pseudo linear multistep, CompVis): 4th-order Adams-Bashforth on eps with a

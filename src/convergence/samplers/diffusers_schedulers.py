@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from convergence.errors import ConvergenceError, NeedsOtherModel
-from convergence.samplers.registry import register_equivalent, register_sampler
+from convergence.core.errors import ConvergenceError, NeedsOtherModel
+from convergence.core.registries import register_sampler
+from convergence.models.flow_matching import flow_sigma_to_ve
 
 #: SD 1.x/2.x training schedule as diffusers configures it (matches models/vp.py); used
 #: for models without a scheduler config of their own (the analytic model)
@@ -39,87 +40,15 @@ SD_LIKE_CONFIG = {
 
 @dataclass(frozen=True)
 class SchedulerVariant:
+    """A diffusers scheduler class with the config overrides a diffusers user would pass."""
+
     name: str
     cls: str
     overrides: dict = field(default_factory=dict)
-    stochastic: bool = False
-    aliases: tuple[str, ...] = ()
-    description: str = ""
 
-
-VARIANTS: tuple[SchedulerVariant, ...] = (
-    SchedulerVariant("DDIMScheduler", "DDIMScheduler",
-                     description="diffusers DDIM (eta = 0), 1 NFE/step"),
-    SchedulerVariant("PNDMScheduler", "PNDMScheduler", {"skip_prk_steps": True},
-                     aliases=("PLMSScheduler", "pndm"),
-                     description="diffusers PNDM with skip_prk_steps (PLMS), as SD ships it"),
-    SchedulerVariant("DDPMScheduler", "DDPMScheduler", {}, True, ("ddpm", "DDPM"),
-                     "diffusers DDPM (ancestral, stochastic)"),
-    SchedulerVariant("LMSDiscreteScheduler", "LMSDiscreteScheduler",
-                     description="diffusers linear multistep (order 4)"),
-    SchedulerVariant("EulerDiscreteScheduler", "EulerDiscreteScheduler",
-                     description="diffusers Euler, 1 NFE/step"),
-    SchedulerVariant("EulerAncestralDiscreteScheduler", "EulerAncestralDiscreteScheduler", {},
-                     True, description="diffusers Euler ancestral (stochastic)"),
-    SchedulerVariant("HeunDiscreteScheduler", "HeunDiscreteScheduler",
-                     description="diffusers Heun (2 NFE/step but the last)"),
-    SchedulerVariant("KDPM2DiscreteScheduler", "KDPM2DiscreteScheduler",
-                     description="diffusers KDPM2 (DPM-2, 2 NFE/step)"),
-    SchedulerVariant("KDPM2AncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", {},
-                     True, description="diffusers KDPM2 ancestral (stochastic)"),
-    SchedulerVariant("DPMSolverMultistepScheduler", "DPMSolverMultistepScheduler",
-                     {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                     aliases=("DPMSolverMultistepScheduler_2M",),
-                     description="diffusers DPM-Solver++(2M)"),
-    SchedulerVariant("DPMSolverMultistepScheduler_SDE", "DPMSolverMultistepScheduler",
-                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, True,
-                     ("DPMSolverMultistepSDEScheduler",),
-                     "diffusers DPM-Solver++(2M) SDE (stochastic)"),
-    SchedulerVariant("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
-                     {"algorithm_type": "dpmsolver++", "solver_order": 2}, aliases=("dpmpp_2s",),
-                     description="diffusers DPM-Solver++ single-step, order 2"),
-    SchedulerVariant("UniPCMultistepScheduler", "UniPCMultistepScheduler",
-                     {"solver_type": "bh2"}, aliases=("uni_pc_bh2", "UniPC bh2"),
-                     description="diffusers UniPC, B(h) = bh2 (diffusers' default)"),
-    SchedulerVariant("UniPCMultistepScheduler_bh1", "UniPCMultistepScheduler",
-                     {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, aliases=("uni_pc", "UniPC"),
-                     description="diffusers UniPC, B(h) = bh1 (ComfyUI uni_pc, A1111 UniPC); ends at "
-                     "sigma_min: its bh1 update is NaN on a last step to sigma = 0"),
-    SchedulerVariant("DEISMultistepScheduler", "DEISMultistepScheduler", {},
-                     description="diffusers DEIS multistep, order 2 (ComfyUI's `deis` is the "
-                     "k-diffusion-form one in samplers/comfy.py)"),
-    SchedulerVariant("LCMScheduler", "LCMScheduler", {}, True, ("lcm", "LCM"),
-                     "diffusers LCM (for LCM-distilled models; stochastic between steps)"),
-    SchedulerVariant("TCDScheduler", "TCDScheduler", {}, True, ("tcd", "TCD"),
-                     "diffusers TCD (for TCD-distilled models; gamma = 0.3 re-noises)"),
-    SchedulerVariant("DPMSolverMultistepScheduler_3M", "DPMSolverMultistepScheduler",
-                     {"algorithm_type": "dpmsolver++", "solver_order": 3}, aliases=("dpmpp_3m",),
-                     description="diffusers DPM-Solver++(3M) (InvokeAI dpmpp_3m)"),
-    # InvokeAI's *_k names of methods only diffusers has: its Karras sigmas
-    *(SchedulerVariant(f"{cls}_karras", base, {**over, "use_karras_sigmas": True},
-                       aliases=(invoke,),
-                       description=f"{cls} with Karras sigmas (InvokeAI {invoke})")
-      for cls, base, over, invoke in (
-          ("DPMSolverSinglestepScheduler", "DPMSolverSinglestepScheduler",
-           {"algorithm_type": "dpmsolver++", "solver_order": 2}, "dpmpp_2s_k"),
-          ("DPMSolverMultistepScheduler_3M", "DPMSolverMultistepScheduler",
-           {"algorithm_type": "dpmsolver++", "solver_order": 3}, "dpmpp_3m_k"),
-          ("UniPCMultistepScheduler", "UniPCMultistepScheduler", {"solver_type": "bh2"},
-           "unipc_k"))),
-    SchedulerVariant("FlowMatchEulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler",
-                     aliases=("flow_euler", "FlowMatchEuler"),
-                     description="diffusers flow-matching Euler (SD3's own sampler; flow models only)"),
-)
-
-#: the same method in the k-diffusion / CompVis family -> its diffusers scheduler; used by
-#: ``model.sampler_backend=diffusers`` (see registry.resolve_sampler)
-EQUIVALENTS = {
-    "ddim": "DDIMScheduler", "plms": "PNDMScheduler", "euler": "EulerDiscreteScheduler",
-    "euler_ancestral": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
-    "dpm_2": "KDPM2DiscreteScheduler", "dpm_2_ancestral": "KDPM2AncestralDiscreteScheduler",
-    "lms": "LMSDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE", "deis": "DEISMultistepScheduler",
-}
+    @property
+    def is_flow(self) -> bool:
+        return self.cls.startswith("FlowMatch")
 
 
 def base_config(ctx) -> dict:
@@ -144,10 +73,6 @@ def base_config(ctx) -> dict:
     return config
 
 
-def _is_flow(variant: SchedulerVariant) -> bool:
-    return variant.cls.startswith("FlowMatch")
-
-
 #: diffusers' lazy module is not thread-safe on first access; the runner builds schedulers
 #: in several threads at once (cross-cell batching)
 _IMPORT_LOCK = threading.Lock()
@@ -166,12 +91,12 @@ def _build_scheduler(variant: SchedulerVariant, ctx):
     import diffusers
 
     flow_model = ctx.alphas_cumprod is None and bool(ctx.scheduler_config)
-    if _is_flow(variant) != flow_model:
-        need = "a flow-matching model (SD3)" if _is_flow(variant) else "a DDPM-trained model"
+    if variant.is_flow != flow_model:
+        need = "a flow-matching model (SD3)" if variant.is_flow else "a DDPM-trained model"
         raise NeedsOtherModel(f"sampler {variant.name} needs {need}; use a k-diffusion sampler "
                               "(euler, heun, dpmpp_2m, ...) or the model's own scheduler")
     config = base_config(ctx)
-    if not _is_flow(variant):
+    if not variant.is_flow:
         config.setdefault("clip_sample", False)  # latents are not in [-1, 1]
         config.update(prediction_type="epsilon")  # the adapter hands it eps
     config.update(variant.overrides)
@@ -229,15 +154,17 @@ def _vp_point(scheduler, latent, i, t, ac):
 
 def _flow_point(scheduler, latent, i, t, ac):
     """Flow schedulers: x_t at flow time s as (x_t / (1 - s), s / (1 - s)), v from D."""
-    from convergence.models.flow_matching import flow_sigma_to_ve
     s = scheduler.sigmas[i].to(torch.float64)
     sigma = flow_sigma_to_ve(s).to(latent.device, latent.dtype)
     xt = latent * (1 + sigma)
     return xt, sigma, lambda denoised: (latent - denoised) / s.to(latent.device, latent.dtype)
 
 
-def _make_adapter(variant: SchedulerVariant):
-    point = _flow_point if _is_flow(variant) else _vp_point
+def adapter(name: str, cls: str | None = None, **overrides):
+    """The sampler that drives diffusers' scheduler ``cls`` (default: ``name``), built from
+    the model's scheduler config with ``overrides``, on the harness's denoiser."""
+    variant = SchedulerVariant(name, cls or name, overrides)
+    point = _flow_point if variant.is_flow else _vp_point
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, context=None):
         ctx = context
@@ -269,21 +196,87 @@ def _make_adapter(variant: SchedulerVariant):
         result = final if final is not None else latent
         return result.to(x.dtype)
 
-    sample.__name__ = f"sample_{variant.name}"
-    sample.__doc__ = variant.description
+    sample.__name__ = f"sample_{name}"
     return sample
 
 
-#: two model calls per step but the last (their final step to sigma = 0 is first order)
-TWO_STAGE = {"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"}
-#: PLMS: one extra call on the first step
-FIRST_EXTRA = {"PNDMScheduler"}
-
-for _v in VARIANTS:
-    register_sampler(_v.name, _make_adapter(_v), family="diffusers", stochastic=_v.stochastic,
-                     native_schedule="discrete", aliases=_v.aliases,
-                     description=_v.description,
-                     nfe_per_step=2 if _v.name in TWO_STAGE else 1,
-                     nfe_offset=-1 if _v.name in TWO_STAGE else int(_v.name in FIRST_EXTRA))
-for _k, _d in EQUIVALENTS.items():
-    register_equivalent(_k, _d)
+# Each scheduler with its claims. NFE: 1 per step, but two per step but the last for the
+# two-stage ones (their final step to sigma = 0 is first order) and one extra on PLMS's
+# first step. The k-diffusion/CompVis sampler of the same method names its scheduler with
+# ``diffusers=`` (model.sampler_backend=diffusers swaps it in).
+_D = {"family": "diffusers", "native_schedule": "discrete"}
+_TWO_STAGE = {"nfe_per_step": 2, "nfe_offset": -1}
+register_sampler("DDIMScheduler", adapter("DDIMScheduler"), **_D,
+                 description="diffusers DDIM (eta = 0), 1 NFE/step")
+register_sampler("PNDMScheduler", adapter("PNDMScheduler", skip_prk_steps=True), **_D,
+                 nfe_offset=1, aliases=("PLMSScheduler", "pndm"),
+                 description="diffusers PNDM with skip_prk_steps (PLMS), as SD ships it")
+register_sampler("DDPMScheduler", adapter("DDPMScheduler"), **_D, stochastic=True,
+                 aliases=("ddpm", "DDPM"), description="diffusers DDPM (ancestral, stochastic)")
+register_sampler("LMSDiscreteScheduler", adapter("LMSDiscreteScheduler"), **_D,
+                 description="diffusers linear multistep (order 4)")
+register_sampler("EulerDiscreteScheduler", adapter("EulerDiscreteScheduler"), **_D,
+                 description="diffusers Euler, 1 NFE/step")
+register_sampler("EulerAncestralDiscreteScheduler", adapter("EulerAncestralDiscreteScheduler"),
+                 **_D, stochastic=True, description="diffusers Euler ancestral (stochastic)")
+register_sampler("HeunDiscreteScheduler", adapter("HeunDiscreteScheduler"), **_D, **_TWO_STAGE,
+                 description="diffusers Heun (2 NFE/step but the last)")
+register_sampler("KDPM2DiscreteScheduler", adapter("KDPM2DiscreteScheduler"), **_D, **_TWO_STAGE,
+                 description="diffusers KDPM2 (DPM-2, 2 NFE/step)")
+register_sampler("KDPM2AncestralDiscreteScheduler", adapter("KDPM2AncestralDiscreteScheduler"),
+                 **_D, **_TWO_STAGE, stochastic=True,
+                 description="diffusers KDPM2 ancestral (stochastic)")
+register_sampler("DPMSolverMultistepScheduler",
+                 adapter("DPMSolverMultistepScheduler", algorithm_type="dpmsolver++",
+                         solver_order=2), **_D, aliases=("DPMSolverMultistepScheduler_2M",),
+                 description="diffusers DPM-Solver++(2M)")
+register_sampler("DPMSolverMultistepScheduler_SDE",
+                 adapter("DPMSolverMultistepScheduler_SDE", "DPMSolverMultistepScheduler",
+                         algorithm_type="sde-dpmsolver++", solver_order=2), **_D,
+                 stochastic=True, aliases=("DPMSolverMultistepSDEScheduler",),
+                 description="diffusers DPM-Solver++(2M) SDE (stochastic)")
+register_sampler("DPMSolverSinglestepScheduler",
+                 adapter("DPMSolverSinglestepScheduler", algorithm_type="dpmsolver++",
+                         solver_order=2), **_D, aliases=("dpmpp_2s",),
+                 description="diffusers DPM-Solver++ single-step, order 2")
+register_sampler("UniPCMultistepScheduler", adapter("UniPCMultistepScheduler", solver_type="bh2"),
+                 **_D, aliases=("uni_pc_bh2", "UniPC bh2"),
+                 description="diffusers UniPC, B(h) = bh2 (diffusers' default)")
+register_sampler("UniPCMultistepScheduler_bh1",
+                 adapter("UniPCMultistepScheduler_bh1", "UniPCMultistepScheduler",
+                         solver_type="bh1", final_sigmas_type="sigma_min"), **_D,
+                 aliases=("uni_pc", "UniPC"),
+                 description="diffusers UniPC, B(h) = bh1 (ComfyUI uni_pc, A1111 UniPC); ends "
+                 "at sigma_min: its bh1 update is NaN on a last step to sigma = 0")
+register_sampler("DEISMultistepScheduler", adapter("DEISMultistepScheduler"), **_D,
+                 description="diffusers DEIS multistep, order 2 (ComfyUI's `deis` is the "
+                 "k-diffusion-form one in samplers/comfy.py)")
+register_sampler("LCMScheduler", adapter("LCMScheduler"), **_D, stochastic=True,
+                 aliases=("lcm", "LCM"),
+                 description="diffusers LCM (for LCM-distilled models; stochastic between steps)")
+register_sampler("TCDScheduler", adapter("TCDScheduler"), **_D, stochastic=True,
+                 aliases=("tcd", "TCD"),
+                 description="diffusers TCD (for TCD-distilled models; gamma = 0.3 re-noises)")
+register_sampler("DPMSolverMultistepScheduler_3M",
+                 adapter("DPMSolverMultistepScheduler_3M", "DPMSolverMultistepScheduler",
+                         algorithm_type="dpmsolver++", solver_order=3), **_D,
+                 aliases=("dpmpp_3m",), description="diffusers DPM-Solver++(3M) (InvokeAI dpmpp_3m)")
+# InvokeAI's *_k names of methods only diffusers has: its Karras sigmas
+register_sampler("DPMSolverSinglestepScheduler_karras",
+                 adapter("DPMSolverSinglestepScheduler_karras", "DPMSolverSinglestepScheduler",
+                         algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True),
+                 **_D, aliases=("dpmpp_2s_k",),
+                 description="DPMSolverSinglestepScheduler with Karras sigmas (InvokeAI dpmpp_2s_k)")
+register_sampler("DPMSolverMultistepScheduler_3M_karras",
+                 adapter("DPMSolverMultistepScheduler_3M_karras", "DPMSolverMultistepScheduler",
+                         algorithm_type="dpmsolver++", solver_order=3, use_karras_sigmas=True),
+                 **_D, aliases=("dpmpp_3m_k",),
+                 description="DPMSolverMultistepScheduler_3M with Karras sigmas (InvokeAI "
+                 "dpmpp_3m_k)")
+register_sampler("UniPCMultistepScheduler_karras",
+                 adapter("UniPCMultistepScheduler_karras", "UniPCMultistepScheduler",
+                         solver_type="bh2", use_karras_sigmas=True), **_D, aliases=("unipc_k",),
+                 description="UniPCMultistepScheduler with Karras sigmas (InvokeAI unipc_k)")
+register_sampler("FlowMatchEulerDiscreteScheduler", adapter("FlowMatchEulerDiscreteScheduler"),
+                 **_D, aliases=("flow_euler", "FlowMatchEuler"),
+                 description="diffusers flow-matching Euler (SD3's own sampler; flow models only)")

@@ -9,60 +9,139 @@ limit). `convergence check` and benchmarks/sampler_table.py measure both.
 
 from __future__ import annotations
 
+import inspect
+
+from convergence.core.registries import register_sampler
 from convergence.samplers import k_sampling
-from convergence.samplers.registry import register_sampler
 
-_KARRAS = "karras"
-
-
-def _reg(name, fn, *, a1111=None, invoke=None, aliases=(), karras=(), **meta):
-    """``fn``: a function, or the name of one in ``k_diffusion.sampling`` (imported when a
-    sampler first runs: importing k-diffusion takes about a second that `convergence
-    analyze`, which resolves sampler names, need not pay). ``invoke``: the InvokeAI 3/4
-    scheduler name; its ``_k`` form fixes Karras, as do the names in ``karras``."""
-    fn = fn if callable(fn) else f"k_diffusion.sampling:{fn}"
-    scheduled = {f"{invoke}_k": _KARRAS} if invoke else {}
-    scheduled.update(dict.fromkeys(karras, _KARRAS))
-    aliases = (*aliases, invoke) if invoke else aliases
-    if a1111:
-        scheduled[f"{a1111} Karras"] = _KARRAS
-        scheduled[f"{a1111} Exponential"] = "exponential"
-        aliases = (*aliases, a1111)
-    register_sampler(name, fn, family="k-diffusion", aliases=aliases,
-                     scheduled_aliases=scheduled, **meta)
+KARRAS = "karras"
 
 
-_reg("euler", "sample_euler", aliases=("K_EULER",), a1111="Euler", order=1, invoke="euler",
-     description="Euler (1st order, 1 NFE/step)")
-_reg("euler_ancestral", "sample_euler_ancestral", stochastic=True,
-     aliases=("K_EULER_A",), a1111="Euler a", description="Euler ancestral (stochastic)")
-_reg("heun", "sample_heun", aliases=("K_HEUN",), a1111="Heun", order=2, nfe_per_step=2,
-     nfe_offset=-1, invoke="heun", description="Heun (2nd order, 2 NFE/step)")
-_reg("dpm_2", "sample_dpm_2", aliases=("K_DPM_2",), a1111="DPM2", order=2, nfe_per_step=2,
-     nfe_offset=-1, invoke="kdpm_2", description="DPM-2 (2nd order, 2 NFE/step)")
-_reg("dpm_2_ancestral", "sample_dpm_2_ancestral", stochastic=True, nfe_per_step=2,
-     nfe_offset=-1, aliases=("K_DPM_2_A",), a1111="DPM2 a", invoke="kdpm_2_a",
-     description="DPM-2 ancestral (stochastic)")
+def a1111(name: str) -> dict[str, str]:
+    """A1111's names that fix the schedule: "NAME Karras", "NAME Exponential"."""
+    return {f"{name} Karras": KARRAS, f"{name} Exponential": "exponential"}
+
+
+def _k(fn_name: str, model, x, sigmas, extra_args, callback, disable, **options):
+    """Call ``k_diffusion.sampling.<fn_name>`` with the options it takes (the harness hands
+    every sampler its noise sampler and the study's options; each takes its own)."""
+    fn = getattr(k_sampling(), fn_name)
+    params = inspect.signature(fn).parameters
+    return fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+              **{k: v for k, v in options.items() if k in params})
+
+
+@register_sampler("euler", family="k-diffusion", order=1, diffusers="EulerDiscreteScheduler",
+                  aliases=("K_EULER", "Euler"), scheduled={"euler_k": KARRAS, **a1111("Euler")})
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                 noise_sampler=None, **options):
+    """Euler (1st order, 1 NFE/step)."""
+    return _k("sample_euler", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
+@register_sampler("euler_ancestral", family="k-diffusion", stochastic=True,
+                  diffusers="EulerAncestralDiscreteScheduler", aliases=("K_EULER_A", "Euler a"),
+                  scheduled=a1111("Euler a"))
+def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                           noise_sampler=None, **options):
+    """Euler ancestral (stochastic)."""
+    return _k("sample_euler_ancestral", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
+@register_sampler("heun", family="k-diffusion", order=2, nfe_per_step=2, nfe_offset=-1,
+                  diffusers="HeunDiscreteScheduler", aliases=("K_HEUN", "Heun"),
+                  scheduled={"heun_k": KARRAS, **a1111("Heun")})
+def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                noise_sampler=None, **options):
+    """Heun (2nd order, 2 NFE/step; the last step to sigma = 0 is an Euler step)."""
+    return _k("sample_heun", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
+@register_sampler("dpm_2", family="k-diffusion", order=2, nfe_per_step=2, nfe_offset=-1,
+                  diffusers="KDPM2DiscreteScheduler", aliases=("K_DPM_2", "kdpm_2", "DPM2"),
+                  scheduled={"kdpm_2_k": KARRAS, **a1111("DPM2")})
+def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                 noise_sampler=None, **options):
+    """DPM-2 (2nd order, 2 NFE/step)."""
+    return _k("sample_dpm_2", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
+@register_sampler("dpm_2_ancestral", family="k-diffusion", stochastic=True, nfe_per_step=2,
+                  nfe_offset=-1, diffusers="KDPM2AncestralDiscreteScheduler",
+                  aliases=("K_DPM_2_A", "kdpm_2_a", "DPM2 a"),
+                  scheduled={"kdpm_2_a_k": KARRAS, **a1111("DPM2 a")})
+def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                           noise_sampler=None, **options):
+    """DPM-2 ancestral (stochastic)."""
+    return _k("sample_dpm_2_ancestral", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
 # linear multistep of order 4, but its first step is an Euler step (local error O(h^2))
 # and the next two have orders 2 and 3, so the global error is O(h^2) (measured: README)
-_reg("lms", "sample_lms", aliases=("K_LMS",), a1111="LMS", order=2, invoke="lms",
-     description="linear multistep, order 4 after a lower-order start")
-_reg("dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral", stochastic=True, nfe_per_step=2,
-     nfe_offset=-1, a1111="DPM++ 2S a", description="DPM-Solver++(2S) ancestral (stochastic)")
-_reg("dpmpp_sde", "sample_dpmpp_sde", stochastic=True, noise="brownian", nfe_per_step=2,
-     nfe_offset=-1, a1111="DPM++ SDE", invoke="dpmpp_sde", aliases=("dpmpp_sde_gpu",),
-     description="DPM-Solver++ SDE (stochastic, 2 NFE/step)")
+@register_sampler("lms", family="k-diffusion", order=2, diffusers="LMSDiscreteScheduler",
+                  aliases=("K_LMS", "LMS"), scheduled={"lms_k": KARRAS, **a1111("LMS")})
+def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None,
+               noise_sampler=None, **options):
+    """linear multistep, order 4 after a lower-order start."""
+    return _k("sample_lms", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
+@register_sampler("dpmpp_2s_ancestral", family="k-diffusion", stochastic=True, nfe_per_step=2,
+                  nfe_offset=-1, aliases=("DPM++ 2S a",), scheduled=a1111("DPM++ 2S a"))
+def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                              noise_sampler=None, **options):
+    """DPM-Solver++(2S) ancestral (stochastic)."""
+    return _k("sample_dpmpp_2s_ancestral", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
+@register_sampler("dpmpp_sde", family="k-diffusion", stochastic=True, noise="brownian",
+                  nfe_per_step=2, nfe_offset=-1, aliases=("DPM++ SDE", "dpmpp_sde_gpu"),
+                  scheduled={"dpmpp_sde_k": KARRAS, **a1111("DPM++ SDE")})
+def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                     noise_sampler=None, **options):
+    """DPM-Solver++ SDE (stochastic, 2 NFE/step)."""
+    return _k("sample_dpmpp_sde", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
 # InvokeAI 2.3 called it k_dpmpp_2 (k_dpmpp_2_karras)
-_reg("dpmpp_2m", "sample_dpmpp_2m", a1111="DPM++ 2M", order=2, invoke="dpmpp_2m",
-     aliases=("k_dpmpp_2",), karras=("k_dpmpp_2_karras",),
-     description="DPM-Solver++(2M) (2nd order multistep)")
+@register_sampler("dpmpp_2m", family="k-diffusion", order=2,
+                  diffusers="DPMSolverMultistepScheduler", aliases=("DPM++ 2M", "k_dpmpp_2"),
+                  scheduled={"dpmpp_2m_k": KARRAS, "k_dpmpp_2_karras": KARRAS,
+                             **a1111("DPM++ 2M")})
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                    noise_sampler=None, **options):
+    """DPM-Solver++(2M) (2nd order multistep)."""
+    return _k("sample_dpmpp_2m", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
 # ComfyUI's *_gpu variants draw the same Brownian noise on the GPU: the same method
-_reg("dpmpp_2m_sde", "sample_dpmpp_2m_sde", stochastic=True, noise="brownian",
-     invoke="dpmpp_2m_sde", aliases=("dpmpp_2m_sde_gpu",), a1111="DPM++ 2M SDE",
-     description="DPM-Solver++(2M) SDE (stochastic)")
-_reg("dpmpp_3m_sde", "sample_dpmpp_3m_sde", stochastic=True, noise="brownian",
-     aliases=("dpmpp_3m_sde_gpu",), a1111="DPM++ 3M SDE",
-     description="DPM-Solver++(3M) SDE (stochastic)")
+@register_sampler("dpmpp_2m_sde", family="k-diffusion", stochastic=True, noise="brownian",
+                  diffusers="DPMSolverMultistepScheduler_SDE",
+                  aliases=("DPM++ 2M SDE", "dpmpp_2m_sde_gpu"),
+                  scheduled={"dpmpp_2m_sde_k": KARRAS, **a1111("DPM++ 2M SDE")})
+def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                        noise_sampler=None, **options):
+    """DPM-Solver++(2M) SDE (stochastic)."""
+    return _k("sample_dpmpp_2m_sde", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
+
+
+@register_sampler("dpmpp_3m_sde", family="k-diffusion", stochastic=True, noise="brownian",
+                  aliases=("DPM++ 3M SDE", "dpmpp_3m_sde_gpu"), scheduled=a1111("DPM++ 3M SDE"))
+def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                        noise_sampler=None, **options):
+    """DPM-Solver++(3M) SDE (stochastic)."""
+    return _k("sample_dpmpp_3m_sde", model, x, sigmas, extra_args, callback, disable,
+              noise_sampler=noise_sampler, **options)
 
 
 def _positive(sigmas):
@@ -70,6 +149,9 @@ def _positive(sigmas):
     return float(s.min()), float(s.max())
 
 
+# both integrate from sigma_max to the smallest positive sigma and stop there
+@register_sampler("dpm_fast", family="k-diffusion", limit="sigma_min", aliases=("DPM fast",),
+                  scheduled=a1111("DPM fast"))
 def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=None,
                     noise_sampler=None, eta=0.0):
     """DPM-Solver fast: k-diffusion spends n = steps model calls between the
@@ -80,6 +162,9 @@ def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=No
                                         disable=disable, eta=eta, noise_sampler=noise_sampler)
 
 
+@register_sampler("dpm_adaptive", family="k-diffusion", limit="sigma_min", nfe_per_step=None,
+                  rows_independent=False, aliases=("DPM adaptive",),
+                  scheduled=a1111("DPM adaptive"))
 def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disable=None,
                         noise_sampler=None, rtol=0.05, atol=0.0078, order=3, eta=0.0):
     """DPM-Solver adaptive: error-controlled, so the step count only sets sigma_min;
@@ -89,11 +174,3 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
                                             callback=callback, disable=disable,
                                             noise_sampler=noise_sampler, rtol=rtol, atol=atol,
                                             order=order, eta=eta)
-
-
-# both integrate from sigma_max to the smallest positive sigma and stop there
-_reg("dpm_fast", sample_dpm_fast, a1111="DPM fast", limit="sigma_min",
-     description="DPM-Solver fast (steps = NFE between the schedule's sigma range)")
-_reg("dpm_adaptive", sample_dpm_adaptive, a1111="DPM adaptive", rows_independent=False,
-     limit="sigma_min",
-     nfe_per_step=None, description="DPM-Solver adaptive (error-controlled; NFE measured)")

@@ -12,16 +12,15 @@ from collections.abc import Callable
 
 import torch
 
-from convergence.errors import ConvergenceError
+from convergence.core.errors import ConvergenceError
+from convergence.core.registries import SCHEDULES, register_schedule
+from convergence.core.registry import normalize
+from convergence.models.flow_matching import flow_sigma_to_ve
 from convergence.models.vp import sigmas_from_alphas_cumprod
-from convergence.registry import Registry, normalize
 from convergence.samplers import k_sampling
+from convergence.samplers.diffusers_schedulers import euler_timesteps, t_to_sigma
 
 ScheduleFn = Callable[[object, int], torch.Tensor]
-#: ``fn(model, steps) -> steps + 1 sigmas``; third parties add to it through the
-#: ``convergence.schedules`` entry-point group, plugins or a ``_target_`` (docs/plugins.md)
-SCHEDULES: Registry[ScheduleFn] = Registry("schedule", group="convergence.schedules")
-register_schedule = SCHEDULES.register
 NATIVE = "native"
 
 
@@ -77,7 +76,6 @@ def discrete(model, n: int) -> torch.Tensor:
         return flow_shift(model, n)
     config = getattr(model, "scheduler_config", None)
     if config:
-        from convergence.samplers.diffusers_schedulers import euler_timesteps, t_to_sigma
         ts = euler_timesteps(config, n)
         if ts is not None:
             return torch.cat([t_to_sigma(model.alphas_cumprod, ts), ts.new_zeros(1)])
@@ -93,7 +91,6 @@ def flow_shift(model, n: int) -> torch.Tensor:
     if not hasattr(model, "flow_schedule"):
         raise ConvergenceError(f"schedule flow_shift is a flow-matching model's own (SD3); model "
                                f"{model.name!r} is not one (use discrete, karras or exponential)")
-    from convergence.models.flow_matching import flow_sigma_to_ve
     return flow_sigma_to_ve(model.flow_schedule(n)).clamp(max=model.sigma_max)
 
 

@@ -1,0 +1,417 @@
+"""`convergence check SAMPLER`: a small fixed study on the embedded analytic model that
+checks a sampler against its own claims and against a stored baseline.
+
+The study is ``conf/study/check.yaml`` with the checked sampler in it, run by the ordinary
+runner into a store (a temporary folder) and measured by the analysis' own stages: its exact
+limits and distances (``analysis.distances``), its per-seed key points
+(``analysis.keypoints.seed_points``) and its order rule (``analysis.rates``). This module
+holds no solver, metric or key-point code; it judges what those stages measured.
+
+Checks, each a row of the printed table (what, expected, measured, passed):
+
+- ``nfe``: model calls per image at every step count equal the claim
+  ``nfe_per_step * steps + nfe_offset`` exactly;
+- ``limit``: the deterministic sampler converges to the exact limit of the probability-flow
+  ODE on the Karras schedule (D(x(sigma_min)) or x(0), whichever is nearer; x(sigma_min)
+  for samplers that claim ``limit="sigma_min"``): the error still falls between the two
+  largest step counts;
+- ``order``: the empirical order against that limit equals the claimed one, judged only
+  where the analysis' rule accepts it (``rates.order_accepted``: the local slopes of the
+  last two doublings agree); otherwise reported as pre-asymptotic and not judged;
+- ``determinism``: the same seed gives the same image, run again and inside another batch;
+- against a baseline (``convergence baseline save``): NFE, key points (indicative and
+  converged step of each seed, within one doubling) and images (within a distance).
+
+Exit status of the command: 0 every check passed, 1 a check failed (a regression), 2 bad
+input (unknown sampler, unreadable baseline).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from convergence.analysis.distances import compute_distances
+from convergence.analysis.inputs import load_cells
+from convergence.analysis.keypoints import seed_points
+from convergence.analysis.rates import MIN_ORDER, asymptotic_fit, local_slopes
+from convergence.config.compose import compose_config
+from convergence.config.schema import Config
+from convergence.core.errors import ConvergenceError
+from convergence.core.registries import METRICS, SAMPLERS
+from convergence.models import build_model
+from convergence.models.analytic import AnalyticModel
+from convergence.models.base import Model
+from convergence.models.device import torch_threads
+from convergence.run.plan import Cell, expand
+from convergence.run.runner import run_study, sample_batch
+from convergence.samplers.spec import SamplerSpec, resolve_sampler
+
+#: what a caller may claim for the check (overriding the registered metadata)
+CLAIM_KEYS = ("order", "nfe_per_step", "nfe_offset", "stochastic", "limit")
+#: steps of the determinism re-runs
+REPEAT_STEPS = 8
+#: errors below FLOOR are at the exact solver's noise level (its rtol is 1e-10)
+FLOOR = 1e-8
+#: a claimed order holds when the order accepted by the analysis' one rule
+#: (rates.order_accepted; its constants and the measurement behind them are there) is
+#: within this of it
+ORDER_TOLERANCE = 0.25
+#: key points: the analysis' per-seed indicative / converged points, against the exact
+#: limit (deterministic samplers) or the largest step count; the allowed shift against the
+#: baseline, in doubling positions
+KEYPOINTS = ("indicative", "converged")
+KEYPOINT_TOLERANCE = 1
+#: images: rmse of the 8x8-pooled final samples against the baseline, model space
+#: ([-1, 1]); 1e-4 is 1/80 of an 8-bit level, far above the stored float32 samples'
+#: rounding (~2e-8 RMS) and far below any change to a sampler's arithmetic
+IMAGE_TOLERANCE = 1e-4
+POOL = 8
+#: a cell alone vs the same cell in a batch (float32 as stored): the analytic model is
+#: row-independent to the bit, so any difference is the sampler's
+BATCH_ATOL = 1e-9
+
+
+def check_study() -> Config:
+    """The check study's config (``study=check``) as composed for every command."""
+    return compose_config(["study=check"])
+
+
+@dataclass
+class Row:
+    check: str
+    expected: str
+    measured: str
+    passed: bool | None   # None: not judged (no claim, pre-asymptotic, no baseline)
+    message: str = ""
+
+
+@dataclass
+class Measurement:
+    """What the study measured; a baseline stores it (baseline.py)."""
+
+    sampler: str
+    nfe: dict[int, int]
+    limit: str | None = None
+    errors: dict[int, float] = field(default_factory=dict)
+    keypoints: dict[str, list[int | None]] = field(default_factory=dict)
+    images: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    spec: SamplerSpec
+    measurement: Measurement
+    rows: list[Row]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed is not False for r in self.rows)
+
+    def failures(self) -> list[Row]:
+        return [r for r in self.rows if r.passed is False]
+
+    def table(self) -> str:
+        head = ("check", "expected", "measured", "passed")
+        cells = [(r.check, r.expected, r.measured,
+                  {True: "yes", False: "NO", None: "-"}[r.passed]) for r in self.rows]
+        widths = [max(len(str(c[i])) for c in [head, *cells]) for i in range(4)]
+        lines = ["  ".join(str(c[i]).ljust(widths[i]) for i in range(4)).rstrip()
+                 for c in [head, *cells]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"{self.spec.name}: all checks passed"
+        return f"{self.spec.name}: regression: " + "; ".join(
+            f"{r.check}: {r.message}" for r in self.failures())
+
+
+# -- the study -------------------------------------------------------------------------
+def _run(cfg: Config, model: Model) -> tuple[list[int], list[tuple[int, str]]]:
+    """Run the study into its store; the step counts it holds, and those the sampler
+    refused (e.g. LCM: at most 50 steps), each with its reason. A refusal at or below
+    REPEAT_STEPS is an error: there is nothing to check then."""
+    try:
+        run_study(cfg, model)
+        return list(cfg.steps), []
+    except ConvergenceError:
+        pass
+    ran, skipped = [], []
+    for n in cfg.steps:   # find which step counts it refuses: one run each
+        try:
+            run_study(replace(cfg, steps=[n]), model)
+            ran.append(n)
+        except ConvergenceError as e:
+            if n <= REPEAT_STEPS:
+                raise
+            skipped.append((n, str(e)))
+    return ran, skipped
+
+
+def _pooled(x: np.ndarray) -> list[list[float]]:
+    p = torch.nn.functional.avg_pool2d(torch.from_numpy(x).double(), POOL)
+    return [[round(float(v), 7) for v in row.flatten()] for row in p]
+
+
+@dataclass
+class _Measured:
+    """What the analysis' stages measured on the check study's store."""
+
+    cells: pd.DataFrame
+    dist: pd.DataFrame
+    samples: np.ndarray
+
+
+def _measured(cfg: Config, model: Model) -> _Measured:
+    store, cells = load_cells(cfg)
+    samples = np.stack([store.load_sample(h) for h in cells.hash]).astype(np.float64)
+    exact = model if isinstance(model, AnalyticModel) else None
+    dist, _ = compute_distances(cfg.analysis, store, cells, samples, exact)
+    return _Measured(cells, dist, samples)
+
+
+def _pooled_errors(dist: pd.DataFrame, limit: str) -> dict[int, float]:
+    """The study's error against ``limit`` per step count: the rmse over all its cells
+    (both prompts) together, from each cell's rmse."""
+    d = dist[(dist.metric == "rmse") & (dist.reference == limit)]
+    return {int(n): float(np.sqrt(np.mean(g.value.to_numpy() ** 2)))
+            for n, g in d.groupby("steps")}
+
+
+def _prompt_order(cfg: Config, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s rows in the order of the study's prompts (a baseline lists seeds so)."""
+    order = {(p.text, int(p.seed)): i for i, p in enumerate(cfg.prompts)}
+    return frame.assign(_o=[order[(r.prompt, int(r.seed))] for r in frame.itertuples()]) \
+        .sort_values("_o").drop(columns="_o")
+
+
+def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
+    """Run the check study ``cfg`` for ``spec`` and measure it; the measurement and the
+    claim-only rows."""
+    model = build_model(cfg.model, cfg.width, cfg.height)
+    steps, skipped = _run(cfg, model)
+    cfg = replace(cfg, steps=steps)
+    got = _measured(cfg, model)
+    m = Measurement(spec.name, {int(n): int(v) for n, v in got.cells.groupby("steps").nfe.max()
+                                .items()})
+    top = max(m.nfe)
+    rows = [] if not skipped else [Row("steps", ", ".join(map(str, cfg.steps)),
+                                       f"{', '.join(str(n) for n, _ in skipped)} not runnable: "
+                                       f"{skipped[0][1]}", None)]
+    rows.append(_nfe_row(spec, m.nfe))
+    deterministic = not spec.stochastic and spec.family != "diffusers"
+    reference = "highest"
+    if deterministic and isinstance(model, AnalyticModel):
+        ends_above_zero = bool(got.cells.stops_above_zero.any())
+        names = (["exact-end"] if spec.limit == "sigma_min" or ends_above_zero
+                 else ["exact-denoised", "exact-zero"])
+        errs = {k: _pooled_errors(got.dist, k) for k in names}
+        m.limit = min(names, key=lambda k: errs[k][top])
+        m.errors = errs[m.limit]
+        reference = m.limit
+        if spec.nfe_per_step is None:   # its tolerance, not the step count, sets the error
+            rows.append(Row("limit", "not judged (adaptive)", f"{m.limit}: error "
+                            f"{m.errors[top]:.1e} at {top} steps", None))
+        else:
+            rows += [_limit_row(spec, m), _order_row(spec, m)]
+    else:
+        why = ("stochastic: converges in distribution" if spec.stochastic
+               else "diffusers scheduler: chooses its own timesteps")
+        rows.append(Row("order", _claimed_order(spec), f"not measured ({why})", None))
+    a = replace(cfg.analysis, reference=reference)
+    points = _prompt_order(cfg, seed_points(a, got.dist, got.cells,
+                                            METRICS.get(a.metric).lower_is_better))
+    for label in KEYPOINTS:
+        m.keypoints[label] = [None if pd.isna(s) else int(s)
+                              for s in points[points.point == label].steps]
+    cells = _prompt_order(cfg, got.cells)
+    for n in (min(m.nfe), top):
+        at = cells[cells.steps == n]
+        for seed, img in zip(at.seed, _pooled(got.samples[at.index.to_numpy()]), strict=True):
+            m.images[f"{int(seed)}:{n}"] = img
+    rows.append(_determinism_row(cfg, model, spec, got))
+    return m, rows
+
+
+# -- claim rows ------------------------------------------------------------------------
+def _fmt_nfe(per_step: float, offset: float) -> str:
+    per = f"{per_step:g}/step"
+    return per if offset == 0 else f"{per} {'+' if offset > 0 else '-'} {abs(offset):g}"
+
+
+def _nfe_row(spec: SamplerSpec, nfe: dict[int, int]) -> Row:
+    steps = sorted(nfe)
+    a, b = steps[-2], steps[-1]
+    per = (nfe[b] - nfe[a]) / (b - a)
+    measured = _fmt_nfe(per, nfe[b] - per * b) + f" ({', '.join(f'{n}:{nfe[n]}' for n in steps)})"
+    if spec.nfe_per_step is None:
+        return Row("nfe", "adaptive (no claim)", measured, None)
+    expected = _fmt_nfe(spec.nfe_per_step, spec.nfe_offset)
+    wrong = [n for n in steps if nfe[n] != spec.claimed_nfe(n)]
+    if not wrong:
+        return Row("nfe", expected, measured, True)
+    n = wrong[0]
+    return Row("nfe", expected, measured, False,
+               f"NFE per step regressed: claimed {expected} ({spec.claimed_nfe(n)} calls at "
+               f"{n} steps), measured {nfe[n]}")
+
+
+def slopes(errors: dict[int, float]) -> list[float]:
+    """Local slopes of successive doublings (the analysis' ``local_slopes`` against a limit:
+    -dlog e / dlog n, here log2(e(n) / e(2n)))."""
+    n = sorted(errors)
+    return [float(v) for v in local_slopes(n, [errors[k] for k in n])[1]]
+
+
+def empirical_order(errors: dict[int, float]) -> tuple[float | None, str]:
+    """(order, step range) where the analysis accepts an order (``rates.asymptotic_fit``,
+    x = steps, against the exact limit); (None, why) otherwise."""
+    n = sorted(errors)
+    if errors[n[-1]] <= FLOOR:
+        return None, f"error {errors[n[-1]]:.1e} at the solver's floor"
+    fit = asymptotic_fit([(np.array(n, dtype=np.float64), np.array([errors[k] for k in n]))],
+                         math.inf)
+    if not fit["asymptotic"]:
+        return None, f"pre-asymptotic (slopes {', '.join(fit['slopes'].split(',')[-3:])})"
+    return fit["order"], f"steps {fit['x_lo']:g}-{fit['x_hi']:g}"
+
+
+def _claimed_order(spec: SamplerSpec) -> str:
+    return "no claim" if spec.order is None else f"{spec.order:g}"
+
+
+def _limit_row(spec: SamplerSpec, m: Measurement) -> Row:
+    n = sorted(m.errors)
+    last = slopes(m.errors)[-1]
+    measured = f"{m.limit}: error {m.errors[n[-1]]:.1e} at {n[-1]} steps, slope {last:.2f}"
+    # "converges": the last local slope is at least the analysis' MIN_ORDER (slower is a
+    # plateau; lms, whose last step mixes the two limits, converges at ~0.6 on this study;
+    # a sampler that misses the limit plateaus at ~0)
+    ok = m.errors[n[-1]] <= FLOOR or last >= MIN_ORDER
+    expected = "x(sigma_min)" if spec.limit == "sigma_min" else "the exact limit at sigma = 0"
+    return Row("limit", f"reaches {expected}", measured, ok,
+               "" if ok else f"does not reach the limit: error {m.errors[n[-1]]:.1e} at "
+               f"{n[-1]} steps, still {m.errors[n[-2]]:.1e} at {n[-2]} (slope {last:.2f}); "
+               "is the last step right?")
+
+
+def _order_row(spec: SamplerSpec, m: Measurement) -> Row:
+    order, where = empirical_order(m.errors)
+    measured = f"{order:.2f} ({where})" if order is not None else where
+    if spec.order is None or order is None:
+        return Row("order", _claimed_order(spec), measured, None)
+    ok = abs(order - spec.order) <= ORDER_TOLERANCE
+    return Row("order", f"{spec.order:g} +- {ORDER_TOLERANCE}", measured, ok,
+               "" if ok else f"order regressed: claimed {spec.order:g}, measured {order:.2f} "
+               f"({where}) against {m.limit}")
+
+
+def _again(model: Model, spec: SamplerSpec, cells: list[Cell]) -> np.ndarray:
+    """The cells run once more by the runner (one per batch for samplers that couple
+    rows), as float32 like the store keeps them."""
+    if spec.rows_independent:
+        out = sample_batch(model, cells).samples
+    else:
+        out = torch.cat([sample_batch(model, [c]).samples for c in cells])
+    return out.to(torch.float32).numpy()
+
+
+def _determinism_row(cfg: Config, model: Model, spec: SamplerSpec, got: _Measured) -> Row:
+    """The stored cells at REPEAT_STEPS run again in one batch, and the second prompt's
+    cell alone: the same images, bit for bit and within BATCH_ATOL."""
+    plan = [c for c in expand(replace(cfg, steps=[REPEAT_STEPS]), model.name,
+                              model.fingerprint())]
+    where = {h: i for i, h in enumerate(got.cells.hash)}
+    stored = np.stack([got.samples[where[c.hash]] for c in plan]).astype(np.float32)
+    diff = float(np.abs(_again(model, spec, plan) - stored).max())
+    batch = float(np.abs(_again(model, spec, plan[1:])[0] - stored[1]).max())
+    ok = diff == 0 and batch <= BATCH_ATOL
+    measured = f"max |diff| {diff:.1e} re-run, {batch:.1e} alone vs batched"
+    msg = ""
+    if diff != 0:
+        msg = (f"not deterministic: the same seed gave a different image (max |diff| "
+               f"{diff:.2g}); draw noise from the noise_sampler argument")
+    elif batch > BATCH_ATOL:
+        msg = f"an image depends on its batch-mates (max |diff| {batch:.2g})"
+    return Row("determinism", "same seed, same image", measured, ok, msg)
+
+
+# -- baseline rows ---------------------------------------------------------------------
+def compare(m: Measurement, base: Measurement) -> list[Row]:
+    """Rows comparing a measurement with its baseline."""
+    rows = []
+    same = base.nfe == m.nfe
+    rows.append(Row("baseline nfe", ", ".join(f"{n}:{v}" for n, v in base.nfe.items()),
+                    ", ".join(f"{n}:{v}" for n, v in m.nfe.items()), same,
+                    "" if same else "NFE differs from the baseline"))
+    for label in KEYPOINTS:
+        want, got = base.keypoints.get(label, []), m.keypoints.get(label, [])
+        ok = len(want) == len(got) and all(_near(a, b) for a, b in zip(want, got, strict=True))
+        rows.append(Row(f"baseline {label} step", f"{_steps(want)} (+- one doubling)",
+                        _steps(got), ok, "" if ok else
+                        f"{label} step moved: baseline {_steps(want)}, measured {_steps(got)}"))
+    worst, where = 0.0, ""
+    for key, img in m.images.items():
+        if key not in base.images:
+            worst, where = math.inf, key
+            break
+        d = float(np.sqrt(np.mean((np.asarray(img) - np.asarray(base.images[key])) ** 2)))
+        if d > worst:
+            worst, where = d, key
+    ok = worst <= IMAGE_TOLERANCE
+    seed, _, steps = where.partition(":")
+    rows.append(Row("baseline images", f"rmse <= {IMAGE_TOLERANCE:g}",
+                    f"max rmse {worst:.1e}" + (f" (seed {seed}, {steps} steps)" if where else ""),
+                    ok, "" if ok else f"images changed: rmse {worst:.2g} against the baseline "
+                    f"at seed {seed}, {steps} steps"))
+    return rows
+
+
+def _near(a: int | None, b: int | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(math.log2(a / b)) <= KEYPOINT_TOLERANCE  # the study's steps are doublings
+
+
+def _steps(v: list[int | None]) -> str:
+    return "/".join("never" if s is None else str(s) for s in v) or "-"
+
+
+# -- entry -----------------------------------------------------------------------------
+def resolve_for_check(sampler: Any, **claims: Any) -> SamplerSpec:
+    """A registered name, a ``module:attr`` / dotted path or a ``{_target_: ...}`` node,
+    with ``claims`` (order=..., nfe_per_step=...) overriding the registered ones."""
+    if isinstance(sampler, str) and sampler not in SAMPLERS and ("." in sampler or ":" in sampler):
+        sampler = {"_target_": sampler, "name": sampler}
+    name = sampler if isinstance(sampler, str) else SAMPLERS.from_target(sampler)
+    spec = resolve_sampler(name).spec
+    bad = set(claims) - set(CLAIM_KEYS)
+    if bad:
+        raise ConvergenceError(f"unknown sampler claim {sorted(bad)[0]!r}; use "
+                               f"{', '.join(CLAIM_KEYS)}")
+    # claims change what is judged, not how the sampler runs
+    return replace(spec, **claims) if claims else spec
+
+
+def check_sampler(sampler: Any, baseline: Measurement | None = None, **claims: Any) -> CheckReport:
+    """Run the check study for ``sampler`` and judge it against its claims and ``baseline``.
+    Torch's thread count is the study's while it runs, and restored after."""
+    spec = resolve_for_check(sampler, **claims)
+    with torch_threads(torch.get_num_threads()), \
+            tempfile.TemporaryDirectory(prefix="convergence-check-") as tmp:
+        cfg = replace(check_study(), samplers=[spec.name], results_dir=tmp)
+        m, rows = measure(spec, cfg)
+    if baseline is not None:
+        rows += compare(m, baseline)
+    else:
+        rows.append(Row("baseline", "stored baseline", "none (convergence baseline save "
+                        f"{spec.name})", None))
+    return CheckReport(spec, m, rows)
