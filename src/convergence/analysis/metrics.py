@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -207,25 +206,19 @@ def flip(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return out
 
 
-# -- LPIPS, only with locally cached backbone weights -----------------------------------
-#: lpips' backbones load torchvision ImageNet weights; these are the files torchvision saves
-LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
-                        "squeeze": "squeezenet1_1-b8a3ad2b.pth"}
+# -- LPIPS, with the converted v0.1 weights (analysis/lpips_weights.py) -----------------
 LPIPS_NET = "alex"
 
 
 def lpips_unavailable_reason(net: str = LPIPS_NET) -> str | None:
-    """Why LPIPS cannot run offline here (None if it can): its ``net`` backbone weights
-    must already be in the torch hub cache; lpips' own linear layers ship with it."""
+    """Why LPIPS cannot run here (None if it can): its converted weights must be in the
+    cache, intact; ``python -m convergence.analysis.lpips_weights`` puts them there."""
     try:
         import lpips  # noqa: F401
     except ImportError as e:
         return f"the lpips package does not import ({e})"
-    path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[net]
-    if not path.exists():
-        return (f"its {net} backbone weights are not in the local torch cache ({path}); "
-                "they are never downloaded here")
-    return None
+    from convergence.analysis import lpips_weights  # lazily: analysis imports this module
+    return lpips_weights.check_cached(net)
 
 
 _LPIPS_NETS: dict[tuple, torch.nn.Module] = {}
@@ -238,8 +231,8 @@ def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None =
     if net is None:
         key = (LPIPS_NET, str(a.device))
         if key not in _LPIPS_NETS:
-            import lpips
-            _LPIPS_NETS[key] = lpips.LPIPS(net=LPIPS_NET, verbose=False).eval().to(a.device)
+            from convergence.analysis import lpips_weights
+            _LPIPS_NETS[key] = lpips_weights.lpips_model(LPIPS_NET).to(a.device)
         net = _LPIPS_NETS[key]
     with torch.no_grad():
         return host(net(a, b).reshape(len(x)))
