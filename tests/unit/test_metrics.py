@@ -24,7 +24,7 @@ def test_all_metrics_batched_and_deterministic():
 
 def test_lpips_unavailable_is_one_clear_message_and_plumbing_works(tmp_path, monkeypatch):
     # an empty cache: the weights are missing whatever this machine has fetched
-    # (with them, tests/test_lpips_weights.py checks the metric itself)
+    # (with them, tests/integration/test_lpips_weights.py checks the metric itself)
     monkeypatch.setenv("CONVERGENCE_CACHE", str(tmp_path))
     reason = M.lpips_unavailable_reason()
     assert reason and "python -m convergence.analysis.lpips_weights" in reason

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convergence.atomic import atomic_write_bytes
-from convergence.errors import ConvergenceError
+from convergence.core.atomic import atomic_write_bytes
+from convergence.core.errors import ConvergenceError
 
 if TYPE_CHECKING:
     import torch

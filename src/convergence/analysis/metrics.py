@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from convergence.analysis import lpips_weights
 from convergence.core.errors import ConvergenceError
 from convergence.core.registries import METRICS, register_metric
 
@@ -217,7 +218,6 @@ def lpips_unavailable_reason(net: str = LPIPS_NET) -> str | None:
         import lpips  # noqa: F401
     except ImportError as e:
         return f"the lpips package does not import ({e})"
-    from convergence.analysis import lpips_weights  # lazily: analysis imports this module
     return lpips_weights.check_cached(net)
 
 
@@ -231,7 +231,6 @@ def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None =
     if net is None:
         key = (LPIPS_NET, str(a.device))
         if key not in _LPIPS_NETS:
-            from convergence.analysis import lpips_weights
             _LPIPS_NETS[key] = lpips_weights.lpips_model(LPIPS_NET).to(a.device)
         net = _LPIPS_NETS[key]
     with torch.no_grad():

@@ -138,9 +138,9 @@ def exact_limits(model, store: Store, rows: list[dict], rtol: float, batch_size:
                 for i in where[key]:
                     out[i] = dict(limits)
             bar.update(len(chunk))
-    for i, r in enumerate(rows):
-        if not r["stops_above_zero"]:
-            out[i].pop("exact-end", None)  # type: ignore[union-attr]
+    # x(sigma_min) is a limit on every schedule: the one a sampler that stops at sigma_min
+    # approaches (dpm_fast, dpm_adaptive: limit="sigma_min") even where the schedule's last
+    # sigma is 0
     return out  # type: ignore[return-value]
 
 

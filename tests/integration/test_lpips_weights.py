@@ -27,7 +27,7 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from convergence import metrics as M
+from convergence.analysis import metrics as M
 from convergence.analysis import lpips_weights as W
 
 pytestmark = pytest.mark.unit
