@@ -4,7 +4,9 @@ plain k-diffusion-signature functions handed to :func:`register_sampler` with me
 
 The claims are what `convergence check` and tests/test_comfy_samplers.py hold each
 sampler to: ``order`` is the global order of accuracy against the exact limit on a smooth
-schedule (Karras); stochastic samplers claim none (no pathwise limit to measure). NFE is
+schedule (Karras); stochastic samplers claim none (no pathwise limit to measure), nor do
+those that approach no limit as ComfyUI computes them (ipndm_v; CFG++ at the check's CFG 1,
+where ComfyUI renoises with the negative prompt's prediction: docs/samplers.md). NFE is
 ``nfe_per_step * steps + nfe_offset`` (the cheaper final steps make the offset). Noise:
 ``brownian`` for SDE solvers (one Brownian path per cell, so finer steps refine the same
 path), ``gaussian`` (fresh unit normals per step) for ancestral ones.
@@ -35,26 +37,28 @@ def sample_dpmpp_2m_sde_heun(model, x, sigmas, extra_args=None, callback=None, d
 _ANCESTRAL = {"stochastic": True, "noise": "gaussian"}
 _SDE = {"stochastic": True, "noise": "brownian"}
 
-_reg("euler_cfg_pp", c.sample_euler_cfg_pp, order=1, aliases=("Euler CFG++",))
+_reg("euler_cfg_pp", c.sample_euler_cfg_pp, aliases=("Euler CFG++",))
 _reg("euler_ancestral_cfg_pp", c.sample_euler_ancestral_cfg_pp, aliases=("Euler a CFG++",),
      **_ANCESTRAL)
-_reg("dpmpp_2m_cfg_pp", c.sample_dpmpp_2m_cfg_pp, order=2, aliases=("DPM++ 2M CFG++",))
+_reg("dpmpp_2m_cfg_pp", c.sample_dpmpp_2m_cfg_pp, aliases=("DPM++ 2M CFG++",))
 _reg("dpmpp_2s_ancestral_cfg_pp", c.sample_dpmpp_2s_ancestral_cfg_pp, nfe_per_step=2,
      nfe_offset=-1, aliases=("DPM++ 2S a CFG++",), **_ANCESTRAL)
 # Adams methods in sigma of nominal order 4 / 3: their Euler first step's O(h^2) error is
-# never damped, so the global order is 2 (approached from above: docs/samplers.md)
+# never damped, so the global order is 2 (approached from above: docs/samplers.md);
+# ComfyUI's ipndm_v has inconsistent order-4 weights and approaches no limit
 _reg("ipndm", c.sample_ipndm, order=2, aliases=("iPNDM",))
-_reg("ipndm_v", c.sample_ipndm_v, order=2, aliases=("iPNDM_v",))
+_reg("ipndm_v", c.sample_ipndm_v, aliases=("iPNDM_v",))
+_reg("ipndm_v_exact", c.sample_ipndm_v_exact, order=2)
 # InvokeAI's deis / deis_k are diffusers' DEIS; here they are this DEIS (the diffusers one
 # is DEISMultistepScheduler, swapped in by model.sampler_backend=diffusers)
 _reg("deis", c.sample_deis, order=2, aliases=("DEIS",), scheduled={"deis_k": _KARRAS})
 _reg("res_multistep", c.sample_res_multistep, order=2, aliases=("RES multistep",))
-_reg("res_multistep_cfg_pp", c.sample_res_multistep_cfg_pp, order=2)
+_reg("res_multistep_cfg_pp", c.sample_res_multistep_cfg_pp)
 _reg("res_multistep_ancestral", c.sample_res_multistep_ancestral, **_ANCESTRAL)
 _reg("res_multistep_ancestral_cfg_pp", c.sample_res_multistep_ancestral_cfg_pp, **_ANCESTRAL)
 _reg("gradient_estimation", c.sample_gradient_estimation, order=1,
      aliases=("Gradient Estimation",))
-_reg("gradient_estimation_cfg_pp", c.sample_gradient_estimation_cfg_pp, order=1)
+_reg("gradient_estimation_cfg_pp", c.sample_gradient_estimation_cfg_pp)
 _reg("heunpp2", c.sample_heunpp2, order=1, nfe_per_step=3, nfe_offset=-3,
      aliases=("heunpp", "Heun++"))
 _reg("er_sde", c.sample_er_sde, aliases=("ER-SDE", "ER SDE"), **_SDE)
