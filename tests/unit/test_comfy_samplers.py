@@ -48,32 +48,31 @@ def exact_denoised(model32):
 
 # Step ranges where successive doublings' slopes have settled within 0.3 of the claim
 # (measured with 2 seeds, steps 4..512; the table is in docs/samplers.md). The
-# multistep methods in sigma (ipndm*, deis, er_sde as an ODE) start with an Euler step whose
-# O(h^2) error is never damped: global order 2, approached from above (deis: 2.55 at
-# 16-32, 2.26 at 128-256, 2.14 at 256-512), hence their late ranges. Each order is judged
-# by the analysis' one rule (rates.order_accepted, via asymptotic_fit).
+# multistep methods in sigma (ipndm, ipndm_v_exact, deis in VP time) start with an Euler
+# step whose O(h^2) error is never damped: global order 2, approached from above, hence their
+# late ranges.
+# Each order is judged by the analysis' one rule (rates.order_accepted, via asymptotic_fit).
 ORDERS = [
-    ("euler_cfg_pp", 1, [16, 32, 64], {}),
-    ("dpmpp_2m_cfg_pp", 2, [16, 32, 64], {}),
     ("ipndm", 2, [32, 64, 128], {}),
-    ("ipndm_v", 2, [64, 128, 256], {}),
-    ("deis", 2, [128, 256, 512], {}),
+    ("ipndm_v_exact", 2, [64, 128, 256], {}),
+    ("deis", 2, [64, 128, 256], {}),
     ("res_multistep", 2, [16, 32, 64], {}),
-    ("res_multistep_cfg_pp", 2, [16, 32, 64], {}),
     ("gradient_estimation", 1, [32, 64, 128], {}),
-    ("gradient_estimation_cfg_pp", 1, [32, 64, 128], {}),
     ("heunpp2", 1, [8, 16, 32], {}),
-    # the SDE solvers with the noise switched off are ODE solvers of the paper's order
+    # the SDE solvers with the noise switched off are ODE solvers: SEEDS of the paper's
+    # order; SA-Solver of order 2, as ComfyUI lowers its orders at the end (the step to
+    # sigma_min is an exponential Euler step, left uncorrected in PEC mode)
     ("seeds_2", 2, [8, 16, 32], {"eta": 0.0}),
     ("seeds_3", 3, [16, 32, 64], {"eta": 0.0}),
-    ("er_sde", 2, [32, 64, 128], {"noise_scale": itg.NoiseScale.power(1.0)}),
+    ("sa_solver", 2, [32, 64, 128], {"eta": 0.0}),
+    ("sa_solver_pece", 2, [64, 128, 256], {"eta": 0.0}),
 ]
 
 
 #: still drifting over their range: the rule refuses the order (the last two slopes differ
-#: by 0.12-0.18), and the slopes fall towards the claim from above (measured: ipndm_v 2.29,
-#: 2.11; deis 2.32, 2.18; res_multistep(_cfg_pp) 2.24, 2.12; er_sde 2.28, 2.13)
-DRIFTING = {"ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "er_sde"}
+#: by 0.12-0.18), and the slopes fall towards the claim from above (measured: ipndm_v_exact
+#: 2.29, 2.11; deis 2.26, 2.12; res_multistep 2.24, 2.12)
+DRIFTING = {"ipndm_v_exact", "deis", "res_multistep"}
 
 
 def _order(model, name, steps, options, limit) -> dict:
@@ -101,13 +100,30 @@ def test_empirical_order_matches_the_claim(model32, exact_denoised, name, order,
         assert fit["asymptotic"] and abs(fit["order"] - order) <= 0.25, (name, fit)
 
 
-@pytest.mark.parametrize("name", ["sa_solver", "sa_solver_pece"])
-def test_sa_solver_corrector_lifts_the_order(model32, exact_denoised, name):
-    """Without noise SA-Solver is an Adams predictor (order 3) + corrector (order 4):
-    measured 3.9-4.1 over 16-128 steps. An AB3 predictor alone, with its Euler first step,
-    would tend to 2; so a working corrector shows as an order above 3.5."""
-    fit = _order(model32, name, [16, 32, 64], {"eta": 0.0}, exact_denoised)
-    assert fit["order_fit"] > 3.5, (name, fit)
+#: ComfyUI's ipndm_v (order-4 weights summing to 35/24) and the deterministic CFG++
+#: samplers at CFG 1 (where ComfyUI renoises with the negative prompt's prediction, an
+#: effective guidance that grows with the step count) approach no limit: measured (seed 1)
+#: errors against the exact limit at 32 and 128 steps 2.8e-2 -> 4.3e-2 (ipndm_v) and
+#: 3.4e-2 -> 4.0e-2 (the CFG++ ones)
+NO_LIMIT = ["ipndm_v", "euler_cfg_pp", "dpmpp_2m_cfg_pp", "res_multistep_cfg_pp",
+            "gradient_estimation_cfg_pp"]
+
+
+@pytest.mark.parametrize("name", NO_LIMIT)
+def test_no_limit_and_no_order_claimed(model32, exact_denoised, name):
+    assert COMFY[name].order is None
+    err = _order(model32, name, [32, 128], {}, exact_denoised)["err"]
+    assert err[1] >= err[0] > 1e-2, (name, err)
+
+
+def test_er_sde_ode_falls_to_first_order(model32, exact_denoised):
+    """ER-SDE with phi = lambda and no noise is the ODE, but ComfyUI's 200-point sums leave
+    its Taylor weights a relative error ~h/200 that the order cannot outrun: the slopes
+    fall below 2 towards 1 (measured 1.95, 1.75 over 32-128 steps; 1.36 at 256-512)."""
+    opts = {"noise_scaler": lambda lam: lam, "s_noise": 0.0}
+    fit = _order(model32, "er_sde", [32, 64, 128], opts, exact_denoised)
+    slopes = [float(v) for v in fit["slopes"].split(",")]
+    assert not fit["asymptotic"] and 2.1 > slopes[0] > slopes[-1] > 1, fit
 
 
 STOCHASTIC = [n for n, s in COMFY.items() if s.stochastic]
@@ -130,11 +146,14 @@ def test_stochastic_cell_depends_on_its_seed_only(model32, name):
 
 
 @pytest.mark.parametrize("pp,base", [("euler_cfg_pp", "euler"), ("dpmpp_2m_cfg_pp", "dpmpp_2m")])
-def test_cfg_pp_equals_its_base_at_cfg_one_and_differs_with_guidance(model32, pp, base):
-    same = [sample_batch(model32, [cell(n, 6)]).samples for n in (pp, base)]
-    torch.testing.assert_close(same[0], same[1], rtol=0, atol=1e-9)  # float64 rounding
-    guided = [sample_batch(model32, [cell(n, 6, cfg=5.0)]).samples for n in (pp, base)]
-    assert rmse(guided[0].numpy(), guided[1].numpy())[0] > 1e-3
+def test_cfg_pp_evaluates_the_negative_prompt_at_cfg_one(model32, pp, base):
+    """As ComfyUI does for its CFG++ samplers, the unconditional rows are evaluated even at
+    CFG 1 (two rows per call; the base sampler one), so CFG++ no longer equals its base
+    there. (The project passed the conditional prediction as the unconditional one until
+    issue 29, and this test asserted the equality.)"""
+    pp_run, base_run = (sample_batch(model32, [cell(n, 6)]) for n in (pp, base))
+    assert pp_run.model_evals == 2 * pp_run.nfe and base_run.model_evals == base_run.nfe
+    assert rmse(pp_run.samples.numpy(), base_run.samples.numpy())[0] > 1e-3
 
 
 def test_res_multistep_equals_kdiffusion_2m_sde_heun_without_noise(model32):

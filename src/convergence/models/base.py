@@ -174,16 +174,15 @@ class GuidedDenoiser:
                  cfg_scale: float = 1.0,
                  post_cfg: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """``post_cfg`` receives the unconditional prediction (CFG++ samplers renoise
-        with it); at CFG 1 that is the conditional one, as no other row is evaluated."""
+        with it). Asking for it evaluates the unconditional rows even at CFG 1, where the
+        guided output is then uncond + (cond - uncond) * 1: what ComfyUI does for its CFG++
+        samplers (their post-CFG hook sets ``disable_cfg1_optimization``)."""
         sigma = sigma.to(x.device, torch.promote_types(x.dtype, torch.float32))
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
-        if cfg_scale == 1.0:
+        if cfg_scale == 1.0 and post_cfg is None:
             self.rows_evaluated += x.shape[0]
-            out = self.call(x, sigma, conditioning.cond)
-            if post_cfg is not None:
-                post_cfg(out)
-            return out
+            return self.call(x, sigma, conditioning.cond)
         both = self.model.cat_cond(conditioning.cond, conditioning.uncond)
         self.rows_evaluated += 2 * x.shape[0]
         out = self.call(torch.cat([x, x]), torch.cat([sigma, sigma]), both)

@@ -16,8 +16,10 @@ from convergence.samplers.spec import resolve_sampler
 
 #: bump when a change to the harness alters images for the same cell
 #: (3: the analytic model's denoiser sums its terms in another order, last-bit changes;
-#: 4: it sums them in a fixed order of its own, models/fixed_order.py)
-HASH_VERSION = 4
+#: 4: it sums them in a fixed order of its own, models/fixed_order.py;
+#: 5: the ComfyUI-named samplers compute what ComfyUI's functions compute, and CFG++
+#: evaluates the negative prompt at CFG 1, issue 29)
+HASH_VERSION = 5
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ marginals) of ``x = x0 + sigma * eps`` in one of two forms:
 
 The weights are integrated by Gauss–Legendre quadrature in log sigma, exact to rounding
 for the polynomial-times-exponential integrands met here and free of the cancellation
-that closed forms (phi-functions) suffer at small step sizes.
+that closed forms (phi-functions) suffer at small step sizes. ComfyUI's DEIS instead
+interpolates in the time of a VP SDE and sums its weights on a fixed grid
+(:func:`deis_tab_weights`), which is part of what its ``deis`` computes.
 """
 
 from __future__ import annotations
@@ -50,15 +52,19 @@ def lagrange_integrals(nodes: Sequence[float], s: float, t: float,
     u = (u1 - u0) / 2 * _GL_X + (u1 + u0) / 2
     sig = np.exp(u)
     vals = kernel(sig) * sig * (u1 - u0) / 2 * _GL_W        # dsigma = sigma du
-    y = coord(sig)
-    yn = coord(np.asarray(nodes, dtype=np.float64))
+    basis = lagrange_basis(coord(np.asarray(nodes, dtype=np.float64)), coord(sig))
+    return [float(np.sum(b * vals)) for b in basis]
+
+
+def lagrange_basis(nodes: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """The Lagrange basis polynomials through ``nodes``, evaluated at ``y``."""
     out = []
-    for j in range(len(yn)):
+    for j in range(len(nodes)):
         basis = np.ones_like(y)
-        for k in range(len(yn)):
+        for k in range(len(nodes)):
             if k != j:
-                basis = basis * (y - yn[k]) / (yn[j] - yn[k])
-        out.append(float(np.sum(basis * vals)))
+                basis = basis * (y - nodes[k]) / (nodes[j] - nodes[k])
+        out.append(basis)
     return out
 
 
@@ -102,3 +108,48 @@ class NoiseScale:
         """Std of the noise an exact step s -> t adds: sqrt(sigma_t^2 - (phi_t/phi_s sigma_s)^2)."""
         kept = self.ratio(s, t) * s
         return math.sqrt(max(t * t - kept * kept, 0.0))
+
+
+def deis_vp_time(sigma: np.ndarray, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 eps: float = 1e-3) -> tuple[np.ndarray, float, float]:
+    """(t, beta_min, beta_d): sigma as the time t in [eps, 1] of the VP SDE with linear beta
+    whose sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1) runs from ``sigma_min`` at
+    ``eps`` to ``sigma_max`` at 1 (DEIS's VP time, fitted to EDM's sigma range whatever the
+    schedule, as ComfyUI's deis does)."""
+    lo, hi = math.log(sigma_min**2 + 1), math.log(sigma_max**2 + 1)
+    beta_d = 2 * (lo / eps - hi) / (eps - 1)
+    beta_min = hi - beta_d / 2
+    sigma = np.asarray(sigma, dtype=np.float64)
+    t = (np.sqrt(beta_min**2 + 2 * beta_d * np.log(sigma**2 + 1)) - beta_min) / beta_d
+    return t, beta_min, beta_d
+
+
+def deis_tab_weights(sigmas: Sequence[float], max_order: int,
+                     n_points: int = 10000) -> list[list[float]]:
+    """Weights of ComfyUI's ``deis`` (tAB-DEIS, Zhang & Chen 2023, in ComfyUI's 'tab'
+    mode), one list per step i: x_{i+1} = x_i + sum_j w_j d_{i-j} for d = dx/dsigma.
+
+    d is interpolated by the Lagrange polynomials L_j in the VP time t
+    (:func:`deis_vp_time`) through the last ``min(i + 1, max_order)`` points, and
+    w_j = int L_j(t) dsigma/dt dt is approximated as ComfyUI does: dsigma/dt L_j summed
+    over ``n_points`` evenly spaced t from t_i to t_{i+1}, both ends included, times
+    (t_{i+1} - t_i) / n_points. That sum is not a quadrature rule of any order (it
+    weighs n_points samples of a span of n_points - 1 gaps): its relative error is about
+    h/n_points, which the weights keep. A first step (one point) and a step to sigma = 0
+    (where dsigma/dt is infinite) have no list: they are Euler steps."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    t, beta_min, beta_d = deis_vp_time(sigmas)
+    out: list[list[float]] = []
+    for i in range(len(t) - 1):
+        order = min(i + 1, max_order)
+        if order == 1 or sigmas[i + 1] <= 0:
+            out.append([])
+            continue
+        tau = np.linspace(t[i], t[i + 1], n_points)
+        alpha = np.exp(-0.5 * tau**2 * beta_d - tau * beta_min)
+        # dsigma/dt of sigma = sqrt(1/alpha - 1): -(d log alpha/dt) / (2 sqrt(alpha (1 - alpha)))
+        dsigma_dt = 0.5 * (tau * beta_d + beta_min) / np.sqrt(alpha * (1 - alpha))
+        dt = (t[i + 1] - t[i]) / n_points
+        nodes = t[[i - k for k in range(order)]]
+        out.append([float(np.sum(dsigma_dt * b) * dt) for b in lagrange_basis(nodes, tau)])
+    return out

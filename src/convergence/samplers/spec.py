@@ -50,7 +50,7 @@ class SamplingContext:
 
 SamplerFn = Callable[..., torch.Tensor]
 NOISE_KINDS = ("gaussian", "brownian")
-LIMITS = ("zero", "sigma_min")
+LIMITS = ("zero", "sigma_min", "none")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ class SamplerSpec:
     noise: str = "gaussian"
     native_schedule: str = "discrete"
     #: where it ends on a schedule to sigma = 0: "zero" (the data: D(x(sigma_min)) or x(0))
-    #: or "sigma_min" (x(sigma_min), e.g. k-diffusion's dpm_fast/dpm_adaptive)
+    #: or "sigma_min" (x(sigma_min), e.g. k-diffusion's dpm_fast/dpm_adaptive); "none" for a
+    #: deterministic method that approaches no limit as its app computes it (ComfyUI's
+    #: ipndm_v, CFG++ at CFG 1: docs/samplers.md), so check does not judge one
     limit: str = "zero"
     aliases: tuple[str, ...] = ()
     description: str = ""

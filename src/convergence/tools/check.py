@@ -14,7 +14,7 @@ Checks, each a row of the printed table (what, expected, measured, passed):
 - ``limit``: the deterministic sampler converges to the exact limit of the probability-flow
   ODE on the Karras schedule (D(x(sigma_min)) or x(0), whichever is nearer; x(sigma_min)
   for samplers that claim ``limit="sigma_min"``): the error still falls between the two
-  largest step counts;
+  largest step counts; not judged for those that claim ``limit="none"``;
 - ``order``: the empirical order against that limit equals the claimed one, judged only
   where the analysis' rule accepts it (``rates.order_accepted``: the local slopes of the
   last two doublings agree); otherwise reported as pre-asymptotic and not judged;
@@ -217,8 +217,11 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
         m.limit = min(names, key=lambda k: errs[k][top])
         m.errors = errs[m.limit]
         reference = m.limit
-        if spec.nfe_per_step is None:   # its tolerance, not the step count, sets the error
-            rows.append(Row("limit", "not judged (adaptive)", f"{m.limit}: error "
+        if spec.nfe_per_step is None or spec.limit == "none":
+            # adaptive: its tolerance, not the step count, sets the error; "none": the
+            # method as its app computes it approaches no limit (its claim)
+            why = "adaptive" if spec.nfe_per_step is None else "claims no limit"
+            rows.append(Row("limit", f"not judged ({why})", f"{m.limit}: error "
                             f"{m.errors[top]:.1e} at {top} steps", None))
         else:
             rows += [_limit_row(spec, m), _order_row(spec, m)]
