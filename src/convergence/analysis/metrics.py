@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from convergence.analysis import lpips_weights
 from convergence.core.errors import ConvergenceError
 from convergence.core.registries import METRICS, register_metric
 
@@ -218,10 +217,17 @@ def lpips_unavailable_reason(net: str = LPIPS_NET) -> str | None:
         import lpips  # noqa: F401
     except ImportError as e:
         return f"the lpips package does not import ({e})"
-    return lpips_weights.check_cached(net)
+    return _lpips_weights().check_cached(net)
 
 
 _LPIPS_NETS: dict[tuple, torch.nn.Module] = {}
+
+
+def _lpips_weights():
+    """The weights module, imported on first use like ``lpips`` itself: imported by the
+    package, ``python -m convergence.analysis.lpips_weights`` would run a second copy."""
+    from convergence.analysis import lpips_weights
+    return lpips_weights
 
 
 def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None = None) -> np.ndarray:
@@ -231,7 +237,7 @@ def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None =
     if net is None:
         key = (LPIPS_NET, str(a.device))
         if key not in _LPIPS_NETS:
-            _LPIPS_NETS[key] = lpips_weights.lpips_model(LPIPS_NET).to(a.device)
+            _LPIPS_NETS[key] = _lpips_weights().lpips_model(LPIPS_NET).to(a.device)
         net = _LPIPS_NETS[key]
     with torch.no_grad():
         return host(net(a, b).reshape(len(x)))
