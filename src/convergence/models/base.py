@@ -170,13 +170,20 @@ class GuidedDenoiser:
         self.call = call or model.denoise
         self.rows_evaluated = 0
 
+    @property
+    def inner_model(self) -> Model:
+        """ComfyUI's path to the model (``model.inner_model.inner_model.model_sampling``)."""
+        return self.model
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, conditioning: Conditioning,
                  cfg_scale: float = 1.0,
-                 post_cfg: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                 post_cfg: Callable[[torch.Tensor], None] | None = None,
+                 seed: int | None = None, model_options: dict | None = None) -> torch.Tensor:
         """``post_cfg`` receives the unconditional prediction (CFG++ samplers renoise
         with it). Asking for it evaluates the unconditional rows even at CFG 1, where the
         guided output is then uncond + (cond - uncond) * 1: what ComfyUI does for its CFG++
-        samplers (their post-CFG hook sets ``disable_cfg1_optimization``)."""
+        samplers (their post-CFG hook sets ``disable_cfg1_optimization``). ``seed`` and
+        ``model_options`` are what ComfyUI samplers find in extra_args; unused here."""
         sigma = sigma.to(x.device, torch.promote_types(x.dtype, torch.float32))
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
@@ -211,6 +218,11 @@ class CountingDenoiser:
     @property
     def rows_evaluated(self) -> int:
         return self.inner.rows_evaluated
+
+    @property
+    def inner_model(self) -> GuidedDenoiser:
+        """ComfyUI's ``model.inner_model`` (its CFG guider)."""
+        return self.inner
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
         start = time.perf_counter()
