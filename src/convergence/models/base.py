@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from convergence.core.errors import ConvergenceError
+from convergence.models.comfy_facade import ModelSampling, model_sampling
 
 
 @dataclass
@@ -105,6 +106,11 @@ class Model(ABC):
             for s in seeds
         ]
         return torch.stack(rows).to(self.device, self.sample_dtype)
+
+    @property
+    def model_sampling(self) -> ModelSampling:
+        """What ComfyUI samplers read from their model (models/comfy_facade.py)."""
+        return model_sampling(self)
 
     def cat_cond(self, a: Any, b: Any) -> Any:
         """Concatenate two conditionings along the batch (for the batched CFG call)."""

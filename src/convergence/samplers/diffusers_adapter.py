@@ -218,5 +218,6 @@ def adapter(name: str, cls: str | type | None = None, **overrides):
         result = final if final is not None else latent
         return result.to(x.dtype)
 
+    sample.variant = variant  # the class and options it runs (tests, the listing)
     sample.__name__ = f"sample_{name}"
     return sample

@@ -398,3 +398,60 @@ def app_of(text: str) -> tuple[str, ...]:
     if text in COMFYUI:
         apps.insert(0, "comfyui")
     return tuple(a for a in APPS if a in apps)
+
+
+@dataclass(frozen=True)
+class NameRow:
+    """One name a user can type: the apps it comes from, what it runs (with each backend)
+    and the schedule it fixes (None: the study's)."""
+
+    name: str
+    apps: tuple[str, ...]
+    runs: str
+    schedule: str | None
+    runs_diffusers: str
+
+
+_FAMILY_APP = {"k-diffusion": "k-diffusion", "diffusers": "diffusers", "comfyui": "comfyui",
+               "compvis": "compvis"}
+
+
+def _runs(r: ResolvedSampler) -> str:
+    if r.spec.discard_penultimate:
+        return f"{r.spec.name.partition(':')[2] or r.spec.name} = {r.spec.description}"
+    return r.spec.description if r.spec.name.startswith("invokeai:") else r.spec.name
+
+
+def _same(a: ResolvedSampler, b: ResolvedSampler) -> bool:
+    return (a.spec.name, a.schedule) == (b.spec.name, b.schedule)
+
+
+def sampler_names() -> list[NameRow]:
+    """Every name that resolves: registered names, aliases and names that fix a schedule,
+    the A1111 and InvokeAI tables' names, and ``APP:NAME`` where the plain spelling means
+    something else."""
+    exact, _ = _index()
+    typed = list(exact) + [n.name for n in (*A1111, *INVOKEAI) if n.name not in exact]
+    rows = []
+    for text in typed:
+        r, d = resolve_sampler(text), resolve_sampler(text, "diffusers")
+        # an app's name where the plain spelling means that app's sampler (InvokeAI's:
+        # with the diffusers backend, as InvokeAI runs it)
+        apps = tuple(a for a in app_of(text) if not app_names(a) or _same(
+            resolve_sampler(f"{a}:{text}"), d if a == "invokeai" else r))
+        if text in exact:
+            spec = SAMPLERS.get(exact[text][0])
+            if text == spec.name:  # a canonical name: its family's (this project's own
+                # variant of a ComfyUI sampler: "convergence")
+                own = _FAMILY_APP.get(spec.family, spec.family)
+                own = "convergence" if own == "comfyui" and text not in COMFYUI else own
+                apps = tuple(dict.fromkeys((*apps, own)))
+            if exact[text][1] and text.endswith((" Karras", " Exponential")) and not apps:
+                apps = ("a1111",)  # A1111's later "NAME Karras/Exponential" labels
+        rows.append(NameRow(text, apps, _runs(r), r.schedule, _runs(d)))
+    for n in (*A1111, *INVOKEAI):
+        q = resolve_sampler(f"{n.app}:{n.name}")
+        plain = resolve_sampler(n.name)
+        if not _same(q, plain):
+            rows.append(NameRow(f"{n.app}:{n.name}", (n.app,), _runs(q), q.schedule, _runs(q)))
+    return rows
