@@ -217,3 +217,13 @@ def test_anything_else_is_one_line_exit_2(target, expected):
     assert res.returncode == 2, res.stderr
     assert expected in res.stderr and "expected a sampler function" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_check_takes_app_names_and_scheduler_nodes_with_options():
+    assert resolve_for_check("a1111:DPM2").discard_penultimate
+    assert resolve_for_check("DPM2 a Karras").name == "a1111:DPM2 a"
+    # a _target_ node's other keys become the scheduler's config options
+    spec = resolve_for_check({"_target_": "diffusers.EulerDiscreteScheduler",
+                              "name": "my_euler_karras", "use_karras_sigmas": True})
+    assert spec.family == "diffusers"
+    assert spec.function().variant.overrides == {"use_karras_sigmas": True}

@@ -455,3 +455,12 @@ def sampler_names() -> list[NameRow]:
         if not _same(q, plain):
             rows.append(NameRow(f"{n.app}:{n.name}", (n.app,), _runs(q), q.schedule, _runs(q)))
     return rows
+
+
+def resolves(name: str) -> bool:
+    """Whether ``name`` is a sampler name (``APP:NAME`` included), not a ``module:attr``."""
+    try:
+        resolve_sampler(name)
+    except ConvergenceError:
+        return False
+    return True
