@@ -66,7 +66,7 @@ class Mixture(Model):
     def fingerprint(self) -> dict:
         return {"name": self.name}
 
-    def check_size(self, width: int, height: int) -> None:
+    def validate_size(self, width: int, height: int) -> None:
         return None
 
     def latent_shape(self, width: int, height: int) -> tuple[int, ...]:
