@@ -280,7 +280,8 @@ def cmd_samplers(argv: list[str]) -> int:
         if args.app and args.app not in row.apps:
             continue
         runs = row.runs if row.runs == row.runs_diffusers else f"{row.runs} | {row.runs_diffusers}"
-        print(f"{row.name:34s} {','.join(row.apps) or '-':22s} {row.schedule or '-':11s} {runs}")
+        # no app: another spelling of a registered name (guides, older app versions)
+        print(f"{row.name:34s} {','.join(row.apps) or 'alias':22s} {row.schedule or '-':11s} {runs}")
     if args.app:
         return 0
     print()
