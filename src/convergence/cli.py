@@ -266,18 +266,32 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def cmd_samplers(argv: list[str]) -> int:
+    from convergence.samplers.apps import APPS
     from convergence.samplers.schedules import schedule_names
-    from convergence.samplers.spec import available_samplers
-    _parser("samplers", "List the samplers (claims, aliases) and schedules.",
-            plugins=False).parse_args(argv)
+    from convergence.samplers.spec import available_samplers, sampler_names
+    p = _parser("samplers", "List every sampler name you can type: the app it comes from, "
+                "what it runs (k-diffusion backend | diffusers backend where different) and "
+                "the schedule it fixes; then the samplers' claims and the schedules.",
+                plugins=False)
+    p.add_argument("--app", choices=APPS, help="only the names of this app")
+    args = p.parse_args(argv)
+    print(f"{'name':34s} {'app':22s} {'schedule':11s} runs")
+    for row in sampler_names():
+        if args.app and args.app not in row.apps:
+            continue
+        runs = row.runs if row.runs == row.runs_diffusers else f"{row.runs} | {row.runs_diffusers}"
+        # no app: another spelling of a registered name (guides, older app versions)
+        print(f"{row.name:34s} {','.join(row.apps) or 'alias':22s} {row.schedule or '-':11s} {runs}")
+    if args.app:
+        return 0
+    print()
     for name, spec in available_samplers().items():
         kind = "stochastic" if spec.stochastic else "deterministic"
-        alias = ", ".join(dict.fromkeys(a for a in spec.aliases if a.lower() != name.lower()))
         nfe = "adaptive" if spec.nfe_per_step is None else (
             f"{spec.nfe_per_step:g}/step" + (f"{spec.nfe_offset:+d}" if spec.nfe_offset else ""))
         order = "-" if spec.order is None else f"{spec.order:g}"
-        print(f"{name:22s} {spec.family:12s} {kind:13s} order={order:3s} nfe={nfe:10s} "
-              f"native={spec.native_schedule:12s} {alias}")
+        print(f"{name:34s} {spec.family:12s} {kind:13s} order={order:3s} nfe={nfe:10s} "
+              f"native={spec.native_schedule}")
     print("schedules:", ", ".join(schedule_names()))
     return 0
 

@@ -19,7 +19,7 @@ EQUIVALENTS = {
     "euler_ancestral": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
     "dpm_2": "KDPM2DiscreteScheduler", "dpm_2_ancestral": "KDPM2AncestralDiscreteScheduler",
     "lms": "LMSDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE", "deis": "DEISMultistepScheduler",
+    "dpmpp_2m_sde": "DPMSolverMultistepScheduler_SDE",
 }
 #: the schedulers that draw noise between steps
 STOCHASTIC = {"DDPMScheduler", "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler",

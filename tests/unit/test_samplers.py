@@ -37,7 +37,7 @@ def test_every_kdiffusion_sampler_and_the_guide_names_resolve():
 @pytest.mark.parametrize("alias,name,schedule", [
     ("DPM++ 2M Karras", "dpmpp_2m", "karras"), ("Euler a", "euler_ancestral", None),
     ("DPM++ 2M SDE Karras", "dpmpp_2m_sde", "karras"), ("dpmpp_2m", "dpmpp_2m", None),
-    ("DPM2 a Karras", "dpm_2_ancestral", "karras"), ("LMS", "lms", None),
+    ("DPM2 a Karras", "a1111:DPM2 a", "karras"), ("LMS", "lms", None),
     ("k_euler_a", "euler_ancestral", None), ("DPM++ SDE", "dpmpp_sde", None),
 ])
 def test_a1111_and_comfyui_names(alias, name, schedule):

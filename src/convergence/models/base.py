@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from convergence.core.errors import ConvergenceError
+from convergence.models.comfy_facade import ModelSampling, model_sampling
 
 
 @dataclass
@@ -106,6 +107,11 @@ class Model(ABC):
         ]
         return torch.stack(rows).to(self.device, self.sample_dtype)
 
+    @property
+    def model_sampling(self) -> ModelSampling:
+        """What ComfyUI samplers read from their model (models/comfy_facade.py)."""
+        return model_sampling(self)
+
     def cat_cond(self, a: Any, b: Any) -> Any:
         """Concatenate two conditionings along the batch (for the batched CFG call)."""
         return cat_rows([a, b])
@@ -170,13 +176,20 @@ class GuidedDenoiser:
         self.call = call or model.denoise
         self.rows_evaluated = 0
 
+    @property
+    def inner_model(self) -> Model:
+        """ComfyUI's path to the model (``model.inner_model.inner_model.model_sampling``)."""
+        return self.model
+
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, conditioning: Conditioning,
                  cfg_scale: float = 1.0,
-                 post_cfg: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+                 post_cfg: Callable[[torch.Tensor], None] | None = None,
+                 seed: int | None = None, model_options: dict | None = None) -> torch.Tensor:
         """``post_cfg`` receives the unconditional prediction (CFG++ samplers renoise
         with it). Asking for it evaluates the unconditional rows even at CFG 1, where the
         guided output is then uncond + (cond - uncond) * 1: what ComfyUI does for its CFG++
-        samplers (their post-CFG hook sets ``disable_cfg1_optimization``)."""
+        samplers (their post-CFG hook sets ``disable_cfg1_optimization``). ``seed`` and
+        ``model_options`` are what ComfyUI samplers find in extra_args; unused here."""
         sigma = sigma.to(x.device, torch.promote_types(x.dtype, torch.float32))
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
@@ -211,6 +224,11 @@ class CountingDenoiser:
     @property
     def rows_evaluated(self) -> int:
         return self.inner.rows_evaluated
+
+    @property
+    def inner_model(self) -> GuidedDenoiser:
+        """ComfyUI's ``model.inner_model`` (its CFG guider)."""
+        return self.inner
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args: Any) -> torch.Tensor:
         start = time.perf_counter()

@@ -9,7 +9,7 @@ x_t = x / (1 + sigma), and a VE Euler step is exactly the flow's Euler step.
 The model's noise levels are its scheduler's: the training grid t_i = shift(i / N)
 (``shift`` of the scheduler config, 3.0 for SD3), sigma_max the largest finite one
 (t = 1 is sigma = infinity, which only ``FlowMatchEulerDiscreteScheduler`` itself visits,
-see samplers/diffusers_schedulers.py).
+see samplers/diffusers_adapter.py).
 """
 
 from __future__ import annotations

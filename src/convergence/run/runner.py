@@ -39,7 +39,6 @@ from convergence.run.shard import select_shard
 from convergence.samplers import k_sampling
 from convergence.samplers.compvis import start_noise_scale
 from convergence.samplers.noise import CellNoise
-from convergence.samplers.schedules import get_sigmas
 from convergence.samplers.spec import SamplingContext, resolve_sampler
 
 
@@ -70,7 +69,7 @@ def sample_batch(model: Model, cells: list[Cell], options: dict | None = None,
     assert all(c.batch_key == first.batch_key for c in cells), "cells of a batch must share sigmas"
     spec = resolve_sampler(first.sampler).spec
     assert spec.rows_independent or len(cells) == 1, f"{spec.name} must run one cell per batch"
-    sigmas = get_sigmas(model, first.schedule, first.steps).to(model.device, model.sample_dtype)
+    sigmas = spec.sigmas(model, first.schedule, first.steps).to(model.device, model.sample_dtype)
     seeds = [c.seed for c in cells]
     x = model.initial_noise(seeds, first.width, first.height) * sigmas[0]
     counter = CountingDenoiser(GuidedDenoiser(model, call))
@@ -113,7 +112,7 @@ def cell_metadata(model: Model, sampler: str, schedule: str, steps: int) -> dict
     exact references start and stop at, and the range the image clips the sample to
     (stored in each cell row)."""
     spec = resolve_sampler(sampler).spec
-    s = get_sigmas(model, schedule, steps)
+    s = spec.sigmas(model, schedule, steps)
     return {"family": spec.family, "stochastic": bool(spec.stochastic),
             "sigma_start": float(s[0]), "noise_scale": start_noise_scale(spec.family, float(s[0])),
             "sigma_min": float(s[s > 0].min()),

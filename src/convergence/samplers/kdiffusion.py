@@ -1,5 +1,7 @@
 """k-diffusion's samplers, registered unchanged under their ComfyUI names with the
-guide's and A1111's aliases and their claims (order, NFE per step).
+guide's and A1111's aliases and their claims (order, NFE per step). Names whose meaning
+differs between apps (A1111's "DPM2" discards a sigma, InvokeAI's "*_k" run diffusers
+schedulers there) live in samplers/apps.py instead.
 
 Orders are those of the method on a smooth ODE; NFE is ``nfe_per_step * steps +
 nfe_offset`` (the 2-stage methods take an Euler step to sigma = 0, one call, hence -1).
@@ -32,7 +34,7 @@ def _k(fn_name: str, model, x, sigmas, extra_args, callback, disable, **options)
 
 
 @register_sampler("euler", family="k-diffusion", order=1, diffusers="EulerDiscreteScheduler",
-                  aliases=("K_EULER", "Euler"), scheduled={"euler_k": KARRAS, **a1111("Euler")})
+                  aliases=("K_EULER", "Euler"), scheduled=a1111("Euler"))
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  noise_sampler=None, **options):
     """Euler (1st order, 1 NFE/step)."""
@@ -52,7 +54,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 
 @register_sampler("heun", family="k-diffusion", order=2, nfe_per_step=2, nfe_offset=-1,
                   diffusers="HeunDiscreteScheduler", aliases=("K_HEUN", "Heun"),
-                  scheduled={"heun_k": KARRAS, **a1111("Heun")})
+                  scheduled=a1111("Heun"))
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
                 noise_sampler=None, **options):
     """Heun (2nd order, 2 NFE/step; the last step to sigma = 0 is an Euler step)."""
@@ -61,8 +63,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 
 @register_sampler("dpm_2", family="k-diffusion", order=2, nfe_per_step=2, nfe_offset=-1,
-                  diffusers="KDPM2DiscreteScheduler", aliases=("K_DPM_2", "kdpm_2", "DPM2"),
-                  scheduled={"kdpm_2_k": KARRAS, **a1111("DPM2")})
+                  diffusers="KDPM2DiscreteScheduler", aliases=("K_DPM_2", "kdpm_2"), scheduled={"kdpm_2_k": KARRAS})
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  noise_sampler=None, **options):
     """DPM-2 (2nd order, 2 NFE/step)."""
@@ -72,8 +73,7 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 @register_sampler("dpm_2_ancestral", family="k-diffusion", stochastic=True, nfe_per_step=2,
                   nfe_offset=-1, diffusers="KDPM2AncestralDiscreteScheduler",
-                  aliases=("K_DPM_2_A", "kdpm_2_a", "DPM2 a"),
-                  scheduled={"kdpm_2_a_k": KARRAS, **a1111("DPM2 a")})
+                  aliases=("K_DPM_2_A", "kdpm_2_a"), scheduled={"kdpm_2_a_k": KARRAS})
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
                            noise_sampler=None, **options):
     """DPM-2 ancestral (stochastic)."""
@@ -84,7 +84,7 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 # linear multistep of order 4, but its first step is an Euler step (local error O(h^2))
 # and the next two have orders 2 and 3, so the global error is O(h^2) (measured: README)
 @register_sampler("lms", family="k-diffusion", order=2, diffusers="LMSDiscreteScheduler",
-                  aliases=("K_LMS", "LMS"), scheduled={"lms_k": KARRAS, **a1111("LMS")})
+                  aliases=("K_LMS", "LMS"), scheduled=a1111("LMS"))
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None,
                noise_sampler=None, **options):
     """linear multistep, order 4 after a lower-order start."""
@@ -103,7 +103,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
 
 @register_sampler("dpmpp_sde", family="k-diffusion", stochastic=True, noise="brownian",
                   nfe_per_step=2, nfe_offset=-1, aliases=("DPM++ SDE", "dpmpp_sde_gpu"),
-                  scheduled={"dpmpp_sde_k": KARRAS, **a1111("DPM++ SDE")})
+                  scheduled=a1111("DPM++ SDE"))
 def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
                      noise_sampler=None, **options):
     """DPM-Solver++ SDE (stochastic, 2 NFE/step)."""
@@ -114,8 +114,7 @@ def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=N
 # InvokeAI 2.3 called it k_dpmpp_2 (k_dpmpp_2_karras)
 @register_sampler("dpmpp_2m", family="k-diffusion", order=2,
                   diffusers="DPMSolverMultistepScheduler", aliases=("DPM++ 2M", "k_dpmpp_2"),
-                  scheduled={"dpmpp_2m_k": KARRAS, "k_dpmpp_2_karras": KARRAS,
-                             **a1111("DPM++ 2M")})
+                  scheduled={"k_dpmpp_2_karras": KARRAS, **a1111("DPM++ 2M")})
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
                     noise_sampler=None, **options):
     """DPM-Solver++(2M) (2nd order multistep)."""
@@ -127,7 +126,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @register_sampler("dpmpp_2m_sde", family="k-diffusion", stochastic=True, noise="brownian",
                   diffusers="DPMSolverMultistepScheduler_SDE",
                   aliases=("DPM++ 2M SDE", "dpmpp_2m_sde_gpu"),
-                  scheduled={"dpmpp_2m_sde_k": KARRAS, **a1111("DPM++ 2M SDE")})
+                  scheduled=a1111("DPM++ 2M SDE"))
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None,
                         noise_sampler=None, **options):
     """DPM-Solver++(2M) SDE (stochastic)."""

@@ -18,7 +18,7 @@ from convergence.core.registry import normalize
 from convergence.models.flow_matching import flow_sigma_to_ve
 from convergence.models.vp import sigmas_from_alphas_cumprod
 from convergence.samplers import k_sampling
-from convergence.samplers.diffusers_schedulers import euler_timesteps, t_to_sigma
+from convergence.samplers.diffusers_adapter import euler_timesteps, t_to_sigma
 
 ScheduleFn = Callable[[object, int], torch.Tensor]
 NATIVE = "native"

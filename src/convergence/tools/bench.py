@@ -38,7 +38,6 @@ from convergence.run.budget import row_budget
 from convergence.run.plan import Cell, batches, expand, rows_per_cell
 from convergence.run.runner import load_runs, run_study, sample_batch
 from convergence.samplers.noise import CellNoise
-from convergence.samplers.schedules import get_sigmas
 from convergence.samplers.spec import SamplingContext, resolve_sampler
 
 LIBRARIES = ("torch", "k-diffusion", "diffusers", "numpy", "transformers")
@@ -111,7 +110,7 @@ def direct_batch(model: Model, batch: list[Cell], options: dict) -> None:
     first = batch[0]
     spec = resolve_sampler(first.sampler).spec
     sigma_dtype = torch.float32 if model.dtype in (torch.float16, torch.bfloat16) else model.dtype
-    sigmas = get_sigmas(model, first.schedule, first.steps).to(model.device, sigma_dtype)
+    sigmas = spec.sigmas(model, first.schedule, first.steps).to(model.device, sigma_dtype)
     seeds = [c.seed for c in batch]
     with torch.no_grad():
         x = model.initial_noise(seeds, first.width, first.height) * sigmas[0].to(model.dtype)

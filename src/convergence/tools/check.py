@@ -51,7 +51,7 @@ from convergence.models.base import Model
 from convergence.models.device import torch_threads
 from convergence.run.plan import Cell, expand
 from convergence.run.runner import run_study, sample_batch
-from convergence.samplers.spec import SamplerSpec, resolve_sampler
+from convergence.samplers.spec import SamplerSpec, resolve_sampler, resolves
 
 #: what a caller may claim for the check (overriding the registered metadata)
 CLAIM_KEYS = ("order", "nfe_per_step", "nfe_offset", "stochastic", "limit")
@@ -392,7 +392,7 @@ def _steps(v: list[int | None]) -> str:
 def resolve_for_check(sampler: Any, **claims: Any) -> SamplerSpec:
     """A registered name, a ``module:attr`` / dotted path or a ``{_target_: ...}`` node,
     with ``claims`` (order=..., nfe_per_step=...) overriding the registered ones."""
-    if isinstance(sampler, str) and sampler not in SAMPLERS and ("." in sampler or ":" in sampler):
+    if isinstance(sampler, str) and not resolves(sampler) and ("." in sampler or ":" in sampler):
         sampler = {"_target_": sampler, "name": sampler}
     name = sampler if isinstance(sampler, str) else SAMPLERS.from_target(sampler)
     spec = resolve_sampler(name).spec
