@@ -5,6 +5,7 @@ counting, timing, call statistics, resume from the store and a progress bar."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -325,14 +326,37 @@ RUNS = "runs.json"
 
 
 def record_run(store: Store, run: dict) -> None:
-    """Append this run's call statistics to ``runs.json`` (one entry per run command)."""
-    store.write_json(RUNS, {"runs": [*load_runs(store.root), run]})
+    """Append this run's call statistics to ``runs.json`` (one entry per run command),
+    read and replaced under the store's lock so concurrent runs keep every entry. It is
+    only a record: a damaged one is set aside with a warning, never failing the run that
+    stored its cells."""
+    with store.lock():
+        try:
+            runs = load_runs(store.root)
+        except ConvergenceError as e:
+            damaged = store.root / RUNS
+            aside = damaged.with_name(f"{RUNS}.damaged-{time.time_ns()}")
+            damaged.rename(aside)
+            print(f"warning: {e}; set it aside as {aside.name} and started a new {RUNS}",
+                  file=sys.stderr)
+            runs = []
+        store.write_json(RUNS, {"runs": [*runs, run]})
 
 
 def load_runs(root: Path) -> list[dict]:
     """The call statistics of every run of a study (empty if none recorded)."""
     path = Path(root) / RUNS
-    return json.loads(path.read_text())["runs"] if path.exists() else []
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConvergenceError(f"the run record {path} is damaged ({type(e).__name__}); it is "
+                               "only a record: delete it (`convergence run` starts a new one)") from None
+    if not isinstance(runs, list):
+        raise ConvergenceError(f"the run record {path} is damaged (its 'runs' is not a list); "
+                               "delete it (`convergence run` starts a new one)")
+    return runs
 
 
 def _plain(cfg: Config) -> dict:
