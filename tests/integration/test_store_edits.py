@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from inprocess import run_main
 
+from convergence.core.atomic import HOST
 from convergence.core.manifest import study_digest
 from convergence.core.store import Store
 from convergence.run.runner import RUNS, load_runs, record_run, run_study
@@ -126,17 +127,23 @@ def test_a_truncated_part_costs_only_its_own_cells(study_config, model32, capsys
     assert (store.root / "quarantine" / victim.name).exists()
 
 
+def _tree(root) -> list:
+    return sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
 def test_verify_writes_nothing_and_works_read_only(stored, capsys, tmp_path, monkeypatch):
+    """Nothing under the results folder or the working folder changes (checked by listing,
+    since the tests may run as root, whom chmod does not stop), on a read-only store too."""
     cfg, store = stored
     monkeypatch.chdir(tmp_path)
-    before = sorted(p for p in tmp_path.rglob("*"))
+    before = _tree(tmp_path)
     os.chmod(store.root, stat.S_IRUSR | stat.S_IXUSR)
     try:
         code, out = _verify(capsys, cfg)
     finally:
         os.chmod(store.root, stat.S_IRWXU)
     assert code == 0 and "study digest: sha256:" in out
-    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert _tree(tmp_path) == before
     assert not (store.root.parent / ".hydra").exists()
 
 
@@ -187,7 +194,7 @@ def _record(root: str, i: int) -> None:
 
 def test_concurrent_records_lose_no_entry(tmp_path):
     """10 processes x 4 entries (the issue's probe kept 10 of 40)."""
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # the recorders touch no torch: fork is safe
     procs = [ctx.Process(target=_record, args=(str(tmp_path), i)) for i in range(10)]
     for p in procs:
         p.start()
@@ -196,3 +203,20 @@ def test_concurrent_records_lose_no_entry(tmp_path):
         assert p.exitcode == 0
     runs = json.loads((tmp_path / RUNS).read_text())["runs"]
     assert sorted((r["writer"], r["k"]) for r in runs) == [(i, k) for i in range(10) for k in range(4)]
+
+
+def test_a_killed_builds_staging_folder_is_removed_by_the_next(tmp_path):
+    """analyze (staged_into) and report (staged_dir) remove what a killed run of
+    themselves left, not only `run` does."""
+    from convergence.core.atomic import staged_dir, staged_into
+    dead = 2 ** 22 + 12345  # above Linux's default pid_max (2^22): no such process
+    left = [tmp_path / f".staged.new.abcd1234.{dead}@{HOST}.tmp",
+            tmp_path / f".report.new.abcd1234.{dead}@{HOST}.tmp"]
+    for p in left:
+        (p / "sub").mkdir(parents=True)
+    with staged_into(tmp_path) as work:
+        (work / "a.csv").write_text("x")
+    assert not left[0].exists()
+    with staged_dir(tmp_path / "report") as work:
+        (work / "index.html").write_text("x")
+    assert not left[1].exists() and (tmp_path / "report" / "index.html").exists()
