@@ -493,20 +493,19 @@ class Store:
         except Exception as e:
             raise ConvergenceError(f"corrupt image {path} ({type(e).__name__})") from None
 
-    def read_json(self, name: str) -> dict:
-        """A side file of the store (``study.json``) as a dict ({} if absent); a damaged one
-        is an error naming it and the command that rewrites it."""
+    def read_json(self, name: str, remedy: str = "`convergence run` with the study's settings "
+                  "rewrites it") -> dict:
+        """A side file of the store (``study.json``, ``runs.json``) as a dict ({} if absent);
+        a damaged one is an error naming it and ``remedy``."""
         path = self.root / name
         try:
             obj = json.loads(path.read_text())
         except FileNotFoundError:
             return {}
         except (ValueError, OSError) as e:
-            raise ConvergenceError(f"{path} is damaged ({type(e).__name__}); `convergence run` "
-                                   "with the study's settings rewrites it") from None
+            raise ConvergenceError(f"{path} is damaged ({type(e).__name__}); {remedy}") from None
         if not isinstance(obj, dict):
-            raise ConvergenceError(f"{path} is damaged (not a JSON object); `convergence run` "
-                                   "with the study's settings rewrites it")
+            raise ConvergenceError(f"{path} is damaged (not a JSON object); {remedy}")
         return obj
 
     def write_json(self, name: str, obj: dict) -> None:

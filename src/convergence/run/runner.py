@@ -4,7 +4,6 @@ counting, timing, call statistics, resume from the store and a progress bar."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import deque
@@ -345,17 +344,11 @@ def record_run(store: Store, run: dict) -> None:
 
 def load_runs(root: Path) -> list[dict]:
     """The call statistics of every run of a study (empty if none recorded)."""
-    path = Path(root) / RUNS
-    try:
-        runs = json.loads(path.read_text())["runs"]
-    except FileNotFoundError:
-        return []
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConvergenceError(f"the run record {path} is damaged ({type(e).__name__}); it is "
-                               "only a record: delete it (`convergence run` starts a new one)") from None
+    remedy = "it is only a record: delete it (`convergence run` starts a new one)"
+    record = Store(root, read_only=True).read_json(RUNS, remedy)
+    runs = record.get("runs", [])
     if not isinstance(runs, list):
-        raise ConvergenceError(f"the run record {path} is damaged (its 'runs' is not a list); "
-                               "delete it (`convergence run` starts a new one)")
+        raise ConvergenceError(f"{Path(root) / RUNS} is damaged (its 'runs' is not a list); {remedy}")
     return runs
 
 
