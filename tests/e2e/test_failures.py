@@ -356,3 +356,20 @@ def test_ctrl_c_then_rerun_resumes(tmp_path, capsys, monkeypatch):
     code, out, _ = run_main(capsys, "run", *args)
     assert code == 0 and "ran 7 cells, 1 already stored" in out
     assert json.loads((tmp_path / "smoke" / "study.json").read_text())["n_cells"] == 8
+
+
+@pytest.mark.parametrize("error,says", [
+    (ConnectionError("Could not find any running Ray instance. Please specify the one to "
+                     "connect to by setting `--address` flag or `RAY_ADDRESS`"),
+     "hydra.launcher.ray.init.address=auto found no running Ray cluster"),
+    (RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?'),
+     "hydra/launcher=submitit_slurm needs SLURM (no `srun` on this machine)"),
+    (ValueError("Only one of --run, --multirun, --cfg, --info and --shell_completion can be "
+                "specified"), "give only one of --run, --multirun"),
+])
+def test_launcher_setup_errors_name_the_setting(error, says):
+    """What Ray, submitit and Hydra raise for a setup problem (their own messages, as their
+    sources write them; the plugins are not installed in CI) is one user line, exit 2."""
+    from convergence.failures import USER, explain
+    message, code = explain(error, [])
+    assert code == USER and says in message and "a bug" not in message

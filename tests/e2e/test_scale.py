@@ -151,8 +151,12 @@ def _launch(results: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def _multirun(results: Path, *args: str) -> subprocess.CompletedProcess:
+    """``convergence run --multirun`` of the smoke study with ``args`` (the caller's own
+    PYTHONPATH kept last: a launcher plugin installed aside, e.g. ``pip install --target``)."""
+    path = [str(REPO / "src"), str(REPO / "tests" / "helpers"),
+            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests" / "helpers")])}
+           "PYTHONPATH": os.pathsep.join(path)}
     code = "import sys; from convergence.cli import main; sys.exit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, "run", "--multirun", "study=smoke", f"results_dir={results}",

@@ -194,11 +194,12 @@ class Store:
             names = self._part_names()
             base = self._read_base()
             self._manifest = read_manifest(self.root)
-            frames, vanished, bad = [(TABLE, base)], False, {}
+            frames, vanished, bad, foreign = [(TABLE, base)], False, {}, set()
             for n in names:
                 if self._manifest.present and n not in self._manifest.parts:
                     bad[n] = (f"part file {PARTS}/{n} was not written by this study's writers "
                               f"(no line of {MANIFEST} names it)")
+                    foreign.add(n)
                     continue
                 if n not in self._parts:
                     try:
@@ -216,10 +217,10 @@ class Store:
         self._parts = {n: self._parts[n] for n in names if n in self._parts}
         self.bad_parts = bad
         if bad and not self.read_only:
-            self._set_aside(bad)
+            self._set_aside(bad, foreign)
         return [(n, f) for n, f in frames if not f.empty]
 
-    def _set_aside(self, bad: dict[str, str]) -> None:
+    def _set_aside(self, bad: dict[str, str], foreign: set[str]) -> None:
         """Move unreadable and foreign part files to ``quarantine/``, one line each.
         Under the lock, re-checked there: a compaction may have just folded a part the
         reader listed (its manifest line is then read again, and it is not moved)."""
@@ -227,7 +228,7 @@ class Store:
             manifest = read_manifest(self.root)
             for n, why in bad.items():
                 src = self.parts_dir / n
-                if not src.exists() or (why.endswith("names it)") and n in manifest.parts):
+                if not src.exists() or (n in foreign and n in manifest.parts):
                     continue
                 dest = self.root / QUARANTINE / n
                 dest.parent.mkdir(parents=True, exist_ok=True)
