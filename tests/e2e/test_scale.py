@@ -292,3 +292,16 @@ def test_launcher_configs_compose(launcher, target):
                       overrides=["study=smoke", f"hydra/launcher={launcher}", "shard=1/4"])
     assert cfg.hydra.launcher._target_ == target
     assert to_config({k: v for k, v in cfg.items() if k != "hydra"}).shard == "1/4"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _plugin("hydra_plugins.hydra_submitit_launcher"),
+                    reason="hydra-submitit-launcher not installed (pip install -e .[slurm])")
+def test_submitit_slurm_without_srun_is_one_line(tmp_path):
+    import shutil
+    if shutil.which("srun"):
+        pytest.skip("this machine has SLURM's srun: the launch would be real")
+    res = _multirun(tmp_path, "shard=0/2,1/2", "hydra/launcher=submitit_slurm")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "convergence: error: hydra/launcher=submitit_slurm needs SLURM (no `srun`")
