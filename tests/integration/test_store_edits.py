@@ -220,3 +220,16 @@ def test_a_killed_builds_staging_folder_is_removed_by_the_next(tmp_path):
     with staged_dir(tmp_path / "report") as work:
         (work / "index.html").write_text("x")
     assert not left[1].exists() and (tmp_path / "report" / "index.html").exists()
+
+
+def test_a_store_from_before_manifests_is_adopted_by_compact(stored, capsys):
+    cfg, store = stored
+    (store.root / "manifest.jsonl").unlink()
+    fresh = Store(store.root)
+    assert not fresh.problems()  # nothing to check against: no cell is flagged
+    code, out = _verify(capsys, cfg)
+    assert code == 1 and "no manifest.jsonl" in out and "`convergence store compact`" in out
+    code, out, err = run_main(capsys, "store", "compact", f"results_dir={cfg.results_dir}",
+                              f"name={cfg.name}")
+    assert code == 0, err
+    assert _verify(capsys, cfg)[0] == 0

@@ -296,9 +296,12 @@ class Store:
         if (self.root / MANIFEST).exists():
             return
         names = self._part_names()
-        digests = []
-        for df in (self._read_base(), *(_read_parquet(self.parts_dir / n) for n in names)):
-            digests += _digests(df)
+        digests = _digests(self._read_base())
+        for n in names:
+            try:
+                digests += _digests(_read_parquet(self.parts_dir / n))
+            except (FileNotFoundError, ConvergenceError):
+                pass  # named all the same: an unreadable one is then set aside as unreadable
         append_manifest(self.root, names, digests)
 
     @contextmanager
