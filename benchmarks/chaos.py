@@ -1,6 +1,7 @@
-"""Chaos test of the results store: kill -9 at random moments, and concurrent writers.
+"""Chaos test of the results store: kill -9 at random moments, concurrent writers, and
+deliberate edits and damage (issue 30).
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/chaos.py [--trials 50] [--seed 0]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/chaos.py [--trials 50] [--seed 0] [--only-edits]
 
 Each trial forks a writer on a fresh study folder, kills it with SIGKILL at a random
 moment of its run, then forks a second writer that finishes the study. Then 4 writers run
@@ -10,7 +11,14 @@ match its checksum, and every image must equal the uninterrupted reference byte 
 Every computation is logged (a wrapper around ``runner.sample_batch``, installed in the
 children only), so cells computed more than once are counted.
 
-Prints ``cells lost: 0, duplicate rows: 0, cells computed twice: N, trials: 50``;
+Then, on copies of the reference store: a damaged ``runs.json`` (a run must still succeed),
+a truncated ``study.json`` (one line naming it), a consistent tamper (a sample scaled by
+1.01 and its sha256 rewritten in the table: detected), a foreign part file (detected, not
+read) and a truncated part file (set aside in quarantine/, and only its cells recomputed).
+
+Prints ``cells lost: 0, duplicate rows: 0, cells computed twice: N, trials: 50`` and a line
+per edit case (``--only-edits``: just those, after the reference run;
+results/measured/chaos_edits.txt);
 recorded output: results/measured/chaos.txt. Writers are forked from this process after
 the imports and the model are built, so a trial costs a run, not ~20 s of imports.
 """
@@ -19,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -28,6 +38,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
@@ -36,9 +48,11 @@ from writers import fork_writer as writer
 from writers import wait_writer as wait
 
 from convergence.config import to_config
+from convergence.core.errors import ConvergenceError
 from convergence.core.store import Store
 from convergence.models.analytic import AnalyticModel
 from convergence.run.plan import expand
+from convergence.run.runner import RUNS, load_runs
 
 PROMPTS = [{"topic": "food", "seed": 4053222918, "text": "a hamburger with a bowl of french fries"},
            {"topic": "people", "seed": 2131956332, "text": "Ultra realistic photo"}]
@@ -79,10 +93,87 @@ def check(root: Path, planned: list[str], reference: dict[str, str], log: Path) 
             "tmp": len(list(root.rglob("*.tmp")))}
 
 
+def edits(work: Path, model, reference_root: Path) -> dict[str, str]:
+    """The issue-30 cases on copies of the reference store: what happened to each."""
+    out = {}
+
+    def copy(name: str) -> Path:
+        dest = work / name / "chaos"
+        shutil.copytree(reference_root, dest)
+        return dest
+
+    root = copy("runs_json")
+    (root / RUNS).write_text('{"runs": [')
+    log = work / "runs_json.log"
+    ok = wait(writer(study(work / "runs_json", steps=(2, 4, 8, 16, 32)), model, log)) == 0
+    out["damaged runs.json"] = (f"run exit {'0' if ok else 'non-zero'}, "
+                                f"{len(load_runs(root))} run recorded afresh, "
+                                f"{len(list(root.glob(RUNS + '.damaged-*')))} set aside")
+
+    root = copy("study_json")
+    path = root / "study.json"
+    path.write_bytes(path.read_bytes()[:40])
+    try:
+        Store(root).read_json("study.json")
+        out["truncated study.json"] = "NOT detected"
+    except ConvergenceError as e:
+        out["truncated study.json"] = "one line naming it" if str(path) in str(e) else str(e)
+
+    root = copy("tamper")
+    store = Store(root)
+    h = str(store.load().hash.iloc[0])
+    buf = io.BytesIO()
+    np.savez(buf, sample=store.load_sample(h) * np.float32(1.01))
+    store.sample_path(h).write_bytes(buf.getvalue())
+    table = pd.read_parquet(store.table_path)
+    table.loc[table.hash == h, "sample_sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    table.to_parquet(store.table_path, index=False)
+    found = Store(root, read_only=True).problems()
+    out["consistent tamper"] = "detected" if set(found) == {h} else f"found {sorted(found)}"
+
+    root = copy("foreign")
+    rows = Store(root).load()
+    (root / "parts").mkdir(exist_ok=True)
+    rows.iloc[:3].assign(sample_sha256="0" * 64).to_parquet(
+        root / "parts" / "99999999999999999999-1@evil-00001.parquet", index=False)
+    reader = Store(root, read_only=True)
+    n = len(reader.load())
+    out["foreign part"] = ("detected, not read" if reader.bad_parts and n == len(rows)
+                           and not reader.problems() else f"NOT detected ({reader.bad_parts})")
+
+    root = copy("truncated")
+    table = pd.read_parquet(root / "cells.parquet")
+    moved = table.iloc[:4]
+    table.iloc[4:].to_parquet(root / "cells.parquet", index=False)
+    Store(root).append_rows(moved.to_dict("records"))
+    part = next((root / "parts").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:100])
+    log = work / "truncated.log"
+    ok = wait(writer(study(work / "truncated"), model, log)) == 0
+    ran = len(log.read_text().split()) if log.exists() else 0
+    out["truncated part"] = (f"{'quarantined' if (root / 'quarantine' / part.name).exists() else 'NOT quarantined'}, "
+                             f"run exit {'0' if ok else 'non-zero'}, recomputed {ran} cells "
+                             f"(it held {len(moved)}), {len(Store(root).load())} cells stored")
+    return out
+
+
+def report_edits(work: Path, model) -> list[str]:
+    """Run and print the edit cases; returns the ones that failed."""
+    cases = edits(work, model, work / "reference" / "chaos")
+    for name, what in cases.items():
+        print(f"{name}: {what}", flush=True)
+    failed = [n for n, w in cases.items() if "NOT" in w or "non-zero" in w]
+    if failed:
+        sys.exit(1)
+    return failed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only-edits", action="store_true",
+                    help="only the edit and damage cases of issue 30 (no kill trials)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
@@ -95,6 +186,9 @@ def main() -> None:
     full = time.perf_counter() - t0
     reference = image_digests(Store(work / "reference" / "chaos"), planned)
     print(f"reference: {len(planned)} cells in {full:.2f} s (one uninterrupted writer)")
+    if args.only_edits:
+        report_edits(work, model)
+        return
 
     totals = Counter()
     killed_mid = 0
@@ -147,7 +241,7 @@ def main() -> None:
           f"{totals['tmp'] + concurrent['tmp']}")
     print(f"cells lost: {lost}, duplicate rows: {dup}, cells computed twice: "
           f"{totals['twice'] + concurrent['twice']}, trials: {args.trials}")
-    if lost or dup or bad:
+    if report_edits(work, model) or lost or dup or bad:
         sys.exit(1)
 
 

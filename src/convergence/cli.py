@@ -112,12 +112,84 @@ def _hydra_app(task: Callable):
     return app
 
 
-class _JobFailed(BaseException):
-    """Carries a job's exception out of Hydra untouched."""
+class _JobFailed(Exception):
+    """Carries a job's exception out of Hydra. An Exception, not a BaseException: the
+    launchers' workers (submitit, Ray) catch ``Exception`` and hand it back as the job's
+    result, where Hydra re-raises it in the launching process. Pickled by its message
+    and exit code alone (the error it wraps may not pickle)."""
 
-    def __init__(self, error: Exception):
+    def __init__(self, error: BaseException | str, exit_code: int | None = None):
         super().__init__(str(error))
         self.error = error
+        self.exit_code = exit_code if exit_code is not None else getattr(error, "exit_code", None)
+
+    def __reduce__(self):
+        from convergence.failures import explain
+        message, code = explain(self.error, []) if isinstance(self.error, BaseException) else (
+            str(self.error), self.exit_code)
+        return (_JobFailed, (message, code))
+
+    def user_error(self) -> BaseException:
+        """The error as this process can explain it (an unpickled one: a ConvergenceError
+        with the worker's line and exit code)."""
+        if isinstance(self.error, BaseException):
+            return self.error
+        error = ConvergenceError(str(self.error))
+        error.exit_code = self.exit_code if self.exit_code is not None else 2
+        return error
+
+
+def _job_failure(e: BaseException) -> BaseException:
+    """The job's own error inside what Hydra or a launcher raised (itself if none)."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, _JobFailed):
+            return seen.user_error()
+        seen = seen.__cause__ or seen.__context__
+    return e
+
+
+class _DropHydraJobLine:
+    """stderr without Hydra's "Error executing job with overrides" line: the job's own
+    one-line error follows it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides:"):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+#: ``verify`` reads only: no Hydra output folder, no log file (it works on a read-only store)
+READ_ONLY = ["hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled",
+             "hydra/hydra_logging=disabled"]
+
+
+def check_launcher(overrides: list[str]) -> None:
+    """Refuse a launcher request that would hang instead of failing: Ray waits forever for
+    a GPU no node of a local Ray has."""
+    values = dict(o.split("=", 1) for o in overrides if "=" in o)
+    if values.get("hydra/launcher") != "ray":
+        return
+    gpus = values.get("hydra.launcher.ray.remote.num_gpus", "0")
+    address = values.get("hydra.launcher.ray.init.address", "null")
+    try:
+        wanted = float(gpus)
+    except ValueError:
+        raise ConvergenceError(f"hydra.launcher.ray.remote.num_gpus={gpus!r} is not a number") from None
+    if wanted > 0 and address in ("null", "None", "", "local"):
+        import torch
+        have = torch.cuda.device_count()
+        if have < wanted:
+            raise ConvergenceError(
+                f"hydra.launcher.ray.remote.num_gpus={gpus} asks a GPU of each task, but the local "
+                f"Ray this starts (init.address null) has {have}: Ray would wait forever; use "
+                "num_gpus=0 here, or join a GPU cluster with hydra.launcher.ray.init.address=auto")
 
 
 def _run_hydra(name: str, task: Callable, overrides: list[str], debug: bool) -> int:
@@ -128,18 +200,24 @@ def _run_hydra(name: str, task: Callable, overrides: list[str], debug: bool) -> 
     before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing its own report
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.argv = [f"convergence-{name.replace(' ', '-')}", *overrides]
+    extra = READ_ONLY if name == "verify" else []
+    sys.argv = [f"convergence-{name.replace(' ', '-')}", *extra, *overrides]
+    stderr = sys.stderr
     try:
         validate_name_overrides(overrides)  # before Hydra creates any folder named after it
+        check_launcher(overrides)
+        sys.stderr = _DropHydraJobLine(stderr)
         _hydra_app(task)()
     except SystemExit:
         raise
     except BaseException as e:
-        error = e.error if isinstance(e, _JobFailed) else e
+        sys.stderr = stderr
+        error = _job_failure(e)
         if debug:
             raise error from None
         fail(*explain(error, overrides))
     finally:
+        sys.stderr = stderr
         if before is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

@@ -105,6 +105,28 @@ def _oserror(e: OSError) -> str | None:
     return None
 
 
+#: setup errors of Hydra's command line and of the launchers' own libraries, by the text
+#: those libraries raise (their types are generic): (type, text in the message, our line)
+SETUP_ERRORS = (
+    (ValueError, "Only one of --run, --multirun, --cfg",
+     "give only one of --run, --multirun, --cfg, --info and --shell-completion"),
+    (ConnectionError, "Could not find any running Ray instance",
+     "hydra.launcher.ray.init.address=auto found no running Ray cluster: start one (`ray start "
+     "--head`) or leave init.address null for a Ray on this machine"),
+    (RuntimeError, 'Could not detect "srun"',
+     "hydra/launcher=submitit_slurm needs SLURM (no `srun` on this machine): run it on a SLURM "
+     "login node, or use hydra/launcher=submitit_local or joblib here"),
+)
+
+
+def _setup(e: BaseException) -> str | None:
+    text = str(e)
+    for kind, marker, line in SETUP_ERRORS:
+        if isinstance(e, kind) and marker in text:
+            return line
+    return None
+
+
 def explain(e: BaseException, overrides: list[str]) -> tuple[str, int]:
     """(one-line message, exit status) for an exception that ended a command."""
     if isinstance(e, ConvergenceError):
@@ -112,7 +134,7 @@ def explain(e: BaseException, overrides: list[str]) -> tuple[str, int]:
     if isinstance(e, KeyboardInterrupt):
         return ("interrupted: files already written are kept and outputs being rebuilt were left "
                 "as they were; run the same command again", INTERRUPTED)
-    msg = _hydra(e, overrides) or _omegaconf(e)
+    msg = _hydra(e, overrides) or _omegaconf(e) or _setup(e)
     if msg:
         return one_line(msg), USER
     if isinstance(e, OSError):

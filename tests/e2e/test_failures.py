@@ -55,6 +55,66 @@ def _corrupt_part(root: Path, _mp) -> None:
     (root / "parts" / "00000000000000000001-1@h-00001.parquet").write_bytes(b"garbage")
 
 
+def _truncate(name: str):
+    def setup(root: Path, _mp) -> None:
+        path = root / name
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return setup
+
+
+def _damaged_runs_json(root: Path, _mp) -> None:
+    (root / "runs.json").write_text('{"runs": [')
+
+
+def _keypoints_without_point(root: Path, _mp) -> None:
+    import pandas as pd
+    pd.read_csv(root / "keypoints.csv").drop(columns=["point"]).to_csv(root / "keypoints.csv",
+                                                                        index=False)
+
+
+def _garbage_distances(root: Path, _mp) -> None:
+    import pandas as pd
+    df = pd.read_parquet(root / "distances.parquet")
+    df["value"] = "garbage"
+    df.to_parquet(root / "distances.parquet", index=False)
+
+
+def _bad_conf_dir(_root: Path, mp) -> None:
+    import convergence.config.compose as compose
+    mp.setattr(compose, "CONF_OVERRIDE", "/nonexistent")
+    mp.setattr(compose, "CONF_DIR", Path("/nonexistent"))
+
+
+def _disk_full_mid_write(_root: Path, mp) -> None:
+    """The write itself fails (the error names no file, as a real full disk's does)."""
+    import convergence.core.atomic as atomic
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, _data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    def fake_open(path, mode="r", *a, **k):
+        f = open(path, mode, *a, **k)
+        return Full(f) if "w" in str(mode) else f
+
+    mp.setattr(atomic, "open", fake_open, raising=False)
+
+
+def _no_gpus(_root: Path, mp) -> None:
+    import torch
+    mp.setattr(torch.cuda, "is_available", lambda: False)
+    mp.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 def _bad_open(err: int):
     """Files the store writes fail with ``err`` (as root, chmod cannot make a folder
     read-only, so a read-only folder and a full disk are both simulated here)."""
@@ -146,8 +206,31 @@ CASES = [
          "interrupted: 7 of 10 cells of study 'smoke' are stored", setup=_ctrl_c, stored=True),
     Case("corrupt parquet", "run", [], 2, "cells.parquet is corrupt or unreadable",
          setup=_corrupt_table, stored=True),
-    Case("corrupt part file", "analyze", [], 2, "is corrupt or unreadable", setup=_corrupt_part,
+    Case("corrupt part file", "analyze", [], 0, "moved it to quarantine/", setup=_corrupt_part,
          stored=True),
+    Case("foreign part file", "verify", [], 1, "was not written by this study's writers",
+         setup=_corrupt_part, stored=True, stream="out"),
+    Case("damaged runs.json", "run", MORE, 0, "runs.json is damaged (JSONDecodeError)",
+         setup=_damaged_runs_json, stored=True),
+    Case("truncated study.json in analyze", "analyze", [], 2, "study.json is damaged",
+         setup=_truncate("study.json"), stored=True),
+    Case("truncated study.json in report", "report", [], 2, "study.json is damaged",
+         setup=_truncate("study.json"), stored=True),
+    Case("malformed keypoints.csv", "report", [], 2, "keypoints.csv: table 'keypoints': missing "
+         "columns ['point']", setup=_keypoints_without_point, stored=True),
+    Case("garbage in a table", "report", [], 2, "column 'value' is not float",
+         setup=_garbage_distances, stored=True),
+    Case("bad CONVERGENCE_CONF", "run", [], 2, "CONVERGENCE_CONF='/nonexistent': /nonexistent is "
+         "not a folder", setup=_bad_conf_dir),
+    Case("unsupported dtype", "run", ["model.dtype=float8"], 2,
+         "model.dtype='float8' is not supported; use one of: auto"),
+    Case("full disk mid-write", "run", MORE, 2, "no space left on the device writing /",
+         setup=_disk_full_mid_write, stored=True),
+    Case("two hydra modes", "run", ["--multirun", "--cfg", "job"], 2,
+         "give only one of --run, --multirun"),
+    Case("ray GPU without one", "run", ["--multirun", "hydra/launcher=ray",
+                                         "hydra.launcher.ray.remote.num_gpus=1"], 2,
+         "hydra.launcher.ray.remote.num_gpus=1 asks a GPU of each task", setup=_no_gpus),
     Case("damaged image", "analyze", [], 2, "1 of the 6 cells the config asks for are missing",
          setup=_damage_image, stored=True),
     Case("damaged npz", "analyze", [], 2, "are missing", setup=_damage_npz, stored=True),
@@ -203,6 +286,7 @@ def test_failure_is_one_line(case, tmp_path, capsys, monkeypatch, request):
     text = out if case.stream == "out" else err
     assert case.says in text, text
     assert "Traceback" not in out + err
+    assert "a bug" not in out + err  # "internal error ... a bug" is for real bugs only
     if case.stream == "err":
         lines = err.strip().splitlines()
         assert len(lines) == 1, lines
@@ -231,6 +315,24 @@ def _snapshot(root: Path) -> dict:
         return {"rows": []}
 
 
+def test_a_job_failure_survives_the_launchers_pickling():
+    """Launcher workers (submitit, Ray) catch ``Exception`` and pickle it back: the job's
+    one line and exit code arrive whole in the launching process."""
+    import pickle
+
+    from convergence.cli import _job_failure, _JobFailed
+    from convergence.core.errors import ConvergenceError, Interrupted
+    assert issubclass(_JobFailed, Exception)
+    for error, code in ((ConvergenceError("shard='4/4': need n >= 1"), 2),
+                        (Interrupted("interrupted: 3 of 6 cells"), 130)):
+        back = pickle.loads(pickle.dumps(_JobFailed(error)))
+        got = _job_failure(back)
+        assert isinstance(got, ConvergenceError) and got.exit_code == code
+        assert str(got) == str(error)
+    plain = RuntimeError("not a job's failure")
+    assert _job_failure(plain) is plain
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     from convergence.core.errors import ConvergenceError
     with pytest.raises(ConvergenceError, match="cfg scale nan"):
@@ -254,3 +356,20 @@ def test_ctrl_c_then_rerun_resumes(tmp_path, capsys, monkeypatch):
     code, out, _ = run_main(capsys, "run", *args)
     assert code == 0 and "ran 7 cells, 1 already stored" in out
     assert json.loads((tmp_path / "smoke" / "study.json").read_text())["n_cells"] == 8
+
+
+@pytest.mark.parametrize("error,says", [
+    (ConnectionError("Could not find any running Ray instance. Please specify the one to "
+                     "connect to by setting `--address` flag or `RAY_ADDRESS`"),
+     "hydra.launcher.ray.init.address=auto found no running Ray cluster"),
+    (RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?'),
+     "hydra/launcher=submitit_slurm needs SLURM (no `srun` on this machine)"),
+    (ValueError("Only one of --run, --multirun, --cfg, --info and --shell_completion can be "
+                "specified"), "give only one of --run, --multirun"),
+])
+def test_launcher_setup_errors_name_the_setting(error, says):
+    """What Ray, submitit and Hydra raise for a setup problem (their own messages, as their
+    sources write them; the plugins are not installed in CI) is one user line, exit 2."""
+    from convergence.failures import USER, explain
+    message, code = explain(error, [])
+    assert code == USER and says in message and "a bug" not in message

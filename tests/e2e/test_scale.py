@@ -146,14 +146,21 @@ def test_rerun_costs_nothing_and_extension_runs_only_new_cells(study_config, mod
 def _launch(results: Path, *extra: str) -> subprocess.CompletedProcess:
     """``convergence run --multirun`` with the joblib launcher on 4 workers, as a user types
     it (the console script's code path, so the workers import convergence.cli)."""
+    return _multirun(results, "shard=0/4,1/4,2/4,3/4", "hydra/launcher=joblib",
+                     "hydra.launcher.n_jobs=4", *extra)
+
+
+def _multirun(results: Path, *args: str) -> subprocess.CompletedProcess:
+    """``convergence run --multirun`` of the smoke study with ``args`` (the caller's own
+    PYTHONPATH kept last: a launcher plugin installed aside, e.g. ``pip install --target``)."""
+    path = [str(REPO / "src"), str(REPO / "tests" / "helpers"),
+            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests" / "helpers")])}
+           "PYTHONPATH": os.pathsep.join(path)}
     code = "import sys; from convergence.cli import main; sys.exit(main())"
     return subprocess.run(
-        [sys.executable, "-c", code, "run", "--multirun", "study=smoke",
-         "shard=0/4,1/4,2/4,3/4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-         f"results_dir={results}", *QUIET, *extra],
-        env=env, capture_output=True, text=True, timeout=600)
+        [sys.executable, "-c", code, "run", "--multirun", "study=smoke", f"results_dir={results}",
+         *QUIET, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def _content(root: Path) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -219,6 +226,57 @@ def test_killed_worker_relaunched_gives_the_same_store(tmp_path, single_process)
     assert files == single_process[1]
 
 
+def _plugin(module: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+#: the launchers users scale with, each only where its plugin is installed (the `ray` and
+#: `slurm` extras; CI does not install them: docs/scale.md says why). Ray's local cluster
+#: gets 2 CPUs, one per shard task.
+LAUNCHERS = [
+    pytest.param(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+                 marks=pytest.mark.skipif(not _plugin("hydra_plugins.hydra_submitit_launcher"),
+                                          reason="hydra-submitit-launcher not installed "
+                                                 "(pip install -e .[slurm])"), id="submitit_local"),
+    pytest.param(["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"],
+                 marks=pytest.mark.skipif(not _plugin("hydra_plugins.hydra_ray_launcher"),
+                                          reason="hydra-ray-launcher not installed "
+                                                 "(pip install -e .[ray])"), id="ray"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_launcher_gives_one_process_store_and_relaunch_runs_nothing(tmp_path, single_process,
+                                                                    launcher):
+    res = _multirun(tmp_path, "shard=0/2,1/2", *launcher)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cells, files = _content(tmp_path / "smoke")
+    pd.testing.assert_frame_equal(cells, single_process[0])
+    assert files == single_process[1]
+    again = _multirun(tmp_path, "shard=0/2,1/2", *launcher)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ran = [int(line.split()[1]) for line in again.stdout.splitlines() if line.startswith("ran ")]
+    # submitit's workers print into their own logs, not the launch's stdout: the store says it
+    assert sum(ran) == 0 and len(Store(tmp_path / "smoke").load()) == len(cells)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_failing_shard_under_a_launcher_is_the_projects_line(tmp_path, launcher):
+    """The job fails inside the worker (validation runs in the job): the launch exits 2 with
+    the job's own line, not the launcher's UncompletedJobError or "a bug"."""
+    res = _multirun(tmp_path, "shard=0/2,1/2", "steps=[0,4]", *launcher)
+    assert res.returncode == 2, res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == "convergence: error: steps must be >= 1, got 0", res.stderr[-3000:]
+    assert "a bug" not in res.stderr
+
+
 @pytest.mark.parametrize("launcher,target", [
     ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
     ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
@@ -234,3 +292,16 @@ def test_launcher_configs_compose(launcher, target):
                       overrides=["study=smoke", f"hydra/launcher={launcher}", "shard=1/4"])
     assert cfg.hydra.launcher._target_ == target
     assert to_config({k: v for k, v in cfg.items() if k != "hydra"}).shard == "1/4"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _plugin("hydra_plugins.hydra_submitit_launcher"),
+                    reason="hydra-submitit-launcher not installed (pip install -e .[slurm])")
+def test_submitit_slurm_without_srun_is_one_line(tmp_path):
+    import shutil
+    if shutil.which("srun"):
+        pytest.skip("this machine has SLURM's srun: the launch would be real")
+    res = _multirun(tmp_path, "shard=0/2,1/2", "hydra/launcher=submitit_slurm")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "convergence: error: hydra/launcher=submitit_slurm needs SLURM (no `srun`")

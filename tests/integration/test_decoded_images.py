@@ -86,7 +86,7 @@ def test_verify_and_run_catch_a_damaged_float_image(tiny, tmp_path):
     data[-5] ^= 0x01  # one bit of one float
     path.write_bytes(bytes(data))
     store.decoded_path(h[1]).unlink()
-    n, problems = verify_store(store)
+    n, problems, _ = verify_store(store)
     assert n == 2 and len(problems) == 2
     text = "\n".join(problems)
     assert f"decoded float image decoded/{h[0]}.npy does not match its sha256" in text

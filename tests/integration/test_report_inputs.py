@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from convergence.analysis import tables
+
 GROUP = ["model", "topic", "prompt", "seed", "sampler", "schedule", "cfg"]
 THRESHOLDS = {"indicative": 0.08, "coherent": 0.04, "converged": 0.01}
 
@@ -33,6 +35,16 @@ def _first_staying_below(steps: list[int], d: list[float], thr: float) -> float:
         else:
             break
     return hit
+
+
+def _write(root: Path, name: str, rows: list[dict]) -> None:
+    """Write a table as analyze does: the schema's columns (those the fixture does not
+    compute left empty), checked (the report reads only schema-valid tables)."""
+    df = pd.DataFrame(rows)
+    for col in tables.columns(name):
+        if col not in df:
+            df[col] = None
+    tables.write(root, name, df)
 
 
 def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = None) -> None:
@@ -59,7 +71,7 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
         rec["converged"] = _first_staying_below(steps, d, thresholds["converged"])
         rec["cost"] = {int(s): (int(n), float(t)) for s, n, t in zip(g["steps"], g["nfe"], g["seconds"], strict=False)}
         per_seed.append(rec)
-    pd.DataFrame(dist_rows).to_parquet(root / "distances.parquet", index=False)
+    _write(root, "distances", dist_rows)
 
     kp_rows = []
     ps = pd.DataFrame(per_seed)
@@ -83,7 +95,7 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
                         "seconds": np.nan, "metric": metric, "threshold": "change_at_top>=0.05",
                         "reference": "highest", "n_seeds": len(g), "n_reached": 0,
                         "spread": np.nan, "converges": kp_rows[-1]["converges"]})
-    pd.DataFrame(kp_rows).to_csv(root / "keypoints.csv", index=False)
+    _write(root, "keypoints", kp_rows)
 
     rate_rows = []
     dist = pd.DataFrame(dist_rows)
@@ -102,8 +114,7 @@ def write_analysis(root: Path, metric: str = "rmse", thresholds: dict | None = N
                           "x_hi": g["nfe"].max(), "slopes": "", "order": -b,
                           # one sampler's order accepted, the others pre-asymptotic
                           "asymptotic": not rate_rows})
-    pd.DataFrame(rate_rows).to_csv(root / "rates.csv", index=False)
-    pd.DataFrame([{"claim": "heun converges in fewer steps than euler",
-                   "measurement": "median converged steps, heun vs euler", "value": 0.5,
-                   "verdict": "holds", "details": "test fixture <b>not html</b>"}]
-                 ).to_csv(root / "claims.csv", index=False)
+    _write(root, "rates", rate_rows)
+    _write(root, "claims", [{"claim": "heun converges in fewer steps than euler",
+                             "measurement": "median converged steps, heun vs euler", "value": 0.5,
+                             "verdict": "holds", "details": "test fixture <b>not html</b>"}])

@@ -9,7 +9,6 @@ builds a model for metadata. Rows stored before those columns existed are filled
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
@@ -30,10 +29,7 @@ META_COLUMNS = ("family", "stochastic", "sigma_start", "noise_scale", "sigma_min
 
 def study_model_hash(root: Path) -> str | None:
     """The fingerprint hash of the model of the study's last run (study.json), if known."""
-    path = Path(root) / "study.json"
-    if not path.exists():
-        return None
-    fp = json.loads(path.read_text()).get("model")
+    fp = Store(root, read_only=True).read_json("study.json").get("model")
     if not fp:
         return None
     return fingerprint_hash(fp)

@@ -34,7 +34,23 @@ CONF_DIR = Path(CONF_OVERRIDE).resolve() if CONF_OVERRIDE else PACKAGE_CONF
 
 def config_path() -> str:
     """Hydra's primary config path: the override folder, else the package's configs."""
-    return str(CONF_DIR) if CONF_OVERRIDE else "pkg://convergence.conf"
+    if CONF_OVERRIDE:
+        _check_conf_dir()
+        return str(CONF_DIR)
+    return "pkg://convergence.conf"
+
+
+def _check_conf_dir() -> None:
+    """A CONVERGENCE_CONF that is no folder of configs: one line naming it (Hydra's own
+    message names neither the variable nor the path)."""
+    if not CONF_DIR.is_dir():
+        raise ConvergenceError(f"CONVERGENCE_CONF={CONF_OVERRIDE!r}: {CONF_DIR} is not a folder; "
+                               "point it at a folder holding config.yaml, or unset it to use "
+                               "the package's configs")
+    if not (CONF_DIR / "config.yaml").is_file():
+        raise ConvergenceError(f"CONVERGENCE_CONF={CONF_OVERRIDE!r}: {CONF_DIR} has no config.yaml; "
+                               "point it at a folder of configs, or unset it to use the "
+                               "package's configs")
 
 
 def register_configs() -> None:
@@ -55,6 +71,8 @@ def ready(cfg: DictConfig | dict) -> Config:
 def compose_config(overrides: list[str]) -> Config:
     """A ready Config from Hydra overrides, without a Hydra app."""
     register_configs()
+    if CONF_OVERRIDE:
+        _check_conf_dir()
     init = (initialize_config_dir(str(CONF_DIR), version_base="1.3") if CONF_OVERRIDE
             else initialize_config_module("convergence.conf", version_base="1.3"))
     try:

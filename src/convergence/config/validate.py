@@ -151,7 +151,26 @@ def validate(cfg: Config) -> None:
     for label, v in (("width", cfg.width), ("height", cfg.height)):
         if v < 8 or v % 8:
             raise ConvergenceError(f"{label}={v} is not a positive multiple of 8")
+    validate_dtype(cfg.model)
     validate_analysis(cfg.analysis)
+
+
+#: model.dtype: what the model backends can compute in, by every name they accept
+#: (models/device.py maps them to torch dtypes)
+DTYPES = ("auto", "float32", "fp32", "float16", "fp16", "half", "bfloat16", "bf16", "float64",
+          "fp64")
+
+
+def validate_dtype(model: ModelConfig) -> None:
+    """``model.dtype`` names a dtype the backends compute in, and the device named
+    explicitly supports it (Apple MPS has no float64)."""
+    dtype = str(model.dtype).strip().lower()
+    if dtype not in DTYPES:
+        raise ConvergenceError(f"model.dtype={model.dtype!r} is not supported; use one of: "
+                               f"{', '.join(DTYPES)}")
+    if dtype in ("float64", "fp64") and str(model.device).startswith("mps"):
+        raise ConvergenceError(f"model.dtype={model.dtype} is not supported on Apple MPS "
+                               f"(model.device={model.device}); use float32")
 
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

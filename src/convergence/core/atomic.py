@@ -58,6 +58,11 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write or fsync names no file: name the one meant
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -66,9 +71,11 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
 @contextmanager
 def staged_into(root: Path) -> Iterator[Path]:
     """A scratch folder whose files move into ``root`` together when the block ends without
-    an error; on an error none of them replaces what was there."""
+    an error; on an error none of them replaces what was there. A killed earlier
+    block's scratch folder is removed first."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    clean_stale(root, depth=0)
     work = tmp_name(root / "staged", "new")
     work.mkdir()
     try:
@@ -87,9 +94,11 @@ def staged_dir(dest: Path) -> Iterator[Path]:
     """Build a folder aside and swap it in for ``dest`` only when the block succeeds.
 
     Between the two renames ``dest`` is briefly absent; a crash there leaves the old
-    folder under an ``.old.`` name, which :func:`clean_stale` puts back."""
+    folder under an ``.old.`` name, which :func:`clean_stale` puts back (here too, before
+    a new folder is built, along with a killed earlier build)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dest.parent, depth=0)
     work = tmp_name(dest, "new")
     work.mkdir()
     try:

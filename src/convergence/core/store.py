@@ -11,7 +11,12 @@ killed writer never leaves a half-written file behind a real name.
 
 Each row records the sha256 of its image, of its float sample and of its decoded image
 (where it has one); a file that is missing, unreadable or does not match is a *damaged* cell: ``run`` recomputes it,
-``analyze`` and ``report`` name it, ``convergence verify`` lists it.
+``analyze`` and ``report`` name it, ``convergence verify`` lists it. So is a row that is not
+the one its writer recorded in ``manifest.jsonl`` (core/manifest.py: edited after it was
+stored) or whose fields do not give its cell hash (the hook :func:`register_row_check`).
+A part file the manifest does not name (foreign) or that cannot be read is set aside in
+``quarantine/`` with one line saying so; only the cells that lived in it alone are then
+missing (``run`` recomputes them). A read-only Store (``verify``) only reports them.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import hashlib
 import io
 import json
 import os
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +40,13 @@ from PIL import Image
 from convergence.core.atomic import HOST, atomic_write_bytes, clean_stale
 from convergence.core.errors import ConvergenceError
 from convergence.core.leases import Leases
+from convergence.core.manifest import (
+    MANIFEST,
+    Manifest,
+    append_manifest,
+    read_manifest,
+    row_digest,
+)
 
 __all__ = ["Store", "atomic_write_bytes", "TABLE", "PARTS"]
 
@@ -40,6 +54,8 @@ TABLE = "cells.parquet"
 PARTS = "parts"
 #: the folder of the writers' leases on cells (core/leases.py)
 LEASES_DIR = "claims"
+#: where unreadable and foreign part files are set aside
+QUARANTINE = "quarantine"
 #: columns of the per-file checksums
 CHECKSUMS = {"image": "image_sha256", "sample": "sample_sha256", "decoded": "decoded_sha256"}
 #: what each kind of per-cell file is called in messages
@@ -55,6 +71,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: ``row -> bool``: whether a row's fields give its cell hash (registered by run/plan.py,
+#: which owns the hash; None: rows are not re-hashed)
+_ROW_CHECK: Callable[[dict], bool] | None = None
+
+
+def register_row_check(check: Callable[[dict], bool]) -> None:
+    """Install the check that re-hashes a row's fields (the store sits below the plan)."""
+    global _ROW_CHECK
+    _ROW_CHECK = check
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
@@ -66,13 +93,33 @@ def _read_parquet(path: Path) -> pd.DataFrame:
             "it was left untouched: move it away (its cells are then recomputed)") from None
 
 
+def _digests(df: pd.DataFrame) -> list[str]:
+    return [row_digest(r) for r in df.to_dict("records")]
+
+
+def _why(e: ConvergenceError) -> str:
+    """The reason inside a :func:`_read_parquet` message (its exception type)."""
+    text = str(e)
+    return text[text.find("(") + 1:text.find(")")] if "(" in text else text
+
+
 class Store:
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, read_only: bool = False):
         self.root = Path(root)
+        #: never write (``verify``): bad part files are reported, not set aside
+        self.read_only = read_only
         self.table_path = self.root / TABLE
         self.parts_dir = self.root / PARTS
         self._parts: dict[str, pd.DataFrame] = {}      # part files never change once written
-        self._base: tuple[tuple, pd.DataFrame] | None = None
+        self._digests: dict[str, list[str]] = {}       # row digests of each part, in row order
+        self._base: tuple[tuple, pd.DataFrame, list[str]] | None = None
+        self._manifest = Manifest()
+        self._lock_depth = 0
+        self._lock_owner: int | None = None
+        #: part files not read: name -> why (unreadable, or not named by the manifest)
+        self.bad_parts: dict[str, str] = {}
+        #: cells whose winning row the manifest does not record (edited after it was stored)
+        self.unrecorded: set[str] = set()
         self._rows: dict[str, dict] = {}
         self._sha_cache: dict[Path, tuple[int, int, str]] = {}
         self._seq = 0
@@ -128,42 +175,95 @@ class Store:
             return pd.DataFrame()
         key = (st.st_size, st.st_mtime_ns, st.st_ino)
         if self._base is None or self._base[0] != key:
-            self._base = (key, _read_parquet(self.table_path))
+            df = _read_parquet(self.table_path)
+            self._base = (key, df, _digests(df))
         return self._base[1]
 
     def _frames(self) -> list[pd.DataFrame]:
-        """The compacted table and every part file, the non-empty ones (each part is read
-        once: part files never change).
+        """The compacted table and every accepted part file, the non-empty ones (each part
+        is read once: part files never change).
 
-        Parts are listed before the compacted table is read; a part that vanished in
-        between was folded into a newer table by ``compact``, so the read is retried."""
+        Parts are listed before the compacted table and the manifest are read; a part that
+        vanished in between was folded into a newer table by ``compact``, so the read is
+        retried. Parts the manifest does not name or that cannot be read are left out
+        (and, unless read-only, set aside: :meth:`_set_aside`)."""
+        return [f for _, f in self._named_frames()]
+
+    def _named_frames(self) -> list[tuple[str, pd.DataFrame]]:
         for _ in range(20):
             names = self._part_names()
             base = self._read_base()
-            frames, vanished = [base], False
+            self._manifest = read_manifest(self.root)
+            frames, vanished, bad, foreign = [(TABLE, base)], False, {}, set()
             for n in names:
+                if self._manifest.present and n not in self._manifest.parts:
+                    bad[n] = (f"part file {PARTS}/{n} was not written by this study's writers "
+                              f"(no line of {MANIFEST} names it)")
+                    foreign.add(n)
+                    continue
                 if n not in self._parts:
                     try:
-                        self._parts[n] = _read_parquet(self.parts_dir / n)
+                        df = _read_parquet(self.parts_dir / n)
                     except FileNotFoundError:
                         vanished = True
                         break
-                frames.append(self._parts[n])
+                    except ConvergenceError as e:
+                        bad[n] = f"part file {PARTS}/{n} is unreadable ({_why(e)})"
+                        continue
+                    self._parts[n], self._digests[n] = df, _digests(df)
+                frames.append((n, self._parts[n]))
             if not vanished:
                 break
         self._parts = {n: self._parts[n] for n in names if n in self._parts}
-        return [f for f in frames if not f.empty]
+        self.bad_parts = bad
+        if bad and not self.read_only:
+            self._set_aside(bad, foreign)
+        return [(n, f) for n, f in frames if not f.empty]
+
+    def _set_aside(self, bad: dict[str, str], foreign: set[str]) -> None:
+        """Move unreadable and foreign part files to ``quarantine/``, one line each.
+        Under the lock, re-checked there: a compaction may have just folded a part the
+        reader listed (its manifest line is then read again, and it is not moved)."""
+        with self.lock():
+            manifest = read_manifest(self.root)
+            for n, why in bad.items():
+                src = self.parts_dir / n
+                if not src.exists() or (n in foreign and n in manifest.parts):
+                    continue
+                dest = self.root / QUARANTINE / n
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    dest = dest.with_name(f"{time.time_ns()}-{n}")
+                os.replace(src, dest)
+                print(f"warning: {why}; moved it to {dest.relative_to(self.root)}: the other "
+                      "cells are used, `convergence run` recomputes any that lived only there",
+                      file=sys.stderr)
+
+    def raw_rows(self) -> pd.DataFrame:
+        """Every accepted row of the compacted table and the parts, duplicates kept."""
+        frames = self._frames()
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def load(self) -> pd.DataFrame:
         """All stored rows, one per cell hash (empty frame if nothing is stored yet)."""
-        frames = self._frames()
-        if not frames:
-            self._rows = {}
+        named = self._named_frames()
+        if not named:
+            self._rows, self.unrecorded = {}, set()
             return pd.DataFrame()
+        frames = [f for _, f in named]
+        digests = [d for n, _ in named for d in self._frame_digests(n)]
         df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-        df = df.drop_duplicates("hash", keep="last").reset_index(drop=True)
+        keep = ~df["hash"].duplicated(keep="last").to_numpy()
+        df = df[keep].reset_index(drop=True)
         self._rows = {r["hash"]: r for r in df.to_dict("records")}
+        kept = [d for d, k in zip(digests, keep, strict=True) if k]
+        self.unrecorded = ({h for h, d in zip(df["hash"], kept, strict=True)
+                            if d not in self._manifest.rows}
+                           if self._manifest.present else set())
         return df
+
+    def _frame_digests(self, name: str) -> list[str]:
+        return self._base[2] if name == TABLE and self._base else self._digests[name]
 
     def row_hashes(self) -> set[str]:
         """Hashes with a row (files not checked: cheap, for writers polling each other
@@ -171,41 +271,80 @@ class Store:
         return set().union(*(f["hash"] for f in self._frames()))
 
     def append_rows(self, rows: list[dict]) -> None:
-        """Store rows as a new part file of this writer (a re-run cell's newer row wins)."""
+        """Store rows as a new part file of this writer (a re-run cell's newer row wins).
+        The manifest names the part and its rows' digests before the part is in place."""
         if not rows:
             return
         self._seq += 1
         name = f"{time.time_ns():020d}-{os.getpid()}@{HOST}-{self._seq:05d}.parquet"
         buf = io.BytesIO()
         pd.DataFrame(rows).to_parquet(buf, index=False)
-        atomic_write_bytes(self.parts_dir / name, buf.getvalue())
         # read back here, as a reader would read the file: a writer polling its own store
-        # before each claim (row_hashes) then reads only other writers' parts
-        buf.seek(0)
-        self._parts[name] = pd.read_parquet(buf)
+        # before each claim (row_hashes) then reads only other writers' parts; the digests
+        # are those of the rows as read back
+        df = pd.read_parquet(io.BytesIO(buf.getvalue()))
+        digests = _digests(df)
+        with self.lock():
+            self._adopt()
+            append_manifest(self.root, [name], digests)
+        atomic_write_bytes(self.parts_dir / name, buf.getvalue())
+        self._parts[name], self._digests[name] = df, digests
+
+    def _adopt(self) -> None:
+        """Give a store written before manifests one (under the lock): its current parts
+        and rows, trusted as they are (``verify`` said so until now)."""
+        if (self.root / MANIFEST).exists():
+            return
+        names = self._part_names()
+        digests = _digests(self._read_base())
+        for n in names:
+            try:
+                digests += _digests(_read_parquet(self.parts_dir / n))
+            except (FileNotFoundError, ConvergenceError):
+                pass  # named all the same: an unreadable one is then set aside as unreadable
+        append_manifest(self.root, names, digests)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """The store's exclusive lock (compaction and claims; appends need none)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        """The store's exclusive lock (compaction, claims, the manifest and records);
+        re-entrant within one Store (a reader setting a part aside inside a claim)."""
+        if self._lock_depth and self._lock_owner == threading.get_ident():
+            self._lock_depth += 1
             try:
                 yield
             finally:
+                self._lock_depth -= 1
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # other threads' own descriptors wait here too
+            self._lock_owner, self._lock_depth = threading.get_ident(), 1
+            try:
+                yield
+            finally:
+                self._lock_owner, self._lock_depth = None, 0
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def compact(self) -> tuple[int, int]:
         """Fold the part files into ``cells.parquet`` (atomically, under the lock);
         returns (rows, parts folded). A crash at any point loses nothing: parts are only
-        deleted once the table that holds their rows is in place."""
+        deleted once the table that holds their rows is in place. Foreign and unreadable
+        parts are set aside first; rows the manifest does not record (edited) are left
+        out, so ``run`` recomputes their cells."""
         with self.lock():
-            names = self._part_names()
-            if not names:
-                return len(self.load()), 0
+            self._adopt()
             df = self.load()
+            names = self._part_names()
+            if not names and not self.unrecorded:
+                return len(df), 0
+            if self.unrecorded:
+                df = df[~df["hash"].isin(self.unrecorded)].reset_index(drop=True)
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
+            new = [d for d in _digests(pd.read_parquet(io.BytesIO(buf.getvalue())))
+                   if d not in self._manifest.rows]
+            if new:  # the rows' values as the table stores them (dtypes may have widened)
+                append_manifest(self.root, [], new)
             atomic_write_bytes(self.table_path, buf.getvalue())
             for n in names:
                 (self.parts_dir / n).unlink(missing_ok=True)
@@ -239,6 +378,11 @@ class Store:
         """What is wrong with a stored cell's files (None if all are intact)."""
         loaders = {"image": self.load_image, "sample": self.load_sample,
                    "decoded": self.load_decoded}
+        if cell_hash in self.unrecorded:
+            return (f"its row is not the one its writer recorded in {MANIFEST} (edited after it "
+                    "was stored)")
+        if _ROW_CHECK is not None and cell_hash in self._rows and not _ROW_CHECK(self._rows[cell_hash]):
+            return "its row's fields do not give its cell hash (the row was edited)"
         for kind, path in self.files(cell_hash):
             rel = path.relative_to(self.root)
             if not path.exists():
@@ -352,6 +496,21 @@ class Store:
                 return np.asarray(im.convert("RGB"))
         except Exception as e:
             raise ConvergenceError(f"corrupt image {path} ({type(e).__name__})") from None
+
+    def read_json(self, name: str, remedy: str = "`convergence run` with the study's settings "
+                  "rewrites it") -> dict:
+        """A side file of the store (``study.json``, ``runs.json``) as a dict ({} if absent);
+        a damaged one is an error naming it and ``remedy``."""
+        path = self.root / name
+        try:
+            obj = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (ValueError, OSError) as e:
+            raise ConvergenceError(f"{path} is damaged ({type(e).__name__}); {remedy}") from None
+        if not isinstance(obj, dict):
+            raise ConvergenceError(f"{path} is damaged (not a JSON object); {remedy}")
+        return obj
 
     def write_json(self, name: str, obj: dict) -> None:
         atomic_write_bytes(self.root / name, json.dumps(obj, indent=2, default=str).encode())

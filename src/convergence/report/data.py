@@ -2,18 +2,20 @@
 
 The report is a pure reader: it never re-runs cells or the analysis, so it is cheap to
 re-render and cannot disagree with the files it points at. Missing analysis outputs are
-an error that names the command to run.
+an error that names the command to run; every table is checked against its schema
+(analysis/tables.py) before any page is written, so a damaged or edited one is an error
+naming the file, not a page drawn from garbage.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from convergence.analysis import tables
 from convergence.core.errors import ConvergenceError
 from convergence.core.store import Store
 
@@ -94,12 +96,14 @@ def order_like(values, preferred: list) -> list:
     return sorted(values, key=lambda v: (rank.get(v, len(rank)), str(v)))
 
 
-def _read(path: Path) -> pd.DataFrame:
+def _read(root: Path, name: str) -> pd.DataFrame:
+    """One analysis table, checked against its schema; the error names the file."""
     try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    except Exception as e:
-        raise ConvergenceError(f"cannot read {path} ({type(e).__name__}: {e}); "
-                               "re-run `convergence analyze`") from None
+        return tables.read(root, name.split(".")[0])
+    except ConvergenceError as e:
+        text = str(e)
+        where = "" if str(root / name) in text else f"{root / name}: "
+        raise ConvergenceError(f"{where}{text}") from None
 
 
 def load_study(root: Path | str, metric: str | None = None) -> StudyData:
@@ -117,10 +121,10 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
     cells = store.load()
     intact = store.done_hashes()
     damaged = cells[~cells["hash"].isin(intact)]
-    study = json.loads((root / "study.json").read_text()) if (root / "study.json").exists() else {}
-    distances = _read(root / "distances.parquet")
-    keypoints = _read(root / "keypoints.csv")
-    optional = {n: _read(root / n) if (root / n).exists() else None for n in OPTIONAL}
+    study = store.read_json("study.json")
+    distances = _read(root, "distances.parquet")
+    keypoints = _read(root, "keypoints.csv")
+    optional = {n: _read(root, n) if (root / n).exists() else None for n in OPTIONAL}
     if metric is None and "metric" in keypoints and keypoints["metric"].notna().any():
         metric = str(keypoints["metric"].dropna().iloc[0])  # what the key points used
     if metric is None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import product
 
 from convergence.config.schema import Config
+from convergence.core.store import register_row_check
 from convergence.samplers.schedules import canonical_schedule
 from convergence.samplers.spec import resolve_sampler
 
@@ -38,8 +39,7 @@ class Cell:
 
     @property
     def hash(self) -> str:
-        payload = json.dumps({"v": HASH_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return _cell_hash(HASH_VERSION, asdict(self))
 
     @property
     def batch_key(self) -> tuple:
@@ -50,6 +50,27 @@ class Cell:
         """Cells differing only in steps form one convergence curve."""
         return (self.model, self.topic, self.prompt, self.seed, self.sampler, self.schedule,
                 self.cfg)
+
+
+def _cell_hash(version: int, cell_fields: dict) -> str:
+    payload = json.dumps({"v": version, **cell_fields}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+_KINDS = {"str": str, "int": int, "float": float}
+
+
+def row_matches_hash(row: dict) -> bool:
+    """Whether a stored row's cell fields give its cell hash, under this or an earlier
+    HASH_VERSION (older rows stay valid rows of their own version): an edited row does not."""
+    try:
+        cell = {f.name: _KINDS[str(f.type)](row[f.name]) for f in fields(Cell)}
+    except (KeyError, TypeError, ValueError):
+        return False
+    return any(_cell_hash(v, cell) == row.get("hash") for v in range(HASH_VERSION, 0, -1))
+
+
+register_row_check(row_matches_hash)
 
 
 def fingerprint_hash(fingerprint: dict) -> str:

@@ -4,7 +4,7 @@ counting, timing, call statistics, resume from the store and a progress bar."""
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -324,14 +324,31 @@ RUNS = "runs.json"
 
 
 def record_run(store: Store, run: dict) -> None:
-    """Append this run's call statistics to ``runs.json`` (one entry per run command)."""
-    store.write_json(RUNS, {"runs": [*load_runs(store.root), run]})
+    """Append this run's call statistics to ``runs.json`` (one entry per run command),
+    read and replaced under the store's lock so concurrent runs keep every entry. It is
+    only a record: a damaged one is set aside with a warning, never failing the run that
+    stored its cells."""
+    with store.lock():
+        try:
+            runs = load_runs(store.root)
+        except ConvergenceError as e:
+            damaged = store.root / RUNS
+            aside = damaged.with_name(f"{RUNS}.damaged-{time.time_ns()}")
+            damaged.rename(aside)
+            print(f"warning: {e}; set it aside as {aside.name} and started a new {RUNS}",
+                  file=sys.stderr)
+            runs = []
+        store.write_json(RUNS, {"runs": [*runs, run]})
 
 
 def load_runs(root: Path) -> list[dict]:
     """The call statistics of every run of a study (empty if none recorded)."""
-    path = Path(root) / RUNS
-    return json.loads(path.read_text())["runs"] if path.exists() else []
+    remedy = "it is only a record: delete it (`convergence run` starts a new one)"
+    record = Store(root, read_only=True).read_json(RUNS, remedy)
+    runs = record.get("runs", [])
+    if not isinstance(runs, list):
+        raise ConvergenceError(f"{Path(root) / RUNS} is damaged (its 'runs' is not a list); {remedy}")
+    return runs
 
 
 def _plain(cfg: Config) -> dict:
