@@ -14,7 +14,13 @@ from inprocess import run_main
 from convergence.analysis.adaptive import KeyPointJudge, load_points
 from convergence.analysis.distances import compute_distances
 from convergence.analysis.inputs import load_cells
-from convergence.analysis.keypoints import POINTS, curve_points, forward_changes, seed_points
+from convergence.analysis.keypoints import (
+    POINTS,
+    CurveMeasures,
+    curve_points,
+    forward_changes,
+    seed_points,
+)
 from convergence.config.schema import AnalysisConfig
 from convergence.models.analytic import AnalyticModel
 from convergence.run.adaptive import Curve, refine, run_adaptive
@@ -23,8 +29,8 @@ from convergence.run.runner import run_study
 
 # thresholds pinned here (the defaults may be recalibrated; the costs below were measured
 # with these)
-A = AnalysisConfig(indicative=0.1, converged=0.015, coherent_noise=0.4, coherent_change=0.4,
-                   nonconvergence_change=0.1)
+A = AnalysisConfig(indicative=0.1, indicative_fallback=0.1, converged=0.015, coherent_noise=0.4,
+                   coherent_clipped=1.0, nonconvergence_change=0.1)
 TEMPLATE = Cell("analytic", "m", "food", "p", 1, "euler", "discrete", 1, 7.5, 32, 32)
 
 
@@ -39,14 +45,13 @@ def synthetic(top: int, rate: float, scale: float, noise_scale: float):
 
 
 def dense_points(top, dist, change, noise) -> dict:
-    """The analysis' key points of a dense sweep 1..top (change to the next = to s + 1)."""
+    """The analysis' key points of a dense sweep 1..top (change to the next = to s + 1); the
+    synthetic curve's one distance serves the indicative and the converged measure."""
     steps = list(range(1, top + 1))
-    d = [math.nan if s == top else dist[s] for s in steps]
+    d = np.array([math.nan if s == top else dist[s] for s in steps])
     ch = forward_changes(steps, [change.get(s, math.nan) for s in steps])
-    return curve_points(steps, d, ch, [noise[s] for s in steps], indicative=A.indicative,
-                        converged=A.converged, coherent_noise=A.coherent_noise,
-                        coherent_change=A.coherent_change,
-                        nonconvergence_change=A.nonconvergence_change)
+    m = CurveMeasures(steps, d, d, ch, np.array([noise[s] for s in steps]), np.zeros(len(steps)))
+    return curve_points(m, A, A.indicative)
 
 
 def search(top, dist, change, noise, budget=math.inf):
@@ -55,7 +60,9 @@ def search(top, dist, change, noise, budget=math.inf):
     def measure(wanted):
         for s in wanted[0]:
             curve.distance[s] = math.nan if s == top else dist[s]
+            curve.converged_distance[s] = curve.distance[s]
             curve.noise[s] = noise[s]
+            curve.clipped[s] = 0.0
         for s in curve.distance:
             if s + 1 in curve.distance:
                 curve.change[s] = change[s]
@@ -82,14 +89,15 @@ def test_bisection_finds_the_dense_points_exactly_on_monotone_curves():
     assert np.mean(spent) <= 0.15 and max(spent) <= 0.25
 
 
-def test_the_change_to_the_next_step_decides_coherence():
-    """A curve whose distance is small early but whose step-to-step change stays large
-    until step 40: coherence must wait for the change, as in the dense sweep."""
+def test_coherence_follows_the_pictures_own_noise():
+    """A curve whose distance is small early but whose residual noise stays above the bound
+    until step 40: coherence waits for the noise, whatever the distance, as in the dense
+    sweep."""
     top = 64
     dist, change, noise = synthetic(top, rate=1.0, scale=0.5, noise_scale=0.0)
-    change = {s: (1.0 if s < 40 else 0.0) for s in change}
+    noise = {s: (1.0 if s < 40 else 0.0) for s in noise}
     dense = dense_points(top, dist, change, noise)
-    assert dense["coherent"] == 40
+    assert dense["coherent"] == 40 and dense["indicative"] < 40
     _, found = search(top, dist, change, noise)
     assert found["coherent"][0] == 40
 

@@ -1,24 +1,32 @@
-"""Key-point definitions on synthetic curves: 'earliest step FROM WHICH it holds'."""
+"""Key-point definitions on synthetic curves: 'earliest step FROM WHICH it holds', each
+point by its own measure (docs/analysis.md "Definitions")."""
 
 import math
 
 import numpy as np
 
 from convergence.analysis.keypoints import (
+    CurveMeasures,
     aggregate,
     curve_points,
+    deterministic_baseline,
     earliest_from_which,
     forward_changes,
 )
+from convergence.config.schema import AnalysisConfig
 
 STEPS = [4, 8, 10, 20, 30, 40, 50, 100]
-KW = dict(indicative=0.05, converged=0.0078, coherent_noise=0.06, coherent_change=0.05,
-          nonconvergence_change=0.05)
+A = AnalysisConfig(indicative=0.05, converged=0.0078, coherent_noise=6.0, coherent_clipped=0.1,
+                   nonconvergence_change=0.05)
+CLEAN = [1.0] * len(STEPS)  # residual noise in 8-bit levels: well under coherent_noise
 
 
-def points(dist, change, noise=None):
-    noise = noise if noise is not None else [0.01] * len(STEPS)
-    return curve_points(STEPS, dist, forward_changes(STEPS, change), noise, **KW)
+def points(ind, change, noise=None, conv=None, clipped=None, **kw):
+    """The points of a curve whose converged distance equals ``ind`` unless given."""
+    m = CurveMeasures(STEPS, np.array(ind, float), np.array(ind if conv is None else conv, float),
+                      forward_changes(STEPS, change), np.array(noise or CLEAN, float),
+                      np.array(clipped or [0.0] * len(STEPS), float))
+    return curve_points(m, A, A.indicative, **kw)
 
 
 def test_monotone_curve():
@@ -60,29 +68,51 @@ def test_late_excursion_after_settling():
     assert p["indicative"] == 40
 
 
-def test_coherence_needs_low_noise_stability_and_the_indicative_point():
-    ch = [0.3, 0.2, 0.04, 0.03, 0.02, 0.01, 0.005, math.nan]
-    noise = [0.3, 0.2, 0.2, 0.05, 0.04, 0.04, 0.04, 0.04]
-    p = points([math.nan] * 8, ch, noise)  # no reference: nothing is indicative, so not coherent
-    assert p["coherent"] is None and p["indicative"] is None
-    assert p["coherent_heuristic"] == 20  # the reference-free part alone
+def test_coherence_needs_no_reference():
+    """Coherent is the picture's own condition: reached on a curve with no reference at all,
+    where nothing can be indicative."""
+    noise = [30.0, 20.0, 9.0, 5.0, 4.0, 4.0, 4.0, 4.0]
+    p = points([math.nan] * 8, [0.01] * 8, noise)
+    assert p["coherent"] == 20 and p["indicative"] is None and p["converged"] is None
+
+
+def test_coherent_and_indicative_are_independent():
+    """Either can come first: an early composition with residual grain (indicative before
+    coherent), and a clean picture of the wrong content (coherent before indicative)."""
     d = [0.3, 0.04, 0.03, 0.02, 0.01, 0.005, 0.004, math.nan]
-    p = points(d, ch, noise)
-    assert (p["indicative"], p["coherent"], p["converged"]) == (8, 20, 40)
+    grainy = [30.0, 20.0, 9.0, 9.0, 5.0, 4.0, 4.0, 4.0]
+    p = points(d, [0.01] * 8, grainy)
+    assert (p["indicative"], p["coherent"]) == (8, 30)
+    late = [0.5, 0.5, 0.4, 0.4, 0.3, 0.04, 0.001, math.nan]
+    p = points(late, [0.01] * 8)
+    assert (p["indicative"], p["coherent"]) == (40, 4)
 
 
-def test_points_are_ordered_on_random_curves():
-    """converged => coherent => indicative, cell by cell, so the points are ordered even
-    where the separate conditions would disagree (noisy, non-monotone curves)."""
+def test_saturated_pictures_are_not_coherent():
+    clipped = [0.9, 0.5, 0.2, 0.05, 0.05, 0.05, 0.05, 0.05]
+    assert points([math.nan] * 8, [0.01] * 8, clipped=clipped)["coherent"] == 20
+
+
+def test_converged_needs_indicative_and_a_coherent_picture_where_the_reference_is_one():
+    """converged => indicative always; converged => coherent where the final picture is."""
+    ind = [0.3, 0.2, 0.1, 0.1, 0.04, 0.03, 0.02, math.nan]
+    conv = [0.3, 0.2, 0.005, 0.005, 0.005, 0.005, 0.005, math.nan]  # visibly equal from 10
+    assert points(ind, [0.001] * 8, conv=conv)["converged"] == 30  # indicative from 30
+    noise = [9.0, 9.0, 9.0, 9.0, 9.0, 9.0, 4.0, 4.0]  # grain until 40; the reference is clean
+    assert points([0.01] * 7 + [math.nan], [0.001] * 8, noise, conv=conv)["converged"] == 50
+    noisy_ref = [9.0] * 8  # a grainy final picture: converging to it needs no coherence
+    assert points([0.01] * 7 + [math.nan], [0.001] * 8, noisy_ref, conv=conv)["converged"] == 10
+
+
+def test_converged_implies_indicative_on_random_curves():
     rng = np.random.default_rng(1)
     for _ in range(300):
-        d = list(np.exp(rng.uniform(-6, 0, 7))) + [math.nan]
-        ch = list(np.exp(rng.uniform(-6, 0, 8)))
-        noise = list(rng.uniform(0, 0.1, 8))
-        p = points(d, ch, noise)
-        inf = math.inf
-        ind, coh, conv = (inf if p[k] is None else p[k] for k in ("indicative", "coherent", "converged"))
-        assert ind <= coh <= conv
+        ind = list(np.exp(rng.uniform(-6, 0, 7))) + [math.nan]
+        conv = list(np.exp(rng.uniform(-8, 0, 7))) + [math.nan]
+        p = points(ind, list(np.exp(rng.uniform(-6, 0, 8))), list(rng.uniform(0, 12, 8)),
+                   conv=conv)
+        if p["converged"] is not None:
+            assert p["indicative"] is not None and p["indicative"] <= p["converged"]
 
 
 def test_aggregate_median_counts_missing_as_not_reached():
@@ -93,7 +123,6 @@ def test_aggregate_median_counts_missing_as_not_reached():
 
 
 def test_nonconvergence_relative_to_deterministic_samplers():
-    from convergence.analysis.keypoints import deterministic_baseline
     # a smooth picture: ancestral fresh noise (0.02) is below the absolute bar 0.05, but far
     # above every ODE solver's late change (<= 0.002): it does not converge
     anc = [0.3, 0.2, 0.1, 0.04, 0.03, 0.025, 0.02, math.nan]
@@ -102,17 +131,10 @@ def test_nonconvergence_relative_to_deterministic_samplers():
     base = deterministic_baseline(tops, {"euler", "heun"})
     assert base == {"euler_a": 0.002, "euler": 0.002, "heun": 0.002}
     d = [0.3] * 7 + [math.nan]
-    kw = {**KW}
-    p = curve_points(STEPS, d, forward_changes(STEPS, anc), [0.01] * 8, **kw,
-                     baseline_change=base["euler_a"])
+    p = points(d, anc, baseline_change=base["euler_a"])
     assert p["does_not_converge"] and not p["settled"]
-    assert not curve_points(STEPS, d, forward_changes(STEPS, anc), [0.01] * 8, **kw)[
-        "does_not_converge"]  # the absolute bar alone misses it
+    assert not points(d, anc)["does_not_converge"]  # the absolute bar alone misses it
     # a hard picture: an ODE solver still moves 0.08 at the top: 0.06 is not distinguishable
-    p = curve_points(STEPS, d, forward_changes(STEPS, [0.06] * 7 + [math.nan]), [0.01] * 8, **kw,
-                     baseline_change=0.08)
-    assert not p["does_not_converge"]
+    assert not points(d, [0.06] * 7 + [math.nan], baseline_change=0.08)["does_not_converge"]
     # the deterministic sampler defining the baseline is never flagged by it
-    p = curve_points(STEPS, d, forward_changes(STEPS, det), [0.01] * 8, **kw,
-                     baseline_change=base["euler"])
-    assert not p["does_not_converge"]
+    assert not points(d, det, baseline_change=base["euler"])["does_not_converge"]

@@ -51,3 +51,17 @@ def test_ssim_equals_torchmetrics_default():
     ref = tm_ssim(M._to_unit_tensor(noisy).double(), M._to_unit_tensor(img).double(),
                   data_range=1.0, reduction="none").numpy()
     assert np.allclose(ours, ref, atol=1e-5), (ours, ref)
+
+
+def test_visible_counts_pixels_beyond_one_level_on_an_absolute_scale():
+    """"converged" on the display: a pixel moved by one 8-bit level does not count, by two it
+    does, whatever the picture's own contrast (a flat grey picture as a busy one)."""
+    rng = np.random.default_rng(0)
+    busy = rng.integers(10, 240, (1, 8, 8, 3)).astype(np.float64) / 255
+    flat = np.full((1, 8, 8, 3), 128 / 255)
+    for pic in (busy, flat):
+        one, two = pic.copy(), pic.copy()
+        one[0, :4, :, 0] += 1 / 255   # half the rows, one level, one channel
+        two[0, :2, :, 1] += 2 / 255   # a quarter of the rows, two levels
+        assert M.compute("visible", one, pic)[0] == 0.0
+        assert M.compute("visible", two, pic)[0] == 0.25

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from convergence.analysis.keypoints import curve_points, forward_changes
+from convergence.analysis.keypoints import CurveMeasures, curve_points, forward_changes
 from convergence.analysis.metrics import rmse
 from convergence.analysis.rates import asymptotic_fit, bootstrap_b, fit_power, local_slopes
 from convergence.analysis.references import denoise
+from convergence.config.schema import AnalysisConfig
 from convergence.models.analytic import exact_solution
 from convergence.run.plan import Cell
 from convergence.run.runner import cell_metadata, sample_batch
@@ -99,6 +100,17 @@ def test_which_limit_each_sampler_approaches(model32, limits):
     assert rmse(eul, limits["denoised"]).mean() < rmse(eul, limits["zero"]).mean()
 
 
+def _points(steps, d, change):
+    """The key points of a curve measured in rmse, for both distances and the change (the
+    thresholds pinned here are of rmse on the 32x32 analytic model)."""
+    a = AnalysisConfig(indicative=0.05, converged=0.0078, coherent_noise=6.0,
+                       coherent_clipped=1.0, nonconvergence_change=0.05)
+    n = len(steps)
+    m = CurveMeasures(steps, np.array(d), np.array(d), forward_changes(steps, change),
+                      np.zeros(n), np.zeros(n))
+    return curve_points(m, a, a.indicative)
+
+
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpm_2_ancestral"])
 def test_ancestral_reported_as_not_converging(model32, sampler):
     steps = [8, 16, 32, 64]
@@ -106,9 +118,7 @@ def test_ancestral_reported_as_not_converging(model32, sampler):
     for row in range(len(SEEDS)):
         ch = [rmse(outs[i][row:row + 1], outs[i + 1][row:row + 1])[0] for i in range(3)] + [math.nan]
         d = [rmse(o[row:row + 1], outs[-1][row:row + 1])[0] for o in outs[:-1]] + [math.nan]
-        p = curve_points(steps, d, forward_changes(steps, ch), [0.0] * 4, indicative=0.05,
-                         converged=0.0078, coherent_noise=0.06, coherent_change=0.05,
-                         nonconvergence_change=0.05)
+        p = _points(steps, d, ch)
         assert p["does_not_converge"], (sampler, ch)
 
 
@@ -117,8 +127,6 @@ def test_deterministic_sampler_not_flagged(model32):
     outs = [_run(model32, "heun", n).samples.numpy() for n in steps]
     ch = [rmse(outs[i], outs[i + 1])[0] for i in range(3)] + [math.nan]
     d = [rmse(o, outs[-1])[0] for o in outs[:-1]] + [math.nan]
-    p = curve_points(steps, d, forward_changes(steps, ch), [0.0] * 4, indicative=0.05,
-                     converged=0.0078, coherent_noise=0.06, coherent_change=0.05,
-                     nonconvergence_change=0.05)
+    p = _points(steps, d, ch)
     assert not p["does_not_converge"]
     torch.manual_seed(0)

@@ -18,14 +18,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from convergence.analysis import metrics as M
 from convergence.analysis import tables as T
 from convergence.analysis.adaptive import search_column, with_adaptive_points
 from convergence.analysis.calibration import calibration_table
 from convergence.analysis.claims import evaluate_claims
 from convergence.analysis.distances import compute_distances, noise_estimate
 from convergence.analysis.inputs import load_cells
-from convergence.analysis.keypoints import POINTS, aggregate_points, seed_points
+from convergence.analysis.keypoints import (
+    POINTS,
+    aggregate_points,
+    indicative_rule,
+    measured_against,
+    seed_points,
+)
 from convergence.analysis.rates import compute_rates, limits_table
 from convergence.config.schema import AnalysisConfig, Config
 from convergence.core.allocator import keep_freed_memory
@@ -85,9 +90,9 @@ def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
         dist, notes = compute_distances(a, store, cells, samples, model, progress=show)
         dist = T.write(out_dir, "distances", dist)
     with phase("key points", show):
-        lower = M.get_metric(a.metric).lower_is_better
+        notes += indicative_rule(a, measured_against(dist, a.reference))[2]
         seeds = T.write(out_dir, "keypoints_seed", with_adaptive_points(
-            store.root, seed_points(a, dist, cells, lower)))
+            store.root, seed_points(a, dist, cells)))
         kp = T.write(out_dir, "keypoints", search_column(aggregate_points(a, seeds, cells),
                                                              seeds))
     with phase("rates and limits", show):
@@ -103,14 +108,13 @@ def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
     if lim is not None:
         out["limits"] = lim
     if model is not None:
-        with phase("coherence calibration", show):
+        with phase("key points against the ground truth", show):
             cal = T.write(out_dir, "calibration", calibration_table(a, model, dist, samples,
                                                                        cells))
         out["calibration"] = cal
-        c = cal.iloc[0]
-        notes.append(f"coherence calibration (configured thresholds vs ground truth): TP={c.tp} "
-                     f"FP={c.fp} FN={c.fn} TN={c.tn} precision={c.precision:.3f} "
-                     f"recall={c.recall:.3f}")
+        notes.append("key points against the analytic model's ground truth (this study's "
+                     "cells; balanced accuracy): " + ", ".join(
+                         f"{c.point} {c.balanced_accuracy:.3f}" for c in cal.itertuples()))
     _print_summary(a, store, kp, claims, notes, sorted(out))
     return out
 
@@ -122,8 +126,9 @@ def _print_summary(a: AnalysisConfig, store: Store, kp: pd.DataFrame, claims: pd
     t = kp[(kp.topic == "all") & kp.point.isin(POINTS)].set_index(
         ["sampler", "schedule", "cfg", "point"]).steps.unstack().reindex(columns=list(POINTS))
     t["convergence"] = kp[kp.topic == "all"].groupby(["sampler", "schedule", "cfg"]).status.first()
-    print(f"key points (median steps over seeds and topics; {a.metric} vs {a.reference}; "
-          f"indicative<={a.indicative}, converged<={a.converged}):")
+    rule = kp[kp.topic == "all"].drop_duplicates("point").set_index("point").threshold
+    print(f"key points (median steps over seeds and topics, against the {a.reference} "
+          "reference; " + "; ".join(f"{p}: {rule.get(p, '')}" for p in POINTS) + "):")
     print(t.to_string())
     print("guide's claims (and the harness's own):")
     for r in claims.itertuples():

@@ -15,6 +15,7 @@ sparse sweep's (:func:`with_adaptive_points`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,17 @@ from scipy.optimize import brentq
 
 from convergence.analysis import metrics as M
 from convergence.analysis import tables as T
-from convergence.analysis.distances import noise_estimate
-from convergence.analysis.keypoints import POINTS, curve_points, earliest_from_which
-from convergence.analysis.pictures import load_pictures
+from convergence.analysis.distances import clipped_fraction, noise_levels
+from convergence.analysis.keypoints import (
+    POINTS,
+    CurveMeasures,
+    coherent_holds,
+    curve_points,
+    earliest_from_which,
+    indicative_rule,
+    point_metrics,
+)
+from convergence.analysis.pictures import load_pictures, picture_range, unit_images
 from convergence.analysis.tables import GROUP
 from convergence.config.schema import AnalysisConfig
 from convergence.core.store import Store
@@ -36,45 +45,60 @@ class KeyPointJudge:
     """The analysis' side of the search (a :class:`convergence.run.adaptive.Judge`)."""
 
     def __init__(self, a: AnalysisConfig):
-        self.a = a
+        self.rule = PointRule.of(a)
 
     def measure(self, curve: Curve, new: set[int], store: Store) -> None:
-        _measure(curve, new, store, self.a)
+        _measure(curve, new, store, self.rule)
 
     def next_probes(self, curve: Curve) -> tuple[set[int], dict[str, tuple]]:
-        return next_probes(curve, self.a)
+        return next_probes(curve, self.rule)
 
     def write(self, store: Store, curves: list[Curve], found: list[dict[str, tuple]]) -> None:
-        T.write(store.root, "keypoints_adaptive", points_table(curves, found, store, self.a))
+        T.write(store.root, "keypoints_adaptive", points_table(curves, found, store, self.rule))
 
 
-def holds(curve: Curve, point: str, s: int, a: AnalysisConfig, change: float | None = None) -> bool:
+@dataclass(frozen=True)
+class PointRule:
+    """The analysis settings and the indicative metric in use (LPIPS, or its fallback where
+    its weights are not cached), decided once per search."""
+
+    a: AnalysisConfig
+    indicative_metric: str
+    indicative_max: float
+
+    @classmethod
+    def of(cls, a: AnalysisConfig) -> PointRule:
+        usable, _ = M.available([a.indicative_metric])
+        metric, threshold, _ = indicative_rule(a, set(usable))
+        return cls(a, metric, threshold)
+
+
+def holds(curve: Curve, point: str, s: int, rule: PointRule, change: float | None = None) -> bool:
     """Whether ``point``'s condition holds at step count ``s``, decided by the analysis'
     own definitions; ``change`` overrides the measured change to ``s + 1``."""
     ch = curve.change.get(s, math.nan) if change is None else change
-    p = curve_points([s], [curve.distance[s]], [ch], [curve.noise[s]],
-                     indicative=a.indicative, converged=a.converged,
-                     coherent_noise=a.coherent_noise, coherent_change=a.coherent_change,
-                     nonconvergence_change=a.nonconvergence_change,
-                     lower_is_better=M.get_metric(a.metric).lower_is_better)
-    return p[point] == s
+    m = CurveMeasures([s], np.array([curve.distance[s]]), np.array([curve.converged_distance[s]]),
+                      np.array([ch]), np.array([curve.noise[s]]), np.array([curve.clipped[s]]))
+    top_coherent = bool(coherent_holds(rule.a, [curve.noise[curve.top]],
+                                       [curve.clipped[curve.top]])[0])
+    return curve_points(m, rule.a, rule.indicative_max, reference_coherent=top_coherent)[point] == s
 
 
-def _holds_maybe(curve: Curve, point: str, s: int, a: AnalysisConfig) -> bool:
+def _holds_maybe(curve: Curve, point: str, s: int, rule: PointRule) -> bool:
     """Optimistic where the change to ``s + 1`` is not measured yet (it might still pass)."""
     if s in curve.change:
-        return holds(curve, point, s, a)
-    return holds(curve, point, s, a, change=0.0)
+        return holds(curve, point, s, rule)
+    return holds(curve, point, s, rule, change=0.0)
 
 
-def next_probes(curve: Curve, a: AnalysisConfig) -> tuple[set[int], dict[str, tuple]]:
+def next_probes(curve: Curve, rule: PointRule) -> tuple[set[int], dict[str, tuple]]:
     """Step counts this curve needs next, and per point ``(steps or None, known_to)``:
     ``known_to`` is the width of the bracket the point lies in (1 = exact to one step)."""
     probed = curve.probed
     needs: set[int] = set()
     found: dict[str, tuple] = {}
     for point in POINTS:
-        e = earliest_from_which(probed, [_holds_maybe(curve, point, s, a) for s in probed])
+        e = earliest_from_which(probed, [_holds_maybe(curve, point, s, rule) for s in probed])
         if e is None:  # fails at the largest probe: not reached, if that is the top
             last = probed[-1] if probed else curve.top
             if last < curve.top - 1:
@@ -84,32 +108,30 @@ def next_probes(curve: Curve, a: AnalysisConfig) -> tuple[set[int], dict[str, tu
         lower = [s for s in probed if s < e]
         width = e - lower[-1] if lower else 0
         if width > 1:
-            needs.add(_split(curve, point, lower[-1], e, a))
-        elif e not in curve.change and (holds(curve, point, e, a, change=0.0)
-                                        != holds(curve, point, e, a, change=math.inf)):
+            needs.add(_split(curve, point, lower[-1], e, rule))
+        elif e not in curve.change and (holds(curve, point, e, rule, change=0.0)
+                                        != holds(curve, point, e, rule, change=math.inf)):
             needs.add(e + 1)  # the change to e + 1 decides this point
         found[point] = (e, width)
     return needs - set(curve.distance), found
 
 
-#: the distance threshold whose crossing locates each point (probe placement only: whether
-#: a point's condition holds is always decided by the analysis' curve_points)
-_CROSSING = {"indicative": "indicative", "converged": "converged"}
-
-
-def _split(curve: Curve, point: str, lo: int, hi: int, a: AnalysisConfig) -> int:
+def _split(curve: Curve, point: str, lo: int, hi: int, rule: PointRule) -> int:
     """The probe that splits the bracket (lo fails, hi holds). Where the point is a distance
-    threshold, the crossing is predicted from the bracket's two distances with the model
-    d(s) = c * (s^-r - top^-r) (a power-law approach to a limit, measured against the curve's
-    own top step count); bisection otherwise, and whenever the previous guess left more
-    than half of its bracket, so the search never stalls."""
+    threshold (indicative, converged), the crossing is predicted from the bracket's two
+    distances with the model d(s) = c * (s^-r - top^-r) (a power-law approach to a limit,
+    measured against the curve's own top step count); bisection otherwise, and whenever the
+    previous guess left more than half of its bracket, so the search never stalls. Probe
+    placement only: whether a point holds is always decided by :func:`curve_points`."""
     mid = (lo + hi) // 2
-    key = _CROSSING.get(point)
+    crossing = {"indicative": (curve.distance, rule.indicative_max),
+                "converged": (curve.converged_distance, rule.a.converged)}.get(point)
     last = curve.brackets.get(point)
     curve.brackets[point] = hi - lo
-    if key is None or (last is not None and 2 * (hi - lo) > last):
+    if crossing is None or (last is not None and 2 * (hi - lo) > last):
         return mid
-    guess = _crossing(lo, hi, curve.top, curve.distance[lo], curve.distance[hi], getattr(a, key))
+    d, threshold = crossing
+    guess = _crossing(lo, hi, curve.top, d[lo], d[hi], threshold)
     return mid if guess is None else min(max(guess, lo + 1), hi - 1)
 
 
@@ -130,31 +152,45 @@ def _crossing(lo: int, hi: int, top: int, d_lo: float, d_hi: float, thr: float) 
     return math.ceil((thr / c + top ** -r) ** (-1 / r))
 
 
-def _measure(curve: Curve, new: set[int], store: Store, a: AnalysisConfig) -> None:
-    """Distance, noise and change to ``s + 1`` of the newly run step counts, measured on
-    each cell's picture as the analysis measures it (analysis/pictures.py)."""
+def _measure(curve: Curve, new: set[int], store: Store, rule: PointRule) -> None:
+    """The key points' measures of the newly run step counts (their distances to the
+    reference, noise, clipped fraction, and change to ``s + 1``), on each cell's picture as
+    the analysis measures it (analysis/pictures.py)."""
     rows = store.load().set_index("hash", drop=False)
     for s in new:
         h = curve.cell(s).hash
-        curve.samples[s] = load_pictures(store, rows.loc[[h]],
-                                         store.load_sample(h).astype(np.float64)[None])[0]
+        row = rows.loc[[h]]
+        shown = load_pictures(store, row, store.load_sample(h).astype(np.float64)[None])[0]
+        lo, hi = picture_range(row)
+        curve.samples[s] = (shown, unit_images(shown, lo, hi))
+        curve.noise[s] = float(noise_levels(shown, lo, hi)[0])
+        curve.clipped[s] = float(clipped_fraction(shown, lo, hi)[0])
     ref = curve.samples[curve.top]
     for s in sorted(new):
-        x = curve.samples[s]
-        curve.distance[s] = math.nan if s == curve.top else float(M.compute(a.metric, x, ref)[0])
-        curve.noise[s] = float(noise_estimate(x)[0])
+        at_top = s == curve.top
+        curve.distance[s] = math.nan if at_top else _between(rule.indicative_metric,
+                                                              curve.samples[s], ref)
+        curve.converged_distance[s] = math.nan if at_top else _between(rule.a.converged_metric,
+                                                                        curve.samples[s], ref)
     for s in curve.samples:
         if s + 1 in curve.samples and s not in curve.change:
-            curve.change[s] = float(M.compute(a.metric, curve.samples[s],
-                                              curve.samples[s + 1])[0])
+            curve.change[s] = _between(rule.a.converged_metric, curve.samples[s],
+                                       curve.samples[s + 1])
+
+
+def _between(metric: str, x: tuple[np.ndarray, np.ndarray], y: tuple[np.ndarray, np.ndarray]) -> float:
+    """``metric`` between two (picture, unit image) pairs, on the form its space takes."""
+    k = 1 if M.get_metric(metric).space == "image" else 0
+    return float(M.compute(metric, x[k], y[k])[0])
 
 
 def points_table(curves: list[Curve], found: list[dict[str, tuple]], store: Store,
-                 a: AnalysisConfig) -> pd.DataFrame:
+                 rule: PointRule) -> pd.DataFrame:
     """One row per curve and key point: the analysis' per-seed columns (keypoints_seed)
     that a sparse search defines, plus ``search``, ``known_to`` (bracket width in steps:
     1 = exact, 0 = the lowest step count), the curve's probes and their NFE."""
     stored = store.load().set_index("hash")
+    names = point_metrics(rule.a, rule.indicative_metric)
     rows = []
     for curve, points in zip(curves, found, strict=True):
         steps = sorted(curve.distance)
@@ -162,7 +198,7 @@ def points_table(curves: list[Curve], found: list[dict[str, tuple]], store: Stor
         base = {k: getattr(curve.template, k) for k in GROUP}
         for point in POINTS:
             s, width = points.get(point, (None, 0))
-            rows.append({**base, "metric": a.metric, "reference": "highest", "point": point,
+            rows.append({**base, "metric": names[point], "reference": "highest", "point": point,
                          "steps": s, "nfe": cells.nfe.get(s, math.nan) if s else math.nan,
                          "seconds": cells.seconds.get(s, math.nan) if s else math.nan,
                          "search": "adaptive", "known_to": width, "probes": len(steps),

@@ -1,4 +1,12 @@
-"""Calibration of the coherence heuristic against the analytic model's ground truth."""
+"""The key points' measures against the analytic model's ground truth (docs/analysis.md
+"Definitions"): what each deployable condition gets right, cell by cell.
+
+Ground truth uses what only the analytic model knows (its mixture components and the exact
+limit of the sampler's ODE); the deployable conditions see only pictures. The thresholds
+were chosen on a calibration split and scored on held-out seeds and prompts by
+benchmarks/keypoint_truth.py, which uses these same functions; ``calibration.csv`` scores
+the configured thresholds on the study at hand.
+"""
 
 from __future__ import annotations
 
@@ -8,54 +16,97 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convergence.analysis.keypoints import forward_changes
-from convergence.analysis.tables import GROUP
+from convergence.analysis.keypoints import (
+    POINTS,
+    coherent_holds,
+    indicative_rule,
+    measured_against,
+    thresholds,
+)
+from convergence.analysis.references import pairs
 from convergence.config.schema import AnalysisConfig
 
-#: change bounds tried besides the configured one (metric units: rel_rmse by default)
-CHANGE_GRID = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
-#: noise bounds tried besides the configured one and the deciles of the study's estimates
-NOISE_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+#: ground truth of "converged": within one 8-bit level of the exact limit's picture in all
+#: but this fraction of pixels (the "visible" metric against exact-denoised)
+TRUTH_VISIBLE = 0.01
+
+TRUTHS = {
+    "indicative": "same mixture component (picture) as the reference at sigma_min",
+    "coherent": "typical set of a component: Mahalanobis/d <= truth_mahalanobis and one "
+                "component >= truth_responsibility of the posterior",
+    "converged": f"visible (> 1 level) pixels to the exact limit <= {TRUTH_VISIBLE:g} "
+                 "(deterministic samplers)",
+}
 
 
-def ground_truth(a: AnalysisConfig, model, samples: np.ndarray, cells: pd.DataFrame) -> np.ndarray:
-    """coherent = Mahalanobis/d to the nearest component <= truth_mahalanobis (near a mode,
-    no residual noise) AND one picture holds >= truth_responsibility of the posterior at the
-    model's sigma_min (not a blend of two pictures)."""
+def _values(dist: pd.DataFrame, metric: str, reference: str, hashes: pd.Series) -> np.ndarray:
+    d = dist[(dist.metric == metric) & (dist.reference == reference)].set_index("hash").value
+    return d.reindex(hashes).to_numpy(np.float64)
+
+
+def cell_truths(a: AnalysisConfig, model, dist: pd.DataFrame, samples: np.ndarray,
+                cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell (rows of ``cells``), each point's ground truth: True/False, NaN where it is
+    not defined (the reference cell itself for indicative and converged; stochastic and
+    diffusers-scheduler samplers for converged, which have no exact pathwise limit)."""
     x = torch.from_numpy(samples).to(torch.float64)
-    mahal = model.mahalanobis_per_dim(x)[0].numpy()
     uncond = model.encode_prompts(list(cells.prompt), list(cells.topic)).uncond
-    resp = model.responsibilities(x, model.sigma_min, uncond).max(1).values.numpy()
-    return (mahal <= a.truth_mahalanobis) & (resp >= a.truth_responsibility)
+    resp = model.responsibilities(x, model.sigma_min, uncond)
+    component = resp.argmax(1).numpy()
+    mahal = model.mahalanobis_per_dim(x)[0].numpy()
+    indicative = np.full(len(cells), np.nan)
+    for i, j in pairs(cells, a.reference):
+        if i != j:
+            indicative[i] = float(component[i] == component[j])
+    coherent = ((mahal <= a.truth_mahalanobis)
+                & (resp.max(1).values.numpy() >= a.truth_responsibility)).astype(np.float64)
+    to_limit = _values(dist, a.converged_metric, "exact-denoised", cells.hash)
+    deterministic = ~cells.stochastic.to_numpy(bool) & (cells.family != "diffusers").to_numpy()
+    converged = np.where(deterministic & ~np.isnan(to_limit) & ~np.isnan(indicative),
+                         (to_limit <= TRUTH_VISIBLE).astype(np.float64), np.nan)
+    return pd.DataFrame({"hash": cells.hash.to_numpy(), "indicative": indicative,
+                         "coherent": coherent, "converged": converged})
+
+
+def cell_conditions(a: AnalysisConfig, dist: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, each point's deployable condition as the key points use it (before "from
+    which step on"): True/False, NaN at the reference cell for the two that need one."""
+    metric, ind_max, _ = indicative_rule(a, measured_against(dist, a.reference))
+    ind = _values(dist, metric, a.reference, cells.hash)
+    conv = _values(dist, a.converged_metric, a.reference, cells.hash)
+    coh = coherent_holds(a, _values(dist, "noise", "self", cells.hash),
+                         _values(dist, "clipped", "self", cells.hash))
+    has = ~np.isnan(ind)
+    return pd.DataFrame({"hash": cells.hash.to_numpy(),
+                         "indicative": np.where(has, ind <= ind_max, np.nan),
+                         "coherent": coh.astype(np.float64),
+                         "converged": np.where(has, conv <= a.converged, np.nan)})
+
+
+def score(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Confusion counts, balanced accuracy (mean of recall and specificity: robust to the
+    classes' imbalance), precision and recall of boolean predictions."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    tp, fp = int((pred & truth).sum()), int((pred & ~truth).sum())
+    fn, tn = int((~pred & truth).sum()), int((~pred & ~truth).sum())
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    specificity = tn / (tn + fp) if tn + fp else math.nan
+    return {"n": len(pred), "positives": tp + fn, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "balanced_accuracy": (recall + specificity) / 2,
+            "precision": tp / (tp + fp) if tp + fp else math.nan, "recall": recall}
 
 
 def calibration_table(a: AnalysisConfig, model, dist: pd.DataFrame, samples: np.ndarray,
                       cells: pd.DataFrame) -> pd.DataFrame:
-    """The coherence heuristic (noise and change, no reference) against the ground truth over
-    every cell of the study; the configured thresholds first (``configured``), then a grid."""
-    truth = ground_truth(a, model, samples, cells)
-    d = dist[dist.metric == a.metric]
-    nxt = d[d.reference == "next"].set_index("hash").value
-    noise = dist[dist.metric == "noise"].set_index("hash").value.reindex(cells.hash).to_numpy()
-    change = np.full(len(cells), math.nan)
-    for _, g in cells.groupby(GROUP):
-        g = g.sort_values("steps")
-        change[list(g.index)] = forward_changes(list(g.steps), [nxt.get(h, math.nan) for h in g.hash])
+    """The configured conditions against the ground truth on this study's cells, one row per
+    point (where both are defined)."""
+    truth = cell_truths(a, model, dist, samples, cells)
+    cond = cell_conditions(a, dist, cells)
+    metric, ind_max, _ = indicative_rule(a, measured_against(dist, a.reference))
+    rule = thresholds(a, metric, ind_max)
     rows = []
-    grid = sorted({a.coherent_noise, *NOISE_GRID, *np.round(np.quantile(noise, np.linspace(0.05, 0.95, 10)), 4)})
-    for tn in grid:
-        for tc in sorted({a.coherent_change, *CHANGE_GRID}):
-            pred = (noise <= tn) & (change <= tc)
-            tp, fp = int((pred & truth).sum()), int((pred & ~truth).sum())
-            fn, tnn = int((~pred & truth).sum()), int((~pred & ~truth).sum())
-            rows.append({"coherent_noise": tn, "coherent_change": tc,
-                         "truth_mahalanobis": a.truth_mahalanobis,
-                         "truth_responsibility": a.truth_responsibility, "tp": tp, "fp": fp,
-                         "fn": fn, "tn": tnn, "accuracy": (tp + tnn) / len(cells),
-                         "precision": tp / (tp + fp) if tp + fp else math.nan,
-                         "recall": tp / (tp + fn) if tp + fn else math.nan,
-                         # mean of recall and specificity: robust to the class imbalance
-                         "balanced_accuracy": (tp / max(tp + fn, 1) + tnn / max(tnn + fp, 1)) / 2,
-                         "configured": tn == a.coherent_noise and tc == a.coherent_change})
-    out = pd.DataFrame(rows)
-    return pd.concat([out[out.configured], out[~out.configured]], ignore_index=True)
+    for point in POINTS:
+        ok = truth[point].notna().to_numpy() & cond[point].notna().to_numpy()
+        rows.append({"point": point, "condition": rule[point], "truth": TRUTHS[point],
+                     **score(cond[point].to_numpy()[ok] == 1, truth[point].to_numpy()[ok] == 1)})
+    return pd.DataFrame(rows)

@@ -1,5 +1,7 @@
-"""Distances: one row per cell x metric x reference, plus each cell's residual-noise
-estimate (metric ``noise``, reference ``self``), written to distances.parquet.
+"""Distances: one row per cell x metric x reference, plus each cell's reference-free
+measures (reference ``self``: ``noise``, its residual noise in 8-bit levels, and
+``clipped``, the fraction of its values at the display range's ends), written to
+distances.parquet.
 
 Model-space metrics are measured on what is displayed: each cell's picture as floats
 (:mod:`convergence.analysis.pictures`: the analytic model's sample clipped to its display
@@ -32,10 +34,15 @@ META = [c for c, _ in T.SCHEMAS["distances"][:11]]
 CHUNK_BYTES = 256 * 2**20
 
 
+def chunk_rows(x: np.ndarray) -> int:
+    """Pictures of ``x`` per chunk: at most :data:`CHUNK_BYTES` of them in float64."""
+    return max(1, CHUNK_BYTES // (8 * max(1, x[0].size)))
+
+
 def in_chunks(fn, x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """``fn(x[i], x[j])`` (one value per pair) over chunks of pairs of at most
     :data:`CHUNK_BYTES`; the analytic model's 64x64 study needs one or two chunks."""
-    size = max(1, CHUNK_BYTES // (8 * max(1, x[0].size)))
+    size = chunk_rows(x)
     if len(i) == 0:
         return np.zeros(0)
     return np.concatenate([fn(x[i[k:k + size]], x[j[k:k + size]])
@@ -44,8 +51,8 @@ def in_chunks(fn, x: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
 
 def noise_estimate(x: np.ndarray) -> np.ndarray:
     """Residual-noise std per image (Immerkaer 1996: |Laplacian-difference| mean), batched,
-    divided by the image's own std, so it does not change with brightness or contrast.
-    Needs no reference: it is what makes coherence independent of the final image.
+    in the picture's own units. Needs no reference: it is what makes coherence independent
+    of the final image.
 
     Immerkaer's 3x3 mask [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] is the outer product of
     [1, -2, 1] with itself: two second differences of shifted slices. On the default study's
@@ -54,8 +61,28 @@ def noise_estimate(x: np.ndarray) -> np.ndarray:
     b = t.shape[0]
     rows = t[..., :-2, :] - 2 * t[..., 1:-1, :] + t[..., 2:, :]
     r = (rows[..., :-2] - 2 * rows[..., 1:-1] + rows[..., 2:]).abs().reshape(b, -1).mean(1)
-    scale = t.reshape(b, -1).std(1, correction=0).clamp_min(1e-12)
-    return M.host(r * math.sqrt(math.pi / 2) / 6 / scale)
+    return M.host(r * math.sqrt(math.pi / 2) / 6)
+
+
+def noise_levels(shown: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Residual noise of each picture (display units, (B, C, H, W)) in 8-bit levels of its
+    display range [lo, hi]: an absolute scale, so a clean low-contrast picture (a misty
+    valley) does not read as noisy, as it did relative to its own std."""
+    return noise_estimate(shown) * 255 / (np.asarray(hi, np.float64) - np.asarray(lo, np.float64))
+
+
+def clipped_fraction(shown: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Fraction of each picture's values at an end of its display range: a sample pushed far
+    off the data (a diverging or over-guided step) saturates, a clean one rarely does."""
+    shape = (-1,) + (1,) * (np.ndim(shown) - 1)
+    at_end = ((shown <= np.asarray(lo, shown.dtype).reshape(shape))
+              | (shown >= np.asarray(hi, shown.dtype).reshape(shape)))
+    return at_end.reshape(len(shown), -1).mean(1)
+
+
+def keypoint_metrics(a: AnalysisConfig) -> list[str]:
+    """The metrics the key points are measured with (always computed)."""
+    return [a.indicative_metric, a.indicative_fallback_metric, a.converged_metric]
 
 
 def analysis_device(setting: str, cells: pd.DataFrame) -> tuple[torch.device, list[str]]:
@@ -88,7 +115,7 @@ def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samp
 
 def _distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np.ndarray,
                model, progress: bool) -> tuple[pd.DataFrame, list[str]]:
-    names, notes = M.available(list(dict.fromkeys([a.metric, *a.metrics])))
+    names, notes = M.available(list(dict.fromkeys([a.metric, *keypoint_metrics(a), *a.metrics])))
     shown, more = load_pictures(store, cells, samples)
     notes += more
     floats = set(a.rate_metrics)
@@ -117,7 +144,7 @@ def _distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np
         i, j = np.array(pp).T
         for n in names:
             spec = M.get_metric(n)
-            if spec.space == "image" and (ref not in a.image_references or ref == "next"):
+            if spec.space == "image" and not _image_pair(a, n, ref):
                 continue
             x = (samples if n in floats else shown) if spec.space == "sample" else images
             emit(i, ref, n, in_chunks(lambda u, v, n=n: M.compute(n, u, v), x, i, j),
@@ -128,9 +155,27 @@ def _distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np
         else:
             _exact(a, store, cells, samples, images, model, names, notes, emit, progress)
     every = np.arange(len(cells))
-    emit(every, "self", "noise", in_chunks(lambda u, _: noise_estimate(u), shown, every, every),
-         [""] * len(cells))
+    lo, hi = picture_range(cells)
+    size = chunk_rows(shown)
+    for name, fn in (("noise", noise_levels), ("clipped", clipped_fraction)):
+        # in chunks, with each picture's own range: 512x512 float64 pictures are 6 MB each
+        emit(every, "self", name, np.concatenate(
+            [fn(shown[k:k + size], lo[k:k + size], hi[k:k + size])
+             for k in range(0, len(cells), size)]), [""] * len(cells))
     return pd.concat(out, ignore_index=True), notes
+
+
+def _image_pair(a: AnalysisConfig, metric: str, reference: str) -> bool:
+    """Whether an image metric is computed against ``reference``: the image references
+    (FLIP costs ~30 ms a pair on a CPU), and the key points' own metrics against what the
+    key points need (their reference; the converged metric also against the next step
+    count, the key points' "change", and the exact limits, its ground truth)."""
+    if reference == "next":
+        return metric == a.converged_metric
+    if metric in keypoint_metrics(a):
+        return reference in (a.reference, *a.image_references) or (
+            metric == a.converged_metric and reference in EXACT_LIMITS)
+    return reference in a.image_references
 
 
 def _exact(a, store, cells, samples, images, model, names, notes, emit, progress) -> None:
@@ -156,7 +201,7 @@ def _exact(a, store, cells, samples, images, model, names, notes, emit, progress
                 c = cells.iloc[at]
                 emit(at, name, n, M.compute(n, displayed(samples[at], c), displayed(ref, c)),
                      [""] * len(at))
-            elif name in a.image_references:
+            elif _image_pair(a, n, name):
                 c = cells.iloc[at]
                 img = unit_images(displayed(ref, c), *picture_range(c))
                 emit(at, name, n, M.compute(n, images[at], img), [""] * len(at))

@@ -2,14 +2,18 @@
 
 Every point is "the earliest swept step count FROM WHICH a condition holds at every larger
 swept step count": a curve that dips under a threshold and comes back up later has not
-reached the point at the dip. Pure functions on arrays, so they are tested on synthetic
-curves.
+reached the point at the dip. Each point has its own measure (docs/analysis.md
+"Definitions"): indicative a perceptual distance to the reference (LPIPS), coherent the
+picture's own residual noise and saturation (no reference), converged the fraction of
+pixels visibly (more than one 8-bit level) away from the reference. Pure functions on
+arrays, so they are tested on synthetic curves.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -58,54 +62,68 @@ def tail_ratio(steps: Sequence[int], changes: Sequence[float]) -> float:
     return float(hi / lo)
 
 
-def curve_points(steps: Sequence[int], distance: Sequence[float], change: Sequence[float],
-                 noise: Sequence[float], *, indicative: float, converged: float,
-                 coherent_noise: float, coherent_change: float,
-                 nonconvergence_change: float, baseline_change: float | None = None,
-                 lower_is_better: bool = True) -> dict:
-    """Key points of one curve (one prompt, seed, sampler, schedule, CFG scale).
+@dataclass(frozen=True)
+class CurveMeasures:
+    """One curve's measures, one value per swept step count (in the order of ``steps``)."""
 
-    ``distance``: to the reference (NaN where the cell IS the reference: it is no evidence);
-    ``change``: to the next swept step count (the last point repeats the previous change);
-    ``noise``: residual-noise estimate of each image.
+    steps: list[int]
+    #: the indicative metric to the reference (NaN where the cell IS the reference)
+    indicative: np.ndarray
+    #: the converged metric to the reference (NaN there too)
+    converged: np.ndarray
+    #: the converged metric to the next swept step count (:func:`forward_changes`)
+    change: np.ndarray
+    #: residual noise in 8-bit levels, and the fraction of clipped values (no reference)
+    noise: np.ndarray
+    clipped: np.ndarray
 
-    The conditions are nested, so the points are ordered by construction (converged =>
-    coherent => indicative for every cell, hence indicative <= coherent <= converged):
-    - indicative: distance <= ``indicative``;
-    - coherent: indicative AND noise <= ``coherent_noise`` AND change <= ``coherent_change``
-      (close to the final picture, no residual noise, stable between step counts);
-    - converged: coherent AND distance <= ``converged``.
-    ``coherent_heuristic`` is the noise-and-stability condition alone (no reference), the
-    quantity calibrated against the analytic model's ground truth.
+
+def coherent_holds(a: AnalysisConfig, noise: Sequence[float], clipped: Sequence[float]) -> np.ndarray:
+    """The reference-free coherence condition: little residual noise, little saturation."""
+    return below(noise, a.coherent_noise) & below(clipped, a.coherent_clipped)
+
+
+def curve_points(m: CurveMeasures, a: AnalysisConfig, indicative_max: float,
+                 reference_coherent: bool | None = None,
+                 baseline_change: float | None = None) -> dict:
+    """Key points of one curve (one prompt, seed, sampler, schedule, CFG scale), each by its
+    own definition (docs/analysis.md "Definitions"):
+
+    - indicative: the indicative metric (LPIPS) to the reference at most ``indicative_max``;
+    - coherent: :func:`coherent_holds`, whatever the reference (the reference cell counts);
+    - converged: the converged metric (pixels visibly changed) to the reference at most
+      ``a.converged``, and indicative, and coherent where the reference is
+      (``reference_coherent``; None: as measured at the curve's largest step count): only
+      the nesting that follows from the definitions; indicative and coherent are independent.
 
     ``does_not_converge`` is true when neither the converged point nor settling between
-    neighbours (change <= ``converged``) is reached AND the change between the two largest
+    neighbours (change <= ``a.converged``) is reached AND the change between the two largest
     step counts is still large: larger than ``baseline_change`` (the largest change of the
     deterministic samplers between the same two step counts on the same prompt/seed/cfg,
-    :func:`deterministic_baseline`; never below ``converged``) or, without one, at least
-    ``nonconvergence_change``. ODE solvers converge pathwise, so their late change is what
+    :func:`deterministic_baseline`; never below ``a.converged``) or, without one, at least
+    ``a.nonconvergence_change``. ODE solvers converge pathwise, so their late change is what
     convergence looks like on this picture at these step counts.
     """
-    steps = list(steps)
-    d = np.asarray(distance, dtype=np.float64)
-    has = ~np.isnan(d)
-    s_ref = [s for s, h in zip(steps, has, strict=False) if h]
-    heur = below(noise, coherent_noise) & below(change, coherent_change)
-    ind_ok = below(d, indicative, lower_is_better)
-    coh_ok = ind_ok & heur
-    conv_ok = coh_ok & below(d, converged, lower_is_better)
-    ind, coh, conv = (earliest_from_which(s_ref, ok[has]) for ok in (ind_ok, coh_ok, conv_ok))
-    settled = earliest_from_which(steps, below(change, converged))
-    ratio = tail_ratio(steps, change)
+    steps = list(m.steps)
+    has = ~np.isnan(np.asarray(m.indicative, dtype=np.float64))
+    s_ref = [s for s, h in zip(steps, has, strict=True) if h]
+    ind_ok = below(m.indicative, indicative_max)
+    coh_ok = coherent_holds(a, m.noise, m.clipped)
     order = np.argsort(np.asarray(steps))
-    last = np.asarray(change, dtype=np.float64)[order][-1] if len(steps) else math.nan
+    if reference_coherent is None:
+        reference_coherent = bool(coh_ok[order[-1]]) if len(steps) else False
+    conv_ok = below(m.converged, a.converged) & ind_ok & (coh_ok | (not reference_coherent))
+    ind, conv = (earliest_from_which(s_ref, ok[has]) for ok in (ind_ok, conv_ok))
+    coh = earliest_from_which(steps, coh_ok)
+    settled = earliest_from_which(steps, below(m.change, a.converged))
+    ratio = tail_ratio(steps, m.change)
+    last = np.asarray(m.change, dtype=np.float64)[order][-1] if len(steps) else math.nan
     if baseline_change is None or math.isnan(baseline_change):
-        moving = bool(last >= nonconvergence_change)
+        moving = bool(last >= a.nonconvergence_change)
     else:  # strictly more than every ODE solver (a deterministic sampler never beats itself)
-        moving = bool(last > max(float(baseline_change), converged))
+        moving = bool(last > max(float(baseline_change), a.converged))
     never = conv is None and settled is None and moving
     return {"indicative": ind, "coherent": coh, "converged": conv,
-            "coherent_heuristic": earliest_from_which(steps, heur),
             "does_not_converge": bool(never), "settled": conv is not None or settled is not None,
             "top_change": float(last), "tail_ratio": ratio}
 
@@ -161,14 +179,49 @@ def _curve_changes(cells: pd.DataFrame, to_next: pd.Series) -> dict[tuple, tuple
     return out
 
 
-def seed_points(a: AnalysisConfig, dist: pd.DataFrame, cells: pd.DataFrame,
-                lower_is_better: bool = True) -> pd.DataFrame:
+def indicative_rule(a: AnalysisConfig, metrics: set[str]) -> tuple[str, float, list[str]]:
+    """(metric, threshold, notes) of the indicative point: ``a.indicative_metric`` (LPIPS)
+    where the distances have it, else the fallback, with one note saying so."""
+    if a.indicative_metric in metrics:
+        return a.indicative_metric, a.indicative, []
+    return a.indicative_fallback_metric, a.indicative_fallback, [
+        f"indicative: no {a.indicative_metric} distances (its weights are not cached: README "
+        f"'LPIPS offline'); measured with {a.indicative_fallback_metric} <= "
+        f"{a.indicative_fallback:g} instead"]
+
+
+def measured_against(dist: pd.DataFrame, reference: str) -> set[str]:
+    """The metrics the distances table has against ``reference``."""
+    return set(dist.metric[dist.reference == reference].unique())
+
+
+def point_metrics(a: AnalysisConfig, indicative_metric: str) -> dict[str, str]:
+    """The metric column of each point's rows (keypoints_seed, keypoints)."""
+    return {"indicative": indicative_metric, "coherent": "noise+clipped",
+            "converged": a.converged_metric}
+
+
+def thresholds(a: AnalysisConfig, indicative_metric: str, indicative_max: float) -> dict[str, str]:
+    """Each point's condition as text (the keypoints table's threshold column)."""
+    coherent = f"noise<={a.coherent_noise:g} levels;clipped<={a.coherent_clipped:g}"
+    return {"indicative": f"{indicative_metric}<={indicative_max:g}", "coherent": coherent,
+            "converged": f"{a.converged_metric}<={a.converged:g};indicative;"
+                         "coherent where the reference is"}
+
+
+def seed_points(a: AnalysisConfig, dist: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """The keypoints_seed table: the key points of every curve. Non-convergence is judged
     against the deterministic samplers (cells.stochastic) of the same prompt/seed/cfg."""
-    d = dist[dist.metric == a.metric]
-    to_ref = d[d.reference == a.reference].set_index("hash").value
-    to_next = d[d.reference == "next"].set_index("hash").value
-    noise = dist[dist.metric == "noise"].set_index("hash").value
+    ind_metric, ind_max, _ = indicative_rule(a, measured_against(dist, a.reference))
+    names = point_metrics(a, ind_metric)
+
+    def values(metric: str, reference: str) -> pd.Series:
+        d = dist[(dist.metric == metric) & (dist.reference == reference)]
+        return d.set_index("hash").value
+
+    to_ref, conv_ref = values(ind_metric, a.reference), values(a.converged_metric, a.reference)
+    to_next = values(a.converged_metric, "next")
+    noise, clipped = values("noise", "self"), values("clipped", "self")
     curves = _curve_changes(cells, to_next)
     tops: dict[tuple, dict] = {}
     for k, g, ch in curves.values():
@@ -185,16 +238,15 @@ def seed_points(a: AnalysisConfig, dist: pd.DataFrame, cells: pd.DataFrame,
     rows = []
     for k, g, ch in curves.values():
         bl = base.get((k["model"], k["prompt"], k["seed"], k["cfg"], k["sampler"], k["schedule"]))
-        p = curve_points(list(g.steps), [to_ref.get(h, math.nan) for h in g.hash], ch,
-                         [noise.get(h, math.nan) for h in g.hash], indicative=a.indicative,
-                         converged=a.converged, coherent_noise=a.coherent_noise,
-                         coherent_change=a.coherent_change,
-                         nonconvergence_change=a.nonconvergence_change, baseline_change=bl,
-                         lower_is_better=lower_is_better)
+        m = CurveMeasures(list(g.steps), *(np.array([v.get(h, math.nan) for h in g.hash])
+                                           for v in (to_ref, conv_ref)), ch,
+                          *(np.array([v.get(h, math.nan) for h in g.hash])
+                            for v in (noise, clipped)))
+        p = curve_points(m, a, ind_max, baseline_change=bl)
         by_steps = g.set_index("steps")
         for point in POINTS:
             s = p[point]
-            rows.append({**k, "metric": a.metric, "reference": a.reference, "point": point,
+            rows.append({**k, "metric": names[point], "reference": a.reference, "point": point,
                          "steps": s, "nfe": by_steps.nfe.get(s, math.nan) if s else math.nan,
                          "seconds": by_steps.seconds.get(s, math.nan) if s else math.nan,
                          "does_not_converge": p["does_not_converge"], "settled": p["settled"],
@@ -206,12 +258,13 @@ def seed_points(a: AnalysisConfig, dist: pd.DataFrame, cells: pd.DataFrame,
 
 def aggregate_points(a: AnalysisConfig, seeds: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """The keypoints table: median and spread over seeds (and prompts) per topic x sampler x
-    schedule x cfg, and over all topics as topic "all". The median of per-seed points that
-    are ordered seed by seed is ordered too (order statistics are monotone), and snapping it
-    up to a swept step count keeps the order."""
-    thr = {"indicative": f"d<={a.indicative}",
-           "coherent": f"d<={a.indicative};noise<={a.coherent_noise};change<={a.coherent_change}",
-           "converged": f"d<={a.converged};coherent"}
+    schedule x cfg, and over all topics as topic "all". Converged comes no earlier than
+    indicative seed by seed, so also in the medians (order statistics are monotone), and
+    snapping a median up to a swept step count keeps that order."""
+    ind_metric = seeds[seeds.point == "indicative"].metric.iloc[0] if len(seeds) else a.indicative_metric
+    ind_max = a.indicative if ind_metric == a.indicative_metric else a.indicative_fallback
+    thr = thresholds(a, ind_metric, ind_max)
+    names = point_metrics(a, ind_metric)
     rows = []
     both = pd.concat([seeds, seeds.assign(topic="all")], ignore_index=True)
     for (topic, sampler, schedule, cfg_scale), g in both.groupby(
@@ -228,8 +281,7 @@ def aggregate_points(a: AnalysisConfig, seeds: pd.DataFrame, cells: pd.DataFrame
         status = ("does not converge" if n_never * 2 > len(never) else
                   "converges" if n_settled * 2 > len(never) else "undetermined")
         base = {"topic": topic, "sampler": sampler, "schedule": schedule, "cfg": cfg_scale,
-                "metric": a.metric, "reference": a.reference,
-                "converges": n_never * 2 <= len(never), "status": status, "n_settled": n_settled,
+                "reference": a.reference, "converges": n_never * 2 <= len(never), "status": status, "n_settled": n_settled,
                 "top_change": float(conv_rows.top_change.median()),
                 "baseline_change": float(conv_rows.baseline_change.median()),
                 "tail_ratio": float(conv_rows.tail_ratio.median())}
@@ -238,16 +290,16 @@ def aggregate_points(a: AnalysisConfig, seeds: pd.DataFrame, cells: pd.DataFrame
             s = agg["median"]
             if not math.isnan(s):
                 s = float(min(x for x in per_steps.index if x >= s))
-            rows.append({**base, "point": point, "steps": s,
+            rows.append({**base, "metric": names[point], "point": point, "steps": s,
                          "nfe": per_steps.nfe.get(s, math.nan),
                          "seconds": per_steps.seconds.get(s, math.nan),
                          "threshold": thr[point], "n_seeds": agg["n_seeds"],
                          "n_reached": agg["n_reached"], "steps_lo": agg["lo"],
                          "steps_hi": agg["hi"], "spread": agg["hi"] - agg["lo"]})
-        rows.append({**base, "point": "does_not_converge", "steps": math.nan, "nfe": math.nan,
-                     "seconds": math.nan,
+        rows.append({**base, "metric": a.converged_metric, "point": "does_not_converge",
+                     "steps": math.nan, "nfe": math.nan, "seconds": math.nan,
                      "threshold": "change_at_top>max(deterministic samplers' change_at_top, "
-                                  f"converged) (absolute {a.nonconvergence_change} without them)",
+                                  f"converged) ({a.nonconvergence_change:g} without them)",
                      "n_seeds": len(never), "n_reached": n_never, "steps_lo": math.nan,
                      "steps_hi": math.nan, "spread": math.nan})
     return pd.DataFrame(rows)

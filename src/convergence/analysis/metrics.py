@@ -154,6 +154,23 @@ def _gauss_valid(t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return sum(k[i] * v[..., i:i + w] for i in range(n))
 
 
+#: the just-visible difference of the "visible" metric, in 8-bit levels: a pixel whose 8-bit
+#: value moves by at most this much in every channel shows no change (docs/analysis.md)
+VISIBLE_LEVELS = 1
+
+
+@register_metric("visible", space="image",
+                 description="fraction of pixels more than one 8-bit level from the reference")
+def visible(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """The fraction of pixels whose 8-bit value (what the PNG shows) differs by more than
+    :data:`VISIBLE_LEVELS` in any channel: an absolute display scale, the same for a dark
+    low-contrast picture as for a bright one, which a distance relative to the picture's
+    own contrast is not ("converged", docs/analysis.md)."""
+    diff = np.abs(np.round(unit_image(x).astype(np.float64) * 255)
+                  - np.round(unit_image(ref).astype(np.float64) * 255)).max(-1)
+    return (diff > VISIBLE_LEVELS).reshape(len(x), -1).mean(1)
+
+
 @register_metric("ssim", space="image", lower_is_better=False,
                  description="structural similarity (Gaussian window 11, sigma 1.5)")
 def ssim(x: np.ndarray, ref: np.ndarray) -> np.ndarray:

@@ -70,11 +70,10 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
     "claims": [("claim", "str"), ("source", "str"), ("sampler", "str"), ("cfg", "float"),
                ("measurement", "str"), ("cells", "str"), ("anchor", "str"), ("value", "str"),
                ("verdict", "str"), ("details", "str")],
-    "calibration": [("coherent_noise", "float"), ("coherent_change", "float"),
-                    ("truth_mahalanobis", "float"), ("truth_responsibility", "float"),
-                    ("tp", "int"), ("fp", "int"), ("fn", "int"), ("tn", "int"),
-                    ("accuracy", "float"), ("precision", "float"), ("recall", "float"),
-                    ("balanced_accuracy", "float"), ("configured", "bool")],
+    "calibration": [("point", "str"), ("condition", "str"), ("truth", "str"), ("n", "int"),
+                    ("positives", "int"), ("tp", "int"), ("fp", "int"), ("fn", "int"),
+                    ("tn", "int"), ("balanced_accuracy", "float"), ("precision", "float"),
+                    ("recall", "float")],
     # the points search=adaptive pinned (analysis/adaptive.py): per curve and point, the
     # keypoints_seed columns a sparse search defines, the bracket width in steps (1 = exact
     # to one step, 0 = the lowest step count), the curve's probes and what they cost

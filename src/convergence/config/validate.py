@@ -213,9 +213,17 @@ def validate_analysis(a: AnalysisConfig) -> None:
         raise ConvergenceError(f"analysis.metric={a.metric!r} is also in analysis.rate_metrics: "
                                "key points are measured on the displayed (clipped) sample, "
                                "rates on the unclipped floats; use different metrics")
-    if not METRICS.get(a.metric).lower_is_better:
-        raise ConvergenceError(f"analysis.metric={a.metric!r} is a similarity (higher is better); "
-                               "key points need a distance: rel_rmse, rmse, mse or gmsd")
+    for key in ("metric", "indicative_metric", "indicative_fallback_metric", "converged_metric"):
+        name = getattr(a, key)
+        if not METRICS.get(name).lower_is_better:
+            raise ConvergenceError(f"analysis.{key}={name!r} is a similarity (higher is better); "
+                                   "key points need a distance: rel_rmse, rmse, mse, gmsd, "
+                                   "lpips or visible")
+    for key in ("indicative", "indicative_fallback", "converged", "coherent_noise",
+                "coherent_clipped", "nonconvergence_change"):
+        if not getattr(a, key) >= 0:
+            raise ConvergenceError(f"analysis.{key}={getattr(a, key)!r}: a threshold must be a "
+                                   "number >= 0")
     ref = a.reference
     if ref == "exact":
         raise ConvergenceError("analysis.reference=exact is ambiguous: use exact-denoised, "

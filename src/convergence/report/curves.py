@@ -97,7 +97,7 @@ def thresholds(study: StudyData) -> dict[str, float]:
     kp = study.keypoints
     if kp.empty or "threshold" not in kp:
         return {}
-    kp = kp[kp["metric"] == study.metric]
+    kp = kp[kp["metric"] == study.metric]  # a point measured with the plotted metric
     out = {}
     for p in POINTS:  # only numeric ones: coherence is judged on noise and change, not on d
         v = pd.to_numeric(kp.loc[kp["point"] == p, "threshold"], errors="coerce").dropna()

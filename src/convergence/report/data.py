@@ -80,7 +80,7 @@ class StudyData:
         kp = self.keypoints
         if kp.empty or "converges" not in kp:
             return set()
-        kp = kp[(kp["metric"] == self.metric) & (kp["point"] == "converged")]
+        kp = kp[kp["point"] == "converged"]
         if topic == "all" and not (kp["topic"] == "all").any():
             topic = None  # no all-topics row: never converges in any topic
         if topic is not None:

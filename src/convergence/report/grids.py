@@ -107,7 +107,7 @@ def keypoint_marks(study: StudyData, spec: GridSpec) -> dict[tuple[str, str, int
     kp = study.keypoints_seed if per_seed else study.keypoints
     if kp is None or kp.empty:
         return {}
-    kp = kp[(kp["topic"] == spec.topic) & (kp["metric"] == study.metric)]
+    kp = kp[kp["topic"] == spec.topic]
     if per_seed:
         kp = kp[(kp["prompt"] == spec.prompt) & (kp["seed"].astype(int) == spec.seed)]
     if "cfg" in kp:
@@ -122,6 +122,15 @@ def keypoint_marks(study: StudyData, spec: GridSpec) -> dict[tuple[str, str, int
     return marks
 
 
+def _point_measures(study: StudyData) -> str:
+    """Which measure decided each point ("key points by lpips (indicative), ...")."""
+    kp = study.keypoints
+    if kp.empty or "metric" not in kp:
+        return ""
+    m = kp.drop_duplicates("point").set_index("point").metric
+    return "key points by " + ", ".join(f"{m[p]} ({p})" for p in POINTS if p in m)
+
+
 def _marks_label(study: StudyData) -> str:
     per_seed = study.keypoints_seed is not None and not study.keypoints_seed.empty
     return "(this seed)" if per_seed else "(median over seeds)"
@@ -132,8 +141,7 @@ def non_converging(study: StudyData, spec: GridSpec) -> set[tuple[str, str]]:
     kp = study.keypoints
     if kp.empty or "converges" not in kp:
         return set()
-    kp = kp[(kp["topic"] == spec.topic) & (kp["metric"] == study.metric)
-            & (kp["point"] == "converged")]
+    kp = kp[(kp["topic"] == spec.topic) & (kp["point"] == "converged")]
     return {(r.sampler, r.schedule) for r in kp.itertuples()
             if str(r.converges).lower() in ("false", "0", "0.0")}
 
@@ -167,7 +175,8 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     title_lines = fit_lines(spec.prompt, width - 2 * pad, title_f, max_lines=3)
     line_h = title_f.size + pad
     sub = " · ".join([f"topic: {spec.topic}", f"seed {spec.seed}", f"cfg {spec.cfg:g}",
-                      f"key points by {study.metric}", *([part] if part else [])])
+                      *([_point_measures(study)] if _point_measures(study) else []),
+                      *([part] if part else [])])
     sub_lines = fit_lines(sub, width - 2 * pad, small_f, max_lines=2)
     head_h = pad + len(title_lines) * line_h + len(sub_lines) * (small_f.size + 3) + 2 * pad
     colhead_h = label_f.size + 2 * pad

@@ -46,13 +46,12 @@ def seconds_per_nfe(study: StudyData) -> dict[tuple[str, str], float]:
 
 
 def _kp(study: StudyData) -> pd.DataFrame:
-    """Key-point rows of the report's metric (not the 'does_not_converge' summary rows).
+    """Key-point rows (not the 'does_not_converge' summary rows).
 
     ``seconds`` becomes NFE × the sampler's measured seconds per NFE: the time of one
     step count's cells jitters on a busy machine (the analysis' median is kept as
     ``seconds_measured``), and a cost model this simple is what the guide's example uses."""
     kp = study.keypoints
-    kp = kp[kp["metric"] == study.metric] if "metric" in kp else kp
     kp = kp[kp["point"].isin(POINTS)].copy()
     spn = seconds_per_nfe(study)
     if "seconds" in kp:
@@ -230,7 +229,8 @@ def cheapest_table(study: StudyData) -> Table:
                 if len(s):
                     best = s.loc[s[by].astype(float).idxmin()]
                     row |= {f"by_{by}_sampler": best["sampler"], f"by_{by}_steps": best["steps"],
-                            f"by_{by}_nfe": best["nfe"], f"by_{by}_seconds": best["seconds"]}
+                            f"by_{by}_nfe": best["nfe"], f"by_{by}_seconds": best["seconds"],
+                            f"by_{by}_range": _seed_range(best)}
             rows.append(row)
     df = pd.DataFrame(rows)
     for c in ("by_nfe_sampler", "by_seconds_sampler"):
@@ -243,14 +243,25 @@ def cheapest_table(study: StudyData) -> Table:
             return "none reaches it"
         cost = (f"{_fmt_steps(r[f'by_{by}_nfe'])} NFE" if by == "nfe"
                 else f"{_fmt_num(r[f'by_{by}_seconds'], 2)} s")
-        return f"{s} — {cost} ({_fmt_steps(r[f'by_{by}_steps'])} steps)"
+        return f"{s} — {cost} ({_fmt_steps(r[f'by_{by}_steps'])} steps{r[f'by_{by}_range']})"
 
     shown = pd.DataFrame({"topic": df["topic"], "key point": df["point"],
                           "cheapest in NFE": [who(r, "nfe") for r in df.to_dict("records")],
                           "cheapest in seconds": [who(r, "seconds") for r in df.to_dict("records")]})
     note = ("NFE is the portable cost (seconds depend on this machine and model size); "
-            "steps are medians over seeds; seconds = NFE × the sampler's measured seconds per NFE.")
-    return Table("cheapest", "Cheapest sampler to reach each key point", df, shown, note)
+            "steps are medians over seeds, with the range over the seeds that reach the point "
+            "and how many do; seconds = NFE × the sampler's measured seconds per NFE. "
+            "Definitions: docs/analysis.md.")
+    return Table("cheapest", "Which sampler and how many steps, per topic and key point", df,
+                 shown, note)
+
+
+def _seed_range(row: pd.Series) -> str:
+    """", seeds 8-20, 14/15 reach it": the spread behind a median over seeds."""
+    if pd.isna(row.get("steps_lo", np.nan)) or pd.isna(row.get("n_seeds", np.nan)):
+        return ""
+    return (f", seeds {_fmt_steps(row['steps_lo'])}–{_fmt_steps(row['steps_hi'])}, "
+            f"{int(row['n_reached'])}/{int(row['n_seeds'])} reach it")
 
 
 def batch_workflow(study: StudyData, n: int = 100, k: int = 3) -> Table:

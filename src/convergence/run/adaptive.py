@@ -36,13 +36,16 @@ from convergence.run.runner import RunSummary, run_study
 
 @dataclass
 class Curve:
-    """What is known of one curve: per probed step count, the distance to the reference
-    (the curve's largest step count), the residual noise, and the change to ``s + 1``."""
+    """What is known of one curve: per probed step count, the indicative and converged
+    distances to the reference (the curve's largest step count), the residual noise and
+    clipped fraction, and the change to ``s + 1``."""
 
     template: Cell
     top: int
     distance: dict[int, float] = field(default_factory=dict)
+    converged_distance: dict[int, float] = field(default_factory=dict)
     noise: dict[int, float] = field(default_factory=dict)
+    clipped: dict[int, float] = field(default_factory=dict)
     change: dict[int, float] = field(default_factory=dict)
     samples: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     brackets: dict[str, int] = field(default_factory=dict)  # last bracket width per point

@@ -44,7 +44,7 @@ from convergence.analysis.rates import MIN_ORDER, asymptotic_fit, local_slopes
 from convergence.config.compose import compose_config
 from convergence.config.schema import Config
 from convergence.core.errors import ConvergenceError
-from convergence.core.registries import METRICS, SAMPLERS
+from convergence.core.registries import SAMPLERS
 from convergence.models import build_model
 from convergence.models.analytic import AnalyticModel
 from convergence.models.base import Model
@@ -230,8 +230,7 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
                else "diffusers scheduler: chooses its own timesteps")
         rows.append(Row("order", _claimed_order(spec), f"not measured ({why})", None))
     a = replace(cfg.analysis, reference=reference)
-    points = _prompt_order(cfg, seed_points(a, got.dist, got.cells,
-                                            METRICS.get(a.metric).lower_is_better))
+    points = _prompt_order(cfg, seed_points(a, got.dist, got.cells))
     for label in KEYPOINTS:
         m.keypoints[label] = [None if pd.isna(s) else int(s)
                               for s in points[points.point == label].steps]
