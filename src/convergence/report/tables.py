@@ -240,7 +240,7 @@ def cheapest_table(study: StudyData) -> Table:
     def who(r, by):
         s = r.get(f"by_{by}_sampler")
         if pd.isna(s):
-            return "none reaches it"
+            return "none on most seeds"
         cost = (f"{_fmt_steps(r[f'by_{by}_nfe'])} NFE" if by == "nfe"
                 else f"{_fmt_num(r[f'by_{by}_seconds'], 2)} s")
         return f"{s} — {cost} ({_fmt_steps(r[f'by_{by}_steps'])} steps{r[f'by_{by}_range']})"
@@ -260,8 +260,9 @@ def _seed_range(row: pd.Series) -> str:
     """", seeds 8-20, 14/15 reach it": the spread behind a median over seeds."""
     if pd.isna(row.get("steps_lo", np.nan)) or pd.isna(row.get("n_seeds", np.nan)):
         return ""
-    return (f", seeds {_fmt_steps(row['steps_lo'])}–{_fmt_steps(row['steps_hi'])}, "
-            f"{int(row['n_reached'])}/{int(row['n_seeds'])} reach it")
+    lo, hi = _fmt_steps(row["steps_lo"]), _fmt_steps(row["steps_hi"])
+    spread = f"every seed at {lo}" if lo == hi else f"seeds {lo}–{hi}"
+    return f", {spread}, {int(row['n_reached'])}/{int(row['n_seeds'])} reach it"
 
 
 def batch_workflow(study: StudyData, n: int = 100, k: int = 3) -> Table:
