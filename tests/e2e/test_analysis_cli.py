@@ -4,7 +4,6 @@ files, columns, exact references, claims that degrade, missing cells."""
 import math
 import shutil
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli

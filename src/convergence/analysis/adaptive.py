@@ -45,16 +45,24 @@ class KeyPointJudge:
     """The analysis' side of the search (a :class:`convergence.run.adaptive.Judge`)."""
 
     def __init__(self, a: AnalysisConfig):
-        self.rule = PointRule.of(a)
+        self.a = a
+        self._rule: PointRule | None = None
+
+    def rule(self, curve: Curve) -> PointRule:
+        """The rule, decided once, at the first curve's picture size."""
+        if self._rule is None:
+            self._rule = PointRule.of(self.a, min(curve.template.width, curve.template.height))
+        return self._rule
 
     def measure(self, curve: Curve, new: set[int], store: Store) -> None:
-        _measure(curve, new, store, self.rule)
+        _measure(curve, new, store, self.rule(curve))
 
     def next_probes(self, curve: Curve) -> tuple[set[int], dict[str, tuple]]:
-        return next_probes(curve, self.rule)
+        return next_probes(curve, self.rule(curve))
 
     def write(self, store: Store, curves: list[Curve], found: list[dict[str, tuple]]) -> None:
-        T.write(store.root, "keypoints_adaptive", points_table(curves, found, store, self.rule))
+        rule = self.rule(curves[0]) if curves else PointRule.of(self.a, M.LPIPS_MIN_SIZE)
+        T.write(store.root, "keypoints_adaptive", points_table(curves, found, store, rule))
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,8 @@ class PointRule:
     indicative_max: float
 
     @classmethod
-    def of(cls, a: AnalysisConfig) -> PointRule:
-        usable, _ = M.available([a.indicative_metric])
+    def of(cls, a: AnalysisConfig, side: int) -> PointRule:
+        usable, _ = M.usable_at([a.indicative_metric], side)
         metric, threshold, _ = indicative_rule(a, set(usable))
         return cls(a, metric, threshold)
 

@@ -115,8 +115,9 @@ def compute_distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samp
 
 def _distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np.ndarray,
                model, progress: bool) -> tuple[pd.DataFrame, list[str]]:
-    names, notes = M.available(list(dict.fromkeys([a.metric, *keypoint_metrics(a), *a.metrics])))
-    shown, more = load_pictures(store, cells, samples)
+    shown, notes = load_pictures(store, cells, samples)
+    names, more = M.usable_at(list(dict.fromkeys([a.metric, *keypoint_metrics(a), *a.metrics])),
+                              min(shown.shape[-2:]) if len(cells) else 0)
     notes += more
     floats = set(a.rate_metrics)
     images = unit_images(shown, *picture_range(cells)) if any(

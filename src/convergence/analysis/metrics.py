@@ -260,9 +260,24 @@ def lpips_distance(x: np.ndarray, ref: np.ndarray, net: torch.nn.Module | None =
         return host(net(a, b).reshape(len(x)))
 
 
+#: the smallest picture side LPIPS' AlexNet takes: below it the feature maps of its second
+#: pooling layer are empty (a 16x16 picture fails in torch)
+LPIPS_MIN_SIZE = 32
+
+
 @register_metric("lpips", space="image", description="LPIPS (AlexNet), when its weights are cached")
 def lpips_metric(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return lpips_distance(x, ref)
+
+
+def usable_at(names: list[str], side: int) -> tuple[list[str], list[str]]:
+    """:func:`available`, less LPIPS on pictures smaller than :data:`LPIPS_MIN_SIZE`."""
+    ok, notes = available(names)
+    if "lpips" in ok and side < LPIPS_MIN_SIZE:
+        ok.remove("lpips")
+        notes.append(f"lpips: left out, the pictures ({side} px) are smaller than AlexNet's "
+                     f"{LPIPS_MIN_SIZE} px minimum")
+    return ok, notes
 
 
 def available(names: list[str]) -> tuple[list[str], list[str]]:

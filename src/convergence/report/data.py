@@ -109,8 +109,8 @@ def _read(root: Path, name: str) -> pd.DataFrame:
 def load_study(root: Path | str, metric: str | None = None) -> StudyData:
     """Read ``root`` (results/<study>/): cells plus the analysis outputs.
 
-    ``metric`` picks the distance drawn in curves and used for key points; by default the
-    analysis' own metric (study.json), else the first metric in keypoints.csv."""
+    ``metric`` picks the distance drawn in curves; by default the analysis' own metric
+    (study.json), else the first metric in keypoints.csv."""
     root = Path(root)
     store = Store(root)
     if not store.exists():
@@ -125,9 +125,7 @@ def load_study(root: Path | str, metric: str | None = None) -> StudyData:
     distances = _read(root, "distances.parquet")
     keypoints = _read(root, "keypoints.csv")
     optional = {n: _read(root, n) if (root / n).exists() else None for n in OPTIONAL}
-    if metric is None and "metric" in keypoints and keypoints["metric"].notna().any():
-        metric = str(keypoints["metric"].dropna().iloc[0])  # what the key points used
-    if metric is None:
+    if metric is None:  # the analysis' curve metric (each key point has its own)
         metric = study.get("config", {}).get("analysis", {}).get("metric")
     known = set(keypoints.get("metric", pd.Series(dtype=str)).dropna()) | set(
         distances.get("metric", pd.Series(dtype=str)).dropna())
