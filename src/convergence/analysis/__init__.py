@@ -30,6 +30,8 @@ from convergence.analysis.rates import compute_rates, limits_table
 from convergence.config.schema import AnalysisConfig, Config
 from convergence.core.allocator import keep_freed_memory
 from convergence.core.atomic import staged_into
+from convergence.core.errors import ConvergenceError
+from convergence.core.registries import MODELS
 from convergence.core.store import Store
 from convergence.models import build_model
 from convergence.run.plan import fingerprint_hash
@@ -62,6 +64,15 @@ def _exact_model(cfg: Config, cells: pd.DataFrame, root: Path):
             or cells.height.nunique() > 1:
         return None
     return model
+
+
+def model_capabilities(name: str) -> tuple[str, ...]:
+    """What the study's model declares it has (``register_model(..., capabilities=...)``),
+    read from the registry without building the model."""
+    try:
+        return tuple(MODELS.entry(name).meta.get("capabilities", ()))
+    except ConvergenceError:   # a model the registry does not know: it declares nothing
+        return ()
 
 
 def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
@@ -97,7 +108,7 @@ def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
             lim = T.write(out_dir, "limits", lim)
     claims = T.write(out_dir, "claims", evaluate_claims(
         kp, seeds, dist, metric=a.metric, indicative=a.indicative, few_steps=a.few_steps,
-        limits=lim))
+        limits=lim, converged=a.converged, capabilities=model_capabilities(cfg.model.name)))
     out = {"distances": dist, "keypoints_seed": seeds, "keypoints": kp, "rates": rates,
            "claims": claims}
     if lim is not None:
