@@ -27,8 +27,8 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from convergence.analysis import metrics as M
 from convergence.analysis import lpips_weights as W
+from convergence.analysis import metrics as M
 
 pytestmark = pytest.mark.unit
 

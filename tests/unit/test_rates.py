@@ -123,7 +123,7 @@ def test_one_rule_chooses_the_limit_or_says_ambiguous():
     assert choose_limit({"exact-denoised": near, "exact-zero": far}) == ("exact-denoised",
                                                                          "closest")
     # both still shrinking and about as far at the top (plms at CFG 7.5): no choice
-    also = (x, 1.2e-2 * (x / 12) ** -1.0)
+    also = (x, 1.2 * near[1])
     assert choose_limit({"exact-denoised": near, "exact-zero": also}) == (None, "ambiguous")
     # the distance just above GAP_FRACTION of the gap: ambiguous; just below: chosen
     top = near[1][-1]
