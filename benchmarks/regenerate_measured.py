@@ -13,7 +13,8 @@ Parts (all by default):
 - ``sampler_table``: benchmarks/sampler_table.py -> sampler_table.md (`convergence check`
   of every registered sampler: the slow part, about 10 minutes on 2 cores).
 
-Each CSV's first line is ``# made by: <command>`` (read them with ``comment="#"``).
+Each CSV's first line is ``# made by: <command>`` (read them with ``skiprows=1``: the
+claims' anchors hold '#').
 The studies stay in --work (default: a temporary folder, removed afterwards).
 """
 

@@ -47,26 +47,56 @@ def test_sign_test_and_the_seeds_a_claim_needs():
     assert C.DECIDABLE_PAIRS == 6 and C.sign_p(0, 0) == 1.0
 
 
+def dist_rows(values, reference="highest", n=N, cfg=7.5, schedule="discrete"):
+    """values: (sampler, steps) -> a list of n distances or one for every seed."""
+    rows = []
+    for (s, steps), v in values.items():
+        for i, x in enumerate(v if isinstance(v, list) else [v] * n):
+            rows.append({"metric": "rel_rmse", "reference": reference, "steps": steps,
+                         "sampler": s, "value": x, "cfg": cfg, "schedule": schedule,
+                         "prompt": f"p{i // 3}", "seed": i})
+    return pd.DataFrame(rows)
+
+
+def own_curve(samplers, d25, d50):
+    """Distances to each sampler's own 100-step image at 25 and 50 steps (lists per seed or
+    one value), 12 steps far above both."""
+    return dist_rows({k: v for s in samplers for k, v in
+                      (((s, 12), 1.0), ((s, 25), d25), ((s, 50), d50))})
+
+
 def test_converge_holds_and_fails_for_a_deterministic_sampler_on_its_own_curve():
-    ok = seeds_table({"euler": 50}, settled=False, tail=0.2)
-    assert verdicts(C.claims_converge(ok, 7.5, "discrete")) == {"euler": HOLDS}
-    # changes that do not shrink, never settled: a deterministic sampler that does not converge
-    bad = seeds_table({"euler": None}, settled=False, tail=0.9)
-    rows = C.claims_converge(bad, 7.5, "discrete")
+    # order 1 on 25, 50, 100: (1/50 - 1/100) / (1/25 - 1/100) = 1/3 of the distance remains
+    ok = own_curve(["euler"], 0.3, 0.1)
+    assert verdicts(C.claims_converge(ok, "rel_rmse", 0.015, 7.5, "discrete")) == {"euler": HOLDS}
+    # a deterministic sampler whose distance does not shrink: it does not converge
+    bad = own_curve(["euler"], 0.3, 0.25)
+    rows = C.claims_converge(bad, "rel_rmse", 0.015, 7.5, "discrete")
     assert verdicts(rows) == {"euler": CONTRADICTED} and rows[0]["n_against"] == N
-    # the same with another deterministic sampler in the study: nothing changes
-    both = seeds_table({"euler": None, "heun": 40}, settled={"euler": False}, tail={"euler": 0.9})
-    assert verdicts(C.claims_converge(both, 7.5, "discrete"))["euler"] == CONTRADICTED
-    half = seeds_table({"euler": None}, settled=False, tail=[0.1, 0.9] * (N // 2))
-    assert verdicts(C.claims_converge(half, 7.5, "discrete")) == {"euler": INCONCLUSIVE}
+    # the same with a converging deterministic sampler in the study: nothing changes
+    both = pd.concat([bad, own_curve(["heun"], 0.3, 0.01)])
+    assert verdicts(C.claims_converge(both, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler": CONTRADICTED, "heun": HOLDS}
+    # within `converged` at 50 steps counts as converged, however little it shrank
+    done = own_curve(["euler"], 0.012, 0.010)
+    assert verdicts(C.claims_converge(done, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler": HOLDS}
+    half = own_curve(["euler"], 0.3, [0.1, 0.25] * (N // 2))
+    assert verdicts(C.claims_converge(half, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler": INCONCLUSIVE}
 
 
 def test_converge_for_an_ancestral_sampler_is_the_exception():
-    moving = seeds_table({"euler_ancestral": None}, settled=False, tail=1.0)
-    assert verdicts(C.claims_converge(moving, 7.5, "discrete")) == {"euler_ancestral": HOLDS}
-    settles = seeds_table({"euler_ancestral": 50}, settled=True, tail=1.0)
-    assert verdicts(C.claims_converge(settles, 7.5, "discrete")) == {
+    moving = own_curve(["euler_ancestral"], 0.3, 0.28)
+    assert verdicts(C.claims_converge(moving, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler_ancestral": HOLDS}
+    settles = own_curve(["euler_ancestral"], 0.3, 0.05)
+    assert verdicts(C.claims_converge(settles, "rel_rmse", 0.015, 7.5, "discrete")) == {
         "euler_ancestral": CONTRADICTED}
+    # a blown-up image a doubling below (rel_rmse 2: dpm_2_ancestral at CFG 7.5) decides nothing
+    blown = own_curve(["dpm_2_ancestral"], 2.0, 0.2)
+    rows = C.claims_converge(blown, "rel_rmse", 0.015, 7.5, "discrete")
+    assert verdicts(rows) == {"dpm_2_ancestral": INCONCLUSIVE} and rows[0]["n_ties"] == N
 
 
 def test_fewer_steps_paired_by_seed():
@@ -94,17 +124,6 @@ def test_fewer_steps_counts_censored_seeds_and_is_inconclusive_on_few_pairs():
     never = seeds_table({"dpm_2": [None] * N, "euler": 50})
     assert verdicts(C.claims_fewer_steps(never, 7.5, "discrete", "converged", C.Q_FEWER)) == {
         "dpm_2": CONTRADICTED}
-
-
-def dist_rows(values, reference="highest", n=N, cfg=7.5, schedule="discrete"):
-    """values: (sampler, steps) -> a list of n distances or one for every seed."""
-    rows = []
-    for (s, steps), v in values.items():
-        for i, x in enumerate(v if isinstance(v, list) else [v] * n):
-            rows.append({"metric": "rel_rmse", "reference": reference, "steps": steps,
-                         "sampler": s, "value": x, "cfg": cfg, "schedule": schedule,
-                         "prompt": f"p{i // 3}", "seed": i})
-    return pd.DataFrame(rows)
 
 
 def test_low_steps_judged_on_every_swept_step_count():
