@@ -139,5 +139,6 @@ def _print_summary(a: AnalysisConfig, store: Store, kp: pd.DataFrame, claims: pd
     print("guide's claims (and the harness's own):")
     for r in claims.itertuples():
         who = f"{r.sampler}, " if r.sampler else ""
-        print(f"  [{r.verdict}] ({who}cfg {r.cfg:g}, {r.source}) {r.claim} {r.value}")
+        where = f"{r.schedule}, " if r.schedule else ""
+        print(f"  [{r.verdict}] ({who}{where}cfg {r.cfg:g}, {r.source}) {r.claim} {r.value}")
     print(f"wrote {store.root}/: " + ", ".join(T.FILES[n] for n in written))
