@@ -161,7 +161,7 @@ def test_measured_order_matches_theory(model32, limits, sampler, order, accepted
     """Karras runs at CFG 1, steps 12-96: the order is ACCEPTED (rates.order_accepted: the
     last three local slopes and the fit agree within rates.slope_tolerance of the two
     seeds) and within 0.25 of theory
-    (measured: 1.01, 2.05, 2.04; results/measured/order_rule.txt). dpmpp_2m's slopes still
+    (measured: 1.01, 2.08, 2.07; results/measured/orders_karras_limits.csv). dpmpp_2m's slopes still
     settle there (2.20, 2.12, 2.06: 0.14 apart, above the 0.137 the two seeds leave): refused,
     each slope nearer 2 than the one before (it is accepted at 2.10 up to 128 steps on the
     check study)."""
