@@ -5,8 +5,10 @@ against the exact limit of the probability-flow ODE). Writes the README's table.
     .venv/bin/python benchmarks/sampler_table.py [--plugin MODULE] [--out FILE]
 
 An order is printed only where the analysis' one rule accepts it (rates.order_accepted:
-the local slopes of the last two doublings and the order fitted over them agree within
-rates.SLOPE_TOL), with its step range; otherwise "pre-asymptotic" and the slopes.
+the local slopes of the last three doublings and the order fitted over them agree within
+rates.SLOPE_TOL), with its step range; otherwise "pre-asymptotic" and the slopes. A
+claimed order whose slopes move away from it fails (check.moving_away); "not judged"
+marks a row that neither passed nor failed.
 """
 
 from __future__ import annotations
@@ -36,8 +38,14 @@ def row(name: str) -> str:
     order = by["order"].measured if "order" in by else by["limit"].expected
     limit = m.limit or "-"
     if m.errors:
-        limit += f" ({m.errors[C.STEPS[-1]]:.1e} at {C.STEPS[-1]})"
-    verdict = "pass" if report.passed else "FAIL: " + "; ".join(r.check for r in report.failures())
+        top = max(m.errors)
+        limit += f" ({m.errors[top]:.1e} at {top})"
+    # "pass" never stands for an order that was not judged (issue 28): say which rows were not
+    unjudged = [r.check for r in report.rows if r.passed is None and r.check in ("order", "limit")
+                and not r.measured.startswith("not measured")]
+    verdict = ("pass" if report.passed else "FAIL: " + "; ".join(r.check for r in report.failures()))
+    if unjudged:
+        verdict += f" ({', '.join(unjudged)} not judged)"
     return (f"| {name} | {spec.family} | {nfe.expected} | {nfe.measured.split(' (')[0]} | "
             f"{C._claimed_order(spec)} | {order} | {limit} | {verdict} |")
 
@@ -46,6 +54,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--plugin", action="append", default=[])
     ap.add_argument("--out", default="results/measured/sampler_table.md")
+    ap.add_argument("--made-by", default=".venv/bin/python benchmarks/sampler_table.py",
+                    help="the command written under the table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import_plugins(args.plugin)
@@ -53,7 +63,7 @@ def main() -> None:
     for name in available_samplers():
         lines.append(row(name))
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + f"\n\nMade by: `{args.made_by}`\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"-> {args.out}")

@@ -1,22 +1,40 @@
-"""Claims verdicts follow the measurements fed to them, both ways, per sampler and CFG scale."""
+"""Claims: each one is fed synthetic per-seed tables that make it hold, and others that
+make it fail or leave it inconclusive; verdicts are paired by seed and carry their counts."""
 
 import math
 
 import pandas as pd
+import pytest
 
 from convergence.analysis import claims as C
-from convergence.analysis.claims import CONTRADICTED, HOLDS, PRE_ASYMPTOTIC, UNTESTABLE
+from convergence.analysis.claims import (
+    CONTRADICTED,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_ON_MODEL,
+    PRE_ASYMPTOTIC,
+    UNTESTABLE,
+)
+
+N = 8  # seeds: DECIDABLE_PAIRS (6) is the fewest that can decide
 
 
-def kp(points, topics=("all",), status=None, cfg=7.5):
-    """points: sampler -> {point: steps} (a plain number = converged and indicative)."""
+def seeds_table(points, n=N, topic="food", schedule="discrete", cfg=7.5, settled=True,
+                tail=0.1):
+    """points: sampler -> a list of n converged/indicative steps (None: never), or one
+    number for every seed. settled/tail: per sampler dicts or one value."""
     rows = []
-    for t in topics:
-        for s, v in points.items():
-            v = v if isinstance(v, dict) else {"converged": v, "indicative": v}
-            for point, steps in v.items():
-                rows.append({"topic": t, "sampler": s, "point": point, "steps": steps, "cfg": cfg,
-                             "status": (status or {}).get((s, t), "converges")})
+    for s, v in points.items():
+        steps = v if isinstance(v, list) else [v] * n
+        st = settled.get(s, True) if isinstance(settled, dict) else settled
+        tr = tail.get(s, 0.1) if isinstance(tail, dict) else tail
+        for i, x in enumerate(steps):
+            for point in ("indicative", "converged"):
+                rows.append({"prompt": f"p{i // 3}", "seed": i, "schedule": schedule, "cfg": cfg,
+                             "sampler": s, "topic": topic, "point": point,
+                             "steps": math.nan if x is None else x,
+                             "settled": st[i] if isinstance(st, list) else st,
+                             "tail_ratio": tr[i] if isinstance(tr, list) else tr})
     return pd.DataFrame(rows)
 
 
@@ -24,84 +42,156 @@ def verdicts(rows):
     return {r["sampler"]: r["verdict"] for r in rows}
 
 
-def test_converge_decided_from_the_status_per_sampler():
-    topics = ("anime", "nature", "food", "animals", "people")
-    st = {("euler_ancestral", t): "does not converge" for t in topics[1:]}
-    st[("euler_ancestral", "anime")] = "undetermined"  # moves no more than the ODE solvers there
-    st.update({("euler", t): "converges" for t in topics})
-    st[("heun", "people")] = "does not converge"
-    k = kp({"euler_ancestral": math.nan, "euler": 50, "heun": 40}, topics, st)
-    v = verdicts(C.claims_converge(k, 7.5))
-    assert v == {"euler_ancestral": HOLDS, "euler": HOLDS, "heun": CONTRADICTED}
-    st[("euler_ancestral", "food")] = "converges"
-    assert verdicts(C.claims_converge(kp({"euler_ancestral": 50}, topics, st), 7.5)) == {
+def test_sign_test_and_the_seeds_a_claim_needs():
+    assert C.sign_p(6, 0) == pytest.approx(2 * 0.5**6) and C.sign_p(5, 0) == pytest.approx(0.0625)
+    assert C.DECIDABLE_PAIRS == 6 and C.sign_p(0, 0) == 1.0
+
+
+def dist_rows(values, reference="highest", n=N, cfg=7.5, schedule="discrete"):
+    """values: (sampler, steps) -> a list of n distances or one for every seed."""
+    rows = []
+    for (s, steps), v in values.items():
+        for i, x in enumerate(v if isinstance(v, list) else [v] * n):
+            rows.append({"metric": "rel_rmse", "reference": reference, "steps": steps,
+                         "sampler": s, "value": x, "cfg": cfg, "schedule": schedule,
+                         "prompt": f"p{i // 3}", "seed": i})
+    return pd.DataFrame(rows)
+
+
+def own_curve(samplers, d25, d50):
+    """Distances to each sampler's own 100-step image at 25 and 50 steps (lists per seed or
+    one value), 12 steps far above both."""
+    return dist_rows({k: v for s in samplers for k, v in
+                      (((s, 12), 1.0), ((s, 25), d25), ((s, 50), d50))})
+
+
+def test_converge_holds_and_fails_for_a_deterministic_sampler_on_its_own_curve():
+    # order 1 on 25, 50, 100: (1/50 - 1/100) / (1/25 - 1/100) = 1/3 of the distance remains
+    ok = own_curve(["euler"], 0.3, 0.1)
+    assert verdicts(C.claims_converge(ok, "rel_rmse", 0.015, 7.5, "discrete")) == {"euler": HOLDS}
+    # a deterministic sampler whose distance does not shrink: it does not converge
+    bad = own_curve(["euler"], 0.3, 0.25)
+    rows = C.claims_converge(bad, "rel_rmse", 0.015, 7.5, "discrete")
+    assert verdicts(rows) == {"euler": CONTRADICTED} and rows[0]["n_against"] == N
+    # the same with a converging deterministic sampler in the study: nothing changes
+    both = pd.concat([bad, own_curve(["heun"], 0.3, 0.01)])
+    assert verdicts(C.claims_converge(both, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler": CONTRADICTED, "heun": HOLDS}
+    # within `converged` at 50 steps counts as converged, however little it shrank
+    done = own_curve(["euler"], 0.012, 0.010)
+    assert verdicts(C.claims_converge(done, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler": HOLDS}
+    half = own_curve(["euler"], 0.3, [0.1, 0.25] * (N // 2))
+    assert verdicts(C.claims_converge(half, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler": INCONCLUSIVE}
+
+
+def test_converge_for_an_ancestral_sampler_is_the_exception():
+    moving = own_curve(["euler_ancestral"], 0.3, 0.28)
+    assert verdicts(C.claims_converge(moving, "rel_rmse", 0.015, 7.5, "discrete")) == {
+        "euler_ancestral": HOLDS}
+    settles = own_curve(["euler_ancestral"], 0.3, 0.05)
+    assert verdicts(C.claims_converge(settles, "rel_rmse", 0.015, 7.5, "discrete")) == {
         "euler_ancestral": CONTRADICTED}
+    # a blown-up image a doubling below (rel_rmse 2: dpm_2_ancestral at CFG 7.5) decides nothing
+    blown = own_curve(["dpm_2_ancestral"], 2.0, 0.2)
+    rows = C.claims_converge(blown, "rel_rmse", 0.015, 7.5, "discrete")
+    assert verdicts(rows) == {"dpm_2_ancestral": INCONCLUSIVE} and rows[0]["n_ties"] == N
 
 
-def test_fewer_steps_per_sampler():
-    rows = C.claims_fewer_steps(kp({"heun": 20, "dpm_2": math.nan, "euler": 50, "lms": 40}),
-                                7.5, "converged", C.Q_FEWER)
-    assert verdicts(rows) == {"heun": HOLDS, "dpm_2": CONTRADICTED}
-    assert all("sampler=" in r["cells"] and r["anchor"].startswith("#") for r in rows)
+def test_fewer_steps_paired_by_seed():
+    earlier = seeds_table({"heun": 20, "dpm_2": 30, "euler": 50, "lms": 40})
+    rows = C.claims_fewer_steps(earlier, 7.5, "discrete", "converged", C.Q_FEWER)
+    assert verdicts(rows) == {"heun": HOLDS, "dpm_2": HOLDS}
+    assert rows[0]["n_for"] == N and rows[0]["n_against"] == 0
+    assert rows[0]["p_value"] == pytest.approx(2 * 0.5**N)
+    assert "schedule=discrete" in rows[0]["cells"] and rows[0]["schedule"] == "discrete"
+    later = seeds_table({"heun": 100, "euler": 50, "lms": 40})
+    assert verdicts(C.claims_fewer_steps(later, 7.5, "discrete", "converged", C.Q_FEWER)) == {
+        "heun": CONTRADICTED}
 
 
-def dist_rows(values, reference="highest", cfg=7.5):
-    return pd.DataFrame([{"metric": "rel_rmse", "reference": reference, "steps": n, "sampler": s,
-                          "value": v, "cfg": cfg} for (s, n), v in values.items()])
+def test_fewer_steps_counts_censored_seeds_and_is_inconclusive_on_few_pairs():
+    # issue 28: dpm_2 earlier than euler on 5 seeds, later on 2, 8 never in both: not a
+    # "contradicted" from medians of censored values; 5 against 2 decides nothing
+    dpm = [20, 20, 30, 30, 40, 100, 100] + [None] * 8
+    eul = [30, 30, 40, 40, 50, 50, 50] + [None] * 8
+    rows = C.claims_fewer_steps(seeds_table({"dpm_2": dpm, "euler": eul}, n=15), 7.5,
+                                "discrete", "converged", C.Q_FEWER)
+    r = rows[0]
+    assert (r["verdict"], r["n_for"], r["n_against"], r["n_ties"]) == (INCONCLUSIVE, 5, 2, 8)
+    # a seed that never converges is later than one that does: that pair counts
+    never = seeds_table({"dpm_2": [None] * N, "euler": 50})
+    assert verdicts(C.claims_fewer_steps(never, 7.5, "discrete", "converged", C.Q_FEWER)) == {
+        "dpm_2": CONTRADICTED}
 
 
 def test_low_steps_judged_on_every_swept_step_count():
     d = dist_rows({("heun", 4): 500.0, ("heun", 8): 0.1, ("lms", 4): 0.6, ("lms", 8): 0.3,
                    ("dpm_2", 4): 900.0, ("dpm_2", 8): 1.2})
-    rows = C.claims_low_steps(d, "rel_rmse", 8, 7.5)
+    rows = C.claims_low_steps(d, "rel_rmse", 8, 7.5, "discrete")
     # heun is worse than lms at 4 steps but better at 8: not "not recommended at <= 8"
     assert verdicts(rows) == {"heun": CONTRADICTED, "dpm_2": HOLDS}
     assert "4 steps" in rows[0]["value"] and "8 steps" in rows[0]["value"]
 
 
-def test_towards_k_samplers():
-    d = dist_rows({("ddim", 4): 1.0, ("ddim", 50): 0.2, ("ddim", 100): 0.05,
-                   ("plms", 4): 1.0, ("plms", 50): 0.02, ("plms", 100): 0.04}, "heun@max")
-    assert verdicts(C.claims_towards_k(d, "rel_rmse", 0.1, 7.5)) == {"ddim": HOLDS,
-                                                                      "plms": CONTRADICTED}
+def test_towards_k_uses_the_converged_threshold():
+    # issue 28: 0.038 and 0.069 at 100 steps are within `indicative` (0.1), not converged
+    d = dist_rows({("ddim", 4): 1.0, ("ddim", 50): 0.2, ("ddim", 100): 0.038,
+                   ("plms", 4): 1.0, ("plms", 50): 0.02, ("plms", 100): 0.01}, "heun@max")
+    rows = C.claims_towards_k(d, "rel_rmse", 0.015, 7.5, "ddim_uniform")
+    assert verdicts(rows) == {"ddim": CONTRADICTED, "plms": HOLDS}
+    mixed = dist_rows({("ddim", 50): 0.2, ("ddim", 100): [0.01, 0.05] * (N // 2)}, "heun@max")
+    assert verdicts(C.claims_towards_k(mixed, "rel_rmse", 0.015, 7.5, "ddim_uniform")) == {
+        "ddim": INCONCLUSIVE}
 
 
-def test_people_later_per_sampler():
-    seeds = pd.DataFrame([{"topic": t, "sampler": "euler", "point": "converged", "steps": v,
-                           "cfg": 7.5} for t, v in (("people", 50), ("animals", math.nan),
-                                                    ("food", 20), ("nature", 30))])
-    assert verdicts(C.claims_people_later(seeds, 7.5)) == {"euler": HOLDS}
-    seeds.loc[seeds.topic == "animals", "steps"] = 40  # people/animals 45 vs nature/food 25
-    seeds.loc[seeds.topic == "food", "steps"] = 60  # now 45 vs 45: not later
-    assert verdicts(C.claims_people_later(seeds, 7.5)) == {"euler": CONTRADICTED}
+def people(scene_steps, people_steps, sampler="euler"):
+    return pd.concat([seeds_table({sampler: scene_steps}, topic="food"),
+                      seeds_table({sampler: people_steps}, topic="people")])
+
+
+def test_people_later_needs_a_model_with_faces():
+    s = people(20, 50)
+    rows = C.claims_people_later(s, 7.5, "discrete", ())
+    assert verdicts(rows) == {"euler": NOT_ON_MODEL} and "faces" in rows[0]["details"]
+    assert verdicts(C.claims_people_later(s, 7.5, "discrete", ("faces",))) == {"euler": HOLDS}
+    assert verdicts(C.claims_people_later(people(50, 20), 7.5, "discrete", ("faces",))) == {
+        "euler": CONTRADICTED}
+    assert verdicts(C.claims_people_later(people([20, 50] * 4, [50, 20] * 4), 7.5, "discrete",
+                                          ("faces",))) == {"euler": INCONCLUSIVE}
 
 
 def limits(orders):
     return pd.DataFrame([{"sampler": s, "closest": True, "limit": "exact-denoised",
                           "order": o if ok else math.nan, "asymptotic": ok, "slopes": "1,2,3",
-                          "x_lo": 24, "x_hi": 96, "cfg": 7.5} for s, (o, ok) in orders.items()])
+                          "x_lo": 24, "x_hi": 96, "cfg": 7.5, "schedule": "karras"}
+                         for s, (o, ok) in orders.items()])
 
 
 def test_order_claim_only_from_asymptotic_orders():
-    rows = C.claims_order(limits({"euler": (1.0, True), "heun": (2.0, True)}), 7.5)
+    rows = C.claims_order(limits({"euler": (1.0, True), "heun": (2.0, True)}), 7.5, "karras")
     assert verdicts(rows) == {"euler": HOLDS} and rows[0]["source"] == "harness"
-    rows = C.claims_order(limits({"euler": (2.5, True), "heun": (2.0, True)}), 7.5)
+    rows = C.claims_order(limits({"euler": (2.5, True), "heun": (2.0, True)}), 7.5, "karras")
     assert verdicts(rows) == {"euler": CONTRADICTED}
-    rows = C.claims_order(limits({"euler": (1.6, False), "heun": (2.0, True)}), 7.5)
+    rows = C.claims_order(limits({"euler": (1.6, False), "heun": (2.0, True)}), 7.5, "karras")
     assert verdicts(rows) == {"euler": PRE_ASYMPTOTIC} and "pre-asymptotic" in rows[0]["value"]
-    # a gap of 0.08 (euler 0.87, heun 0.95: the discrete schedule at CFG 1 under the former
-    # rule) is inside the ±rates.SLOPE_TOL (0.1) an accepted order is known to: nothing decided
-    rows = C.claims_order(limits({"euler": (0.87, True), "heun": (0.95, True)}), 1.0)
-    assert verdicts(rows) == {"euler": C.UNTESTABLE} and "tolerance" in rows[0]["details"]
+    # a gap inside the ±rates.SLOPE_TOL an accepted order is known to: nothing decided
+    rows = C.claims_order(limits({"euler": (0.87, True), "heun": (0.95, True)}), 1.0, "karras")
+    assert verdicts(rows) == {"euler": INCONCLUSIVE} and "tolerance" in rows[0]["details"]
 
 
-def test_cfg_scales_are_never_mixed():
-    k = pd.concat([kp({"heun": 20, "euler": 50}, cfg=1.0), kp({"heun": 60, "euler": 50}, cfg=7.5)])
-    c = C.evaluate_claims(k, pd.DataFrame(), pd.DataFrame(), metric="rel_rmse", indicative=0.1,
+def test_cfg_scales_and_schedules_are_never_mixed():
+    s = pd.concat([seeds_table({"heun": 20, "euler": 50}, cfg=1.0),
+                   seeds_table({"heun": 60, "euler": 50}, cfg=7.5),
+                   seeds_table({"heun": 60, "euler": 50}, cfg=1.0, schedule="karras")])
+    c = C.evaluate_claims(pd.DataFrame(), s, pd.DataFrame(), metric="rel_rmse", indicative=0.1,
                           few_steps=8)
     fewer = c[(c.claim == C.Q_FEWER) & (c.sampler == "heun")]
-    assert dict(zip(fewer.cfg, fewer.verdict, strict=True)) == {1.0: HOLDS, 7.5: CONTRADICTED}
-    assert fewer.cells.str.contains("cfg=1").sum() == 1
+    got = {(r.cfg, r.schedule): r.verdict for r in fewer.itertuples()}
+    assert got == {(1.0, "discrete"): HOLDS, (1.0, "karras"): CONTRADICTED,
+                   (7.5, "discrete"): CONTRADICTED}
+    assert fewer.cells.str.contains("schedule=karras").sum() == 1
 
 
 def test_every_claim_degrades_on_empty_or_partial_tables():
@@ -109,6 +199,6 @@ def test_every_claim_degrades_on_empty_or_partial_tables():
     c = C.evaluate_claims(empty, empty, empty, metric="rel_rmse", indicative=0.1, few_steps=8)
     assert len(c) == 7 and (c.verdict == UNTESTABLE).all() and (c.details != "").all()
     assert set(c.source) == {"guide", "harness"}
-    k = kp({"dpmpp_2m": 20}, topics=("food", "all"))  # none of the guide's samplers
-    c = C.evaluate_claims(k, empty, empty, metric="rel_rmse", indicative=0.1, few_steps=8)
+    s = seeds_table({"dpmpp_2m": 20})  # none of the guide's samplers
+    c = C.evaluate_claims(empty, s, empty, metric="rel_rmse", indicative=0.1, few_steps=8)
     assert (c.verdict == UNTESTABLE).all() and len(c) == 7

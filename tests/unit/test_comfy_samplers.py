@@ -19,6 +19,7 @@ from convergence.run.runner import cell_metadata, sample_batch
 from convergence.samplers import integrators as itg
 from convergence.samplers.comfy import sample_euler_cfg_pp
 from convergence.samplers.spec import available_samplers, resolve_sampler
+from convergence.tools.check import moving_away
 
 SEEDS = [1]
 COMFY = {n: s for n, s in available_samplers().items() if s.family == "comfyui"}
@@ -52,27 +53,32 @@ def exact_denoised(model32):
 # step whose O(h^2) error is never damped: global order 2, approached from above, hence their
 # late ranges.
 # Each order is judged by the analysis' one rule (rates.order_accepted, via asymptotic_fit).
+# The rule needs three slopes (four step counts): each range starts one doubling lower
+# than the two-slope rule's did (issue 28).
 ORDERS = [
-    ("ipndm", 2, [32, 64, 128], {}),
-    ("ipndm_v_exact", 2, [64, 128, 256], {}),
-    ("deis", 2, [64, 128, 256], {}),
-    ("res_multistep", 2, [16, 32, 64], {}),
-    ("gradient_estimation", 1, [32, 64, 128], {}),
-    ("heunpp2", 1, [8, 16, 32], {}),
+    ("ipndm", 2, [16, 32, 64, 128], {}),
+    ("ipndm_v_exact", 2, [32, 64, 128, 256], {}),
+    ("deis", 2, [32, 64, 128, 256], {}),
+    ("res_multistep", 2, [8, 16, 32, 64], {}),
+    ("gradient_estimation", 1, [16, 32, 64, 128], {}),
+    ("heunpp2", 1, [4, 8, 16, 32], {}),
     # the SDE solvers with the noise switched off are ODE solvers: SEEDS of the paper's
     # order; SA-Solver of order 2, as ComfyUI lowers its orders at the end (the step to
     # sigma_min is an exponential Euler step, left uncorrected in PEC mode)
-    ("seeds_2", 2, [8, 16, 32], {"eta": 0.0}),
-    ("seeds_3", 3, [16, 32, 64], {"eta": 0.0}),
-    ("sa_solver", 2, [32, 64, 128], {"eta": 0.0}),
-    ("sa_solver_pece", 2, [64, 128, 256], {"eta": 0.0}),
+    ("seeds_2", 2, [4, 8, 16, 32], {"eta": 0.0}),
+    ("seeds_3", 3, [8, 16, 32, 64], {"eta": 0.0}),
+    ("sa_solver", 2, [16, 32, 64, 128], {"eta": 0.0}),
+    ("sa_solver_pece", 2, [32, 64, 128, 256], {"eta": 0.0}),
 ]
 
 
-#: still drifting over their range: the rule refuses the order (the last two slopes differ
-#: by 0.12-0.18), and the slopes fall towards the claim from above (measured: ipndm_v_exact
-#: 2.29, 2.11; deis 2.26, 2.12; res_multistep 2.24, 2.12)
-DRIFTING = {"ipndm_v_exact", "deis", "res_multistep"}
+#: still settling over their range (four step counts, three slopes; measured, 2 seeds):
+#: the rule refuses the order, and each slope is nearer the claim than the one before
+#: (ipndm 2.43, 2.14, 2.05; ipndm_v_exact 2.62, 2.29, 2.11; deis 2.34, 2.26, 2.12;
+#: res_multistep 2.41, 2.24, 2.12; gradient_estimation 0.80, 0.91, 0.96; sa_solver_pece
+#: 1.78, 1.89, 1.94): `convergence check` reports them pre-asymptotic, not judged
+SETTLING = {"ipndm", "ipndm_v_exact", "deis", "res_multistep", "gradient_estimation",
+            "sa_solver_pece"}
 
 
 def _order(model, name, steps, options, limit) -> dict:
@@ -88,14 +94,17 @@ def _order(model, name, steps, options, limit) -> dict:
 @pytest.mark.parametrize("name,order,steps,options", ORDERS, ids=[o[0] for o in ORDERS])
 def test_empirical_order_matches_the_claim(model32, exact_denoised, name, order, steps, options):
     """Accepted by the rule and within 0.25 of the claim (as `convergence check` judges);
-    for the drifting ones, refused, approaching the claim from above, the fit within 0.3."""
+    for the settling ones, refused, each slope nearer the claim than the one before (so
+    the check does not fail them: check.moving_away)."""
     claimed = COMFY[name].order
     assert claimed == order or (claimed is None and options), (name, claimed)
     fit = _order(model32, name, steps, options, exact_denoised)
-    if name in DRIFTING:
-        slopes = [float(v) for v in fit["slopes"].split(",")]
-        assert not fit["asymptotic"] and slopes[0] > slopes[-1] > order, (name, fit)
-        assert abs(fit["order_fit"] - order) <= 0.3, (name, fit)
+    slopes = [float(v) for v in fit["slopes"].split(",")]
+    if name in SETTLING:
+        off = [abs(v - order) for v in slopes]
+        assert not fit["asymptotic"], (name, fit["slopes"])
+        assert all(b < a for a, b in zip(off, off[1:], strict=False)), (name, fit["slopes"])
+        assert not moving_away(slopes, order), (name, fit["slopes"])
     else:
         assert fit["asymptotic"] and abs(fit["order"] - order) <= 0.25, (name, fit)
 

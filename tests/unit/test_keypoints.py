@@ -4,6 +4,7 @@ point by its own measure (docs/analysis.md "Definitions")."""
 import math
 
 import numpy as np
+import pytest
 
 from convergence.analysis.keypoints import (
     CurveMeasures,
@@ -12,6 +13,7 @@ from convergence.analysis.keypoints import (
     deterministic_baseline,
     earliest_from_which,
     forward_changes,
+    median_interval,
 )
 from convergence.config.schema import AnalysisConfig
 
@@ -115,11 +117,43 @@ def test_converged_implies_indicative_on_random_curves():
             assert p["indicative"] is not None and p["indicative"] <= p["converged"]
 
 
-def test_aggregate_median_counts_missing_as_not_reached():
-    a = aggregate([10, 20, None])
-    assert a["median"] == 20 and a["n_reached"] == 2 and a["n_seeds"] == 3
-    b = aggregate([10, None, None])
-    assert math.isnan(b["median"]) and b["lo"] == 10
+def test_aggregate_is_a_censored_median_at_a_reached_step():
+    """Never reached = censored above the sweep, not +inf in an average: the median is the
+    ceil(n/2)-th smallest reached step (Kaplan-Meier with every censoring at the end), or
+    "> max" when fewer than half reach the point."""
+    a = aggregate([10, 20, None], 100)
+    assert a["median"] == 20 and a["n_reached"] == 2 and a["n_seeds"] == 3 and not a["censored"]
+    b = aggregate([10, None, None], 100)
+    assert math.isnan(b["median"]) and b["censored"] and b["lo"] == 10
+    # an even count never averages two step counts (the issue's 45 and (50 + inf) / 2)
+    assert aggregate([40, 50], 100)["median"] == 40
+    assert aggregate([50, None], 100)["median"] == 50
+    assert aggregate([20, 50, None, None], 100)["median"] == 50
+    c = aggregate([None, 30, 40, 40, 50, 50, 50, 100, 100, None, None, 20, 30, 40, 100], 100)
+    assert c["median"] == 50 and c["n_reached"] == 12
+    # 15 seeds: order statistics 4 and 12 cover the median with 96.5 %
+    assert (c["ci_lo"], c["ci_hi"]) == (40, 100) and c["ci_level"] == pytest.approx(0.9648, abs=1e-4)
+    d = aggregate([None] * 9 + [20] * 6, 100)
+    assert d["censored"] and d["ci_lo"] == 20 and math.isnan(d["ci_hi"])  # upper: > 100
+
+
+@pytest.mark.parametrize("n", [3, 7, 15, 40])
+def test_median_interval_covers_the_true_median(n):
+    """Against samples of a known distribution (true median 30; a fifth of the seeds never
+    reach the point) the interval holds the true median at least as often as it says
+    (order statistics: exact coverage, up to 3 standard errors of 4000 draws)."""
+    steps = np.array([4, 8, 10, 20, 30, 40, 50, 100])
+    p = np.array([0.05, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1, 0.05])  # P(<= 20) = 0.45, P(<= 30) = 0.55
+    p_never = 1 - p.sum()
+    rng = np.random.default_rng(n)
+    lo, hi, level = median_interval(n)
+    hit = 0
+    for _ in range(4000):
+        draw = rng.choice(len(steps) + 1, n, p=[*p, p_never])
+        a = aggregate([None if k == len(steps) else int(steps[k]) for k in draw], 100)
+        upper = math.inf if math.isnan(a["ci_hi"]) else a["ci_hi"]
+        hit += a["ci_lo"] <= 30 <= upper
+    assert hit / 4000 >= level - 3 * math.sqrt(level * (1 - level) / 4000), (n, hit, level)
 
 
 def test_nonconvergence_relative_to_deterministic_samplers():

@@ -35,6 +35,8 @@ from convergence.analysis.rates import compute_rates, limits_table
 from convergence.config.schema import AnalysisConfig, Config
 from convergence.core.allocator import keep_freed_memory
 from convergence.core.atomic import staged_into
+from convergence.core.errors import ConvergenceError
+from convergence.core.registries import MODELS
 from convergence.core.store import Store
 from convergence.models import build_model
 from convergence.run.plan import fingerprint_hash
@@ -67,6 +69,15 @@ def _exact_model(cfg: Config, cells: pd.DataFrame, root: Path):
             or cells.height.nunique() > 1:
         return None
     return model
+
+
+def model_capabilities(name: str) -> tuple[str, ...]:
+    """What the study's model declares it has (``register_model(..., capabilities=...)``),
+    read from the registry without building the model."""
+    try:
+        return tuple(MODELS.entry(name).meta.get("capabilities", ()))
+    except ConvergenceError:   # a model the registry does not know: it declares nothing
+        return ()
 
 
 def analyze_study(cfg: Config) -> dict[str, pd.DataFrame]:
@@ -102,7 +113,8 @@ def _analyze(cfg: Config, out_dir: Path) -> dict[str, pd.DataFrame]:
             lim = T.write(out_dir, "limits", lim)
     claims = T.write(out_dir, "claims", evaluate_claims(
         kp, seeds, dist, metric=a.metric, indicative=a.indicative, few_steps=a.few_steps,
-        limits=lim))
+        limits=lim, converged=a.converged, converged_metric=a.converged_metric,
+        capabilities=model_capabilities(cfg.model.name)))
     out = {"distances": dist, "keypoints_seed": seeds, "keypoints": kp, "rates": rates,
            "claims": claims}
     if lim is not None:
@@ -133,5 +145,6 @@ def _print_summary(a: AnalysisConfig, store: Store, kp: pd.DataFrame, claims: pd
     print("guide's claims (and the harness's own):")
     for r in claims.itertuples():
         who = f"{r.sampler}, " if r.sampler else ""
-        print(f"  [{r.verdict}] ({who}cfg {r.cfg:g}, {r.source}) {r.claim} {r.value}")
+        where = f"{r.schedule}, " if r.schedule else ""
+        print(f"  [{r.verdict}] ({who}{where}cfg {r.cfg:g}, {r.source}) {r.claim} {r.value}")
     print(f"wrote {store.root}/: " + ", ".join(T.FILES[n] for n in written))

@@ -168,14 +168,16 @@ def _distances(a: AnalysisConfig, store: Store, cells: pd.DataFrame, samples: np
 
 def _image_pair(a: AnalysisConfig, metric: str, reference: str) -> bool:
     """Whether an image metric is computed against ``reference``: the image references
-    (FLIP costs ~30 ms a pair on a CPU), and the key points' own metrics against what the
-    key points need (their reference; the converged metric also against the next step
-    count, the key points' "change", and the exact limits, its ground truth)."""
+    (FLIP costs ~30 ms a pair on a CPU), the indicative metrics against the key points'
+    reference too, and the converged metric (a cheap pixel count) against every reference:
+    the next step count (the key points' "change"), the exact limits (its ground truth) and
+    cross-sampler references (the claims')."""
+    if metric == a.converged_metric:  # cheap: against every reference (claims use heun@max)
+        return True
     if reference == "next":
-        return metric == a.converged_metric
+        return False
     if metric in keypoint_metrics(a):
-        return reference in (a.reference, *a.image_references) or (
-            metric == a.converged_metric and reference in EXACT_LIMITS)
+        return reference in (a.reference, *a.image_references)
     return reference in a.image_references
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
 from convergence.analysis.tables import GROUP
 from convergence.config.schema import AnalysisConfig
@@ -157,16 +158,50 @@ def forward_changes(steps: Sequence[int], change_to_next: Sequence[float]) -> np
     return out
 
 
-def aggregate(points_steps: Sequence[int | None]) -> dict:
-    """Median and spread over seeds; a seed that never reaches the point counts as +inf,
-    so the median is "not reached" when more than half the seeds miss it."""
-    vals = np.array([math.inf if p is None else p for p in points_steps], dtype=np.float64)
-    reached = vals[np.isfinite(vals)]
-    med = float(np.median(vals)) if len(vals) else math.nan
-    return {"n_seeds": int(len(vals)), "n_reached": int(len(reached)),
-            "median": med if math.isfinite(med) else math.nan,
-            "lo": float(reached.min()) if len(reached) else math.nan,
-            "hi": float(reached.max()) if len(reached) else math.nan}
+#: the interval of a median over seeds: distribution-free, from order statistics (the
+#: number of seeds at or below the median is Binomial(n, 1/2)), at least this coverage
+#: where n allows it; with fewer seeds the widest one (the per-seed range) and its coverage
+CI_LEVEL = 0.95
+
+
+def median_interval(n: int, level: float = CI_LEVEL) -> tuple[int, int, float]:
+    """1-based order statistics (l, u) with P(x(l) <= median <= x(u)) >= ``level`` for n
+    values, as narrow as possible, and their exact coverage 1 - 2 P(B <= l - 1),
+    B ~ Binomial(n, 1/2). With too few values for ``level`` (n < 6 at 0.95): (1, n) and
+    its coverage 1 - 2^(1-n)."""
+    if n < 1:
+        return 0, 0, math.nan
+    cdf = binom.cdf(np.arange(n + 1), n, 0.5)
+    ok = [k for k in range(1, (n + 1) // 2 + 1) if 1 - 2 * cdf[k - 1] >= level - 1e-12]
+    lo = max(ok) if ok else 1
+    return lo, n + 1 - lo, float(1 - 2 * cdf[lo - 1])
+
+
+def aggregate(points_steps: Sequence[int | None], sweep_max: float = math.inf) -> dict:
+    """Median over seeds and its interval, with "never within the sweep" CENSORED (known only
+    to lie above ``sweep_max``), never counted as a number.
+
+    Every censored seed lies above every reached one, so the Kaplan-Meier estimate is the
+    empirical distribution up to the sweep's end, and its median is the smallest reached
+    step by which at least half the seeds have reached the point: the ceil(n/2)-th smallest,
+    a step some seed reached (never an average of two step counts). When fewer than half
+    reach it the median is "> sweep_max" (NaN, ``censored`` true). The interval
+    (:func:`median_interval`) is read off the same order statistics; a bound beyond the
+    reached seeds is NaN ("> sweep_max")."""
+    n = len(points_steps)
+    reached = np.sort(np.array([p for p in points_steps if p is not None], dtype=np.float64))
+    k = (n + 1) // 2
+    l_idx, u_idx, level = median_interval(n)
+
+    def order_stat(i: int) -> float:
+        return float(reached[i - 1]) if 1 <= i <= len(reached) else math.nan
+
+    return {"n_seeds": n, "n_reached": int(len(reached)), "median": order_stat(k),
+            "censored": bool(n) and k > len(reached),
+            "ci_lo": order_stat(l_idx), "ci_hi": order_stat(u_idx), "ci_level": level,
+            "sweep_max": sweep_max,
+            "lo": float(reached[0]) if len(reached) else math.nan,
+            "hi": float(reached[-1]) if len(reached) else math.nan}
 
 
 def _curve_changes(cells: pd.DataFrame, to_next: pd.Series) -> dict[tuple, tuple]:
@@ -257,10 +292,9 @@ def seed_points(a: AnalysisConfig, dist: pd.DataFrame, cells: pd.DataFrame) -> p
 
 
 def aggregate_points(a: AnalysisConfig, seeds: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """The keypoints table: median and spread over seeds (and prompts) per topic x sampler x
-    schedule x cfg, and over all topics as topic "all". Converged comes no earlier than
-    indicative seed by seed, so also in the medians (order statistics are monotone), and
-    snapping a median up to a swept step count keeps that order."""
+    """The keypoints table: censored median (:func:`aggregate`), its interval and the range
+    over seeds (and prompts) per topic x sampler x schedule x cfg, and over all topics as
+    topic "all"."""
     ind_metric = seeds[seeds.point == "indicative"].metric.iloc[0] if len(seeds) else a.indicative_metric
     ind_max = a.indicative if ind_metric == a.indicative_metric else a.indicative_fallback
     thr = thresholds(a, ind_metric, ind_max)
@@ -285,21 +319,24 @@ def aggregate_points(a: AnalysisConfig, seeds: pd.DataFrame, cells: pd.DataFrame
                 "top_change": float(conv_rows.top_change.median()),
                 "baseline_change": float(conv_rows.baseline_change.median()),
                 "tail_ratio": float(conv_rows.tail_ratio.median())}
+        top = float(c.steps.max()) if len(c) else math.nan
         for point in POINTS:
-            agg = aggregate([None if pd.isna(s) else int(s) for s in g[g.point == point].steps])
-            s = agg["median"]
-            if not math.isnan(s):
-                s = float(min(x for x in per_steps.index if x >= s))
+            agg = aggregate([None if pd.isna(s) else int(s) for s in g[g.point == point].steps],
+                            top)
+            s = agg["median"]   # a step some seed reached (or NaN: above the sweep)
             rows.append({**base, "metric": names[point], "point": point, "steps": s,
                          "nfe": per_steps.nfe.get(s, math.nan),
                          "seconds": per_steps.seconds.get(s, math.nan),
                          "threshold": thr[point], "n_seeds": agg["n_seeds"],
                          "n_reached": agg["n_reached"], "steps_lo": agg["lo"],
-                         "steps_hi": agg["hi"], "spread": agg["hi"] - agg["lo"]})
+                         "steps_hi": agg["hi"], "spread": agg["hi"] - agg["lo"],
+                         "ci_lo": agg["ci_lo"], "ci_hi": agg["ci_hi"],
+                         "ci_level": agg["ci_level"], "sweep_max": top})
         rows.append({**base, "metric": a.converged_metric, "point": "does_not_converge",
                      "steps": math.nan, "nfe": math.nan, "seconds": math.nan,
                      "threshold": "change_at_top>max(deterministic samplers' change_at_top, "
                                   f"converged) ({a.nonconvergence_change:g} without them)",
                      "n_seeds": len(never), "n_reached": n_never, "steps_lo": math.nan,
-                     "steps_hi": math.nan, "spread": math.nan})
+                     "steps_hi": math.nan, "spread": math.nan, "ci_lo": math.nan,
+                     "ci_hi": math.nan, "ci_level": math.nan, "sweep_max": math.nan})
     return pd.DataFrame(rows)

@@ -54,6 +54,11 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
                   ("n_reached", "int"), ("steps_lo", "int"), ("steps_hi", "int"),
                   ("spread", "float"), ("n_settled", "int"), ("top_change", "float"),
                   ("baseline_change", "float"), ("tail_ratio", "float"),
+                  # the median's interval over seeds (order statistics; NaN bound: above the
+                  # sweep), its exact coverage, and the sweep's largest step (steps NaN with
+                  # n_reached < n_seeds / 2 reads "> sweep_max")
+                  ("ci_lo", "int"), ("ci_hi", "int"), ("ci_level", "float"),
+                  ("sweep_max", "int"),
                   # adaptive / grid / mixed: which search found the seeds' points
                   ("search", "str")],
     "rates": [("level", "str"), ("topic", "str"), ("seed", "int"), ("sampler", "str"),
@@ -61,15 +66,25 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
               ("metric", "str"), ("a", "float"), ("b", "float"), ("b_lo", "float"),
               ("b_hi", "float"), ("n_seeds", "int"), ("x_lo", "float"), ("x_hi", "float"),
               ("slopes", "str"), ("asymptotic", "bool"), ("order_fit", "float"),
-              ("order", "float")],
+              ("order", "float"),
+              # what b_lo/b_hi are (a bootstrap with >= 5 seeds, else the per-seed range of
+              # the fits) and the slope tolerance the rule applied (rates.slope_tolerance)
+              ("interval", "str"), ("tol", "float")],
     "limits": [("sampler", "str"), ("schedule", "str"), ("cfg", "float"), ("metric", "str"),
                ("limit", "str"), ("steps", "int"), ("d_top", "float"), ("slopes", "str"),
                ("approached", "bool"), ("closest", "bool"), ("x_lo", "float"),
                ("x_hi", "float"), ("asymptotic", "bool"), ("order", "float"),
-               ("order_lo", "float"), ("order_hi", "float")],
-    "claims": [("claim", "str"), ("source", "str"), ("sampler", "str"), ("cfg", "float"),
-               ("measurement", "str"), ("cells", "str"), ("anchor", "str"), ("value", "str"),
-               ("verdict", "str"), ("details", "str")],
+               ("order_lo", "float"), ("order_hi", "float"), ("interval", "str"),
+               # rates.choose_limit: "closest" on the chosen row; "ambiguous" (not well
+               # below the gaps between limits) or "none approached" on every row otherwise
+               ("choice", "str")],
+    "claims": [("claim", "str"), ("source", "str"), ("sampler", "str"), ("schedule", "str"),
+               ("cfg", "float"), ("measurement", "str"), ("cells", "str"), ("anchor", "str"),
+               ("value", "str"), ("verdict", "str"), ("details", "str"),
+               # the comparison that decided the verdict (claims.combine): what against,
+               # seeds (pairs) for and against the claim, ties, the test's p-value
+               ("against", "str"), ("n_for", "int"), ("n_against", "int"), ("n_ties", "int"),
+               ("p_value", "float")],
     "calibration": [("point", "str"), ("condition", "str"), ("truth", "str"), ("n", "int"),
                     ("positives", "int"), ("tp", "int"), ("fp", "int"), ("fn", "int"),
                     ("tn", "int"), ("balanced_accuracy", "float"), ("precision", "float"),

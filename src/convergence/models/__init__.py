@@ -31,7 +31,10 @@ def analytic_model(model_cfg, width: int, height: int) -> Model:
     return AnalyticModel(width, height)
 
 
-@register_model("diffusers")
+#: what a diffusers pipeline's model has that claims need (claims.ClaimInputs.capabilities):
+#: a text-to-image model trained on photographs draws faces and bodies; the analytic model
+#: declares none (its "people" topic is a group of pictures)
+@register_model("diffusers", capabilities=("faces", "bodies"))
 def diffusers_model(model_cfg, width: int, height: int) -> LatentPipelineModel:
     """A diffusers pipeline: a flow-matching scheduler makes it a :class:`FlowMatchModel`,
     anything else a VP :class:`DiffusersModel`. The libraries' own log lines are silenced

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from convergence.analysis.rates import SLOPE_TOL, SLOPE_WINDOW
+from convergence.analysis.rates import MIN_BOOTSTRAP_SEEDS, SLOPE_TOL, SLOPE_WINDOW
 from convergence.report.data import POINTS, StudyData
 
 #: the guide's own it/s table (M1 Max, 512×512, 3-sample average), for comparison only
@@ -122,8 +122,11 @@ def keypoint_tables(study: StudyData) -> list[Table]:
             if r.topic not in topics or r.row not in shown.index:
                 continue
             text = _fmt_steps(r.steps)
+            top = getattr(r, "sweep_max", math.nan)
             if text == "—" and point == "converged" and _not_converging(r):
                 text = "does not converge"
+            elif text == "—" and pd.notna(top):
+                text = f"> {_fmt_steps(top)}"   # censored: fewer than half the seeds got there
             elif text != "—" and hasattr(r, "n_reached") and hasattr(r, "n_seeds") \
                     and pd.notna(r.n_reached) and int(r.n_reached) < int(r.n_seeds):
                 text += f" ({int(r.n_reached)}/{int(r.n_seeds)})"
@@ -132,8 +135,10 @@ def keypoint_tables(study: StudyData) -> list[Table]:
         shown = shown.rename(columns={ALL: "all topics"})
         thr = sub["threshold"].dropna().unique() if "threshold" in sub else []
         note = (f"threshold ({study.metric} vs {study.reference}): "
-                f"{', '.join(_fmt_threshold(t) for t in thr) or '?'}; steps = median over seeds, "
-                "on the first swept step count at or above it; (k/n) = only k of n seeds reached it")
+                f"{', '.join(_fmt_threshold(t) for t in thr) or '?'}; steps = median over seeds "
+                "(a seed that never reaches it is censored above the sweep: '> max' when fewer "
+                "than half do); (k/n) = only k of n seeds reached it; keypoints.csv has the "
+                "median's interval (ci_lo, ci_hi)")
         tables.append(Table(f"keypoints_{point}", f"{point.capitalize()} step per sampler × topic",
                             sub.drop(columns=["row"]), shown.reset_index(), note))
     return tables
@@ -326,6 +331,8 @@ def batch_headline(table: Table) -> pd.DataFrame:
 def _order_cell(row) -> str:
     """An order only where the analysis accepted it (local slopes agree); else say why not."""
     if bool(row.get("asymptotic")) and pd.notna(row.get("order")):
+        if pd.isna(row.get("b_lo")):
+            return _fmt_num(row["order"], 3)
         return f"{_fmt_num(row['order'], 3)} [{_fmt_num(-row['b_hi'], 3)}, {_fmt_num(-row['b_lo'], 3)}]"
     return "pre-asymptotic"
 
@@ -349,14 +356,14 @@ def rates_table(study: StudyData) -> Table | None:
 
     shown = pd.DataFrame({"sampler": allt["sampler"], "schedule": allt["schedule"], "x": allt["x"],
                           "reference": col("reference", ""),
-                          "order [95% interval]": [_order_cell(row) for _, row in allt.iterrows()],
+                          "order [interval]": [_order_cell(row) for _, row in allt.iterrows()],
                           "range": [f"{_fmt_num(lo, 3)}–{_fmt_num(hi, 3)}" if pd.notna(lo) else "–"
                                     for lo, hi in zip(col("x_lo"), col("x_hi"), strict=True)],
                           "local slopes": col("slopes", "").fillna(""),
                           "seeds": allt["n_seeds"]})
     groups = []
     for (x, ref), g in shown.groupby(["x", "reference"], sort=False):
-        accepted = int((g["order [95% interval]"] != "pre-asymptotic").sum())
+        accepted = int((g["order [interval]"] != "pre-asymptotic").sum())
         groups.append((f"against {x}, reference {ref}: {len(g)} samplers, {accepted} with an "
                        "asymptotic order", g.drop(columns=["x", "reference"]),
                        x == "nfe" and ref.startswith("exact")))
@@ -365,9 +372,11 @@ def rates_table(study: StudyData) -> Table | None:
     return Table("rates", "Orders of convergence, all topics", r, shown,
                  "An order is a measurement only in its asymptotic range: it is shown where the "
                  f"last {SLOPE_WINDOW} local slopes of successive doublings and the order fitted "
-                 f"over them agree within {SLOPE_TOL} (docs/analysis.md), "
-                 "otherwise the row says pre-asymptotic and no claim is decided from it. "
-                 "Per-topic and per-seed fits are in rates.csv.", groups)
+                 f"over them agree within {SLOPE_TOL}, less a margin for the spread over seeds "
+                 "(docs/analysis.md), otherwise the row says pre-asymptotic and no claim is "
+                 "decided from it. The interval is a 95% bootstrap over seeds with at least "
+                 f"{MIN_BOOTSTRAP_SEEDS} seeds, else the range of the per-seed fits (rates.csv: "
+                 "interval). Per-topic and per-seed fits are in rates.csv.", groups)
 
 
 def claims_table(study: StudyData) -> Table | None:
@@ -376,8 +385,15 @@ def claims_table(study: StudyData) -> Table | None:
     c = study.claims
     if c is None or c.empty:
         return None
+    c = c.copy()
+    if {"n_for", "n_against", "p_value"} <= set(c.columns):   # the deciding test, in words
+        c["seeds for/against/tied, p"] = [
+            "" if pd.isna(f) else f"{int(f)}/{int(a)}/{int(t)}, p={p:.2g}"
+            for f, a, t, p in zip(c["n_for"], c["n_against"], c["n_ties"], c["p_value"],
+                                  strict=True)]
     c = c.fillna("")
-    cols = [k for k in ("sampler", "cfg", "value", "verdict", "details") if k in c]
+    cols = [k for k in ("sampler", "schedule", "cfg", "value", "verdict",
+                        "seeds for/against/tied, p", "details") if k in c]
     groups = []
     for (claim, source, measurement), g in c.groupby(
             [k if k in c else pd.Series("", index=c.index) for k in ("claim", "source", "measurement")],
@@ -392,6 +408,9 @@ def claims_table(study: StudyData) -> Table | None:
         groups.append((f"“{claim}” ({who})", shown, str(measurement)))
     shown_all = c[cols]
     return Table("claims", "The guide's claims, checked against this study", c, shown_all,
-                 "One row per sampler and CFG scale; 'cells' links to the table or figure that "
-                 "holds the cells the verdict was decided on (claims.csv has them in full).",
+                 "One row per sampler, schedule and CFG scale; a verdict is a test over seeds "
+                 "(paired by seed between samplers; 'inconclusive' where p >= 0.05), with the "
+                 "seeds for and against the claim and the p-value of the comparison that "
+                 "decided it; 'cells' links to the table or figure that holds the cells the "
+                 "verdict was decided on (claims.csv has them in full).",
                  groups)
