@@ -1,5 +1,6 @@
-"""`convergence check SAMPLER`: a small fixed study on the embedded analytic model that
-checks a sampler against its own claims and against a stored baseline.
+"""`convergence check SAMPLER`: a small fixed study on the embedded analytic model (or on
+any model config: ``--model`` / Hydra overrides) that checks a sampler against its own claims
+and against a stored baseline.
 
 The study is ``conf/study/check.yaml`` with the checked sampler in it, run by the ordinary
 runner into a store (a temporary folder) and measured by the analysis' own stages: its exact
@@ -14,7 +15,10 @@ Checks, each a row of the printed table (what, expected, measured, passed):
 - ``limit``: the deterministic sampler converges to the exact limit of the probability-flow
   ODE on the Karras schedule (D(x(sigma_min)) or x(0), whichever is nearer; x(sigma_min)
   for samplers that claim ``limit="sigma_min"``): the error still falls between the two
-  largest step counts; not judged for those that claim ``limit="none"``;
+  largest step counts; not judged for those that claim ``limit="none"``. Only the analytic
+  model has an exact solution: on any other model the row says so, and the errors (order,
+  key points) are measured against :data:`REFERENCE_SAMPLER` at :data:`REFERENCE_FACTOR`
+  times the largest step count instead;
 - ``order``: the empirical order against that limit equals the claimed one, judged only
   where the analysis' rule accepts it (``rates.order_accepted``: the local slopes of the
   last two doublings agree); otherwise reported as pre-asymptotic and not judged;
@@ -44,7 +48,7 @@ from convergence.analysis.rates import MIN_ORDER, asymptotic_fit, local_slopes
 from convergence.config.compose import compose_config
 from convergence.config.schema import Config
 from convergence.core.errors import ConvergenceError
-from convergence.core.registries import METRICS, SAMPLERS
+from convergence.core.registries import METRICS, MODELS, SAMPLERS
 from convergence.models import build_model
 from convergence.models.analytic import AnalyticModel
 from convergence.models.base import Model
@@ -73,14 +77,30 @@ KEYPOINT_TOLERANCE = 1
 #: rounding (~2e-8 RMS) and far below any change to a sampler's arithmetic
 IMAGE_TOLERANCE = 1e-4
 POOL = 8
+#: models without an exact solution: the reference is this trusted second-order sampler at
+#: REFERENCE_FACTOR x the largest step count (its error there is 1/16 of its error at the
+#: largest; the order fit accounts for the finite reference, rates.local_slopes' x_ref)
+REFERENCE_SAMPLER = "heun"
+REFERENCE_FACTOR = 4
 #: a cell alone vs the same cell in a batch (float32 as stored): the analytic model is
 #: row-independent to the bit, so any difference is the sampler's
 BATCH_ATOL = 1e-9
 
 
-def check_study() -> Config:
-    """The check study's config (``study=check``) as composed for every command."""
-    return compose_config(["study=check"])
+def check_study(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The check study's config (``study=check``) as composed for every command, with
+    Hydra ``overrides`` (another model: ``model._target_=...``, ``model.params.x=...``)."""
+    return compose_config(["study=check", *overrides])
+
+
+def model_overrides(model: str | None) -> list[str]:
+    """``--model``: a registered model name or a ``model/NAME.yaml`` config (``model=NAME``
+    is left to Hydra), or a ``module:attr`` / dotted path (``model._target_=...``)."""
+    if model is None:
+        return []
+    if ":" in model or "." in model:
+        return [f"model._target_={model.replace(':', '.')}"]
+    return [f"model.name={model}" if model in MODELS else f"model={model}"]
 
 
 @dataclass
@@ -100,6 +120,8 @@ class Measurement:
     nfe: dict[int, int]
     limit: str | None = None
     errors: dict[int, float] = field(default_factory=dict)
+    #: steps of a finite reference (``REFERENCE_SAMPLER@N``); inf against an exact limit
+    x_ref: float = math.inf
     keypoints: dict[str, list[int | None]] = field(default_factory=dict)
     images: dict[str, list[float]] = field(default_factory=dict)
 
@@ -170,12 +192,36 @@ class _Measured:
     samples: np.ndarray
 
 
-def _measured(cfg: Config, model: Model) -> _Measured:
-    store, cells = load_cells(cfg)
+def _measured(cfg: Config, model: Model, reference: str | None = None) -> _Measured:
+    """The checked sampler's cells and their distances; ``reference`` (``SAMPLER@N``, its
+    cells in the same store) adds the distances to it, measured among all stored cells."""
+    store, every = load_cells(cfg)
+    own = every.sampler.isin(cfg.samplers) & every.steps.isin(cfg.steps)
+    cells = every[own].reset_index(drop=True)
     samples = np.stack([store.load_sample(h) for h in cells.hash]).astype(np.float64)
     exact = model if isinstance(model, AnalyticModel) else None
     dist, _ = compute_distances(cfg.analysis, store, cells, samples, exact)
+    if reference is not None:
+        every = every.reset_index(drop=True)
+        all_samples = np.stack([store.load_sample(h) for h in every.hash]).astype(np.float64)
+        a = replace(cfg.analysis, references=[reference], metrics=["rmse"], image_references=[])
+        to_ref, _ = compute_distances(a, store, every, all_samples, None)
+        to_ref = to_ref[(to_ref.reference == reference) & to_ref.hash.isin(set(cells.hash))]
+        dist = pd.concat([dist, to_ref], ignore_index=True)
     return _Measured(cells, dist, samples)
+
+
+def _reference_run(cfg: Config, model: Model, spec: SamplerSpec) -> str | None:
+    """The reference of a deterministic sampler on a model without an exact solution:
+    REFERENCE_SAMPLER at REFERENCE_FACTOR x the largest step count, run into the check's
+    store; its name (``heun@512``), or None where no reference applies (stochastic,
+    diffusers-scheduler or adaptive samplers, or a claimed limit other than sigma = 0)."""
+    if isinstance(model, AnalyticModel) or spec.stochastic or spec.family == "diffusers" \
+            or spec.limit != "zero":
+        return None
+    steps = REFERENCE_FACTOR * max(cfg.steps)
+    run_study(replace(cfg, samplers=[REFERENCE_SAMPLER], steps=[steps]), model)
+    return f"{REFERENCE_SAMPLER}@{steps}"
 
 
 def _pooled_errors(dist: pd.DataFrame, limit: str) -> dict[int, float]:
@@ -199,7 +245,8 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
     model = build_model(cfg.model, cfg.width, cfg.height)
     steps, skipped = _run(cfg, model)
     cfg = replace(cfg, steps=steps)
-    got = _measured(cfg, model)
+    ref = _reference_run(cfg, model, spec)
+    got = _measured(cfg, model, ref)
     m = Measurement(spec.name, {int(n): int(v) for n, v in got.cells.groupby("steps").nfe.max()
                                 .items()})
     top = max(m.nfe)
@@ -225,6 +272,17 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
                             f"{m.errors[top]:.1e} at {top} steps", None))
         else:
             rows += [_limit_row(spec, m), _order_row(spec, m)]
+    elif ref is not None:
+        m.limit, m.x_ref = ref, float(ref.partition("@")[2])
+        m.errors = _pooled_errors(got.dist, ref)
+        reference = ref
+        rows.append(Row("limit", f"not judged ({model.name} has no exact solution)",
+                        f"reference {ref} (error {m.errors[top]:.1e} at {top} steps)", None))
+        if spec.nfe_per_step is not None:
+            rows.append(_order_row(spec, m))
+    elif deterministic and spec.limit != "zero":
+        rows.append(Row("order", _claimed_order(spec), f"not measured (claims limit "
+                        f"{spec.limit!r}; {model.name} has no exact solution)", None))
     else:
         why = ("stochastic: converges in distribution" if spec.stochastic
                else "diffusers scheduler: chooses its own timesteps")
@@ -274,14 +332,15 @@ def slopes(errors: dict[int, float]) -> list[float]:
     return [float(v) for v in local_slopes(n, [errors[k] for k in n])[1]]
 
 
-def empirical_order(errors: dict[int, float]) -> tuple[float | None, str]:
+def empirical_order(errors: dict[int, float], x_ref: float = math.inf) -> tuple[float | None, str]:
     """(order, step range) where the analysis accepts an order (``rates.asymptotic_fit``,
-    x = steps, against the exact limit); (None, why) otherwise."""
+    x = steps, against the exact limit, or a reference at ``x_ref`` steps); (None, why)
+    otherwise."""
     n = sorted(errors)
     if errors[n[-1]] <= FLOOR:
         return None, f"error {errors[n[-1]]:.1e} at the solver's floor"
     fit = asymptotic_fit([(np.array(n, dtype=np.float64), np.array([errors[k] for k in n]))],
-                         math.inf)
+                         x_ref)
     if not fit["asymptotic"]:
         return None, f"pre-asymptotic (slopes {', '.join(fit['slopes'].split(',')[-3:])})"
     return fit["order"], f"steps {fit['x_lo']:g}-{fit['x_hi']:g}"
@@ -307,7 +366,7 @@ def _limit_row(spec: SamplerSpec, m: Measurement) -> Row:
 
 
 def _order_row(spec: SamplerSpec, m: Measurement) -> Row:
-    order, where = empirical_order(m.errors)
+    order, where = empirical_order(m.errors, m.x_ref)
     measured = f"{order:.2f} ({where})" if order is not None else where
     if spec.order is None or order is None:
         return Row("order", _claimed_order(spec), measured, None)
@@ -404,16 +463,21 @@ def resolve_for_check(sampler: Any, **claims: Any) -> SamplerSpec:
     return replace(spec, **claims) if claims else spec
 
 
-def check_sampler(sampler: Any, baseline: Measurement | None = None, **claims: Any) -> CheckReport:
-    """Run the check study for ``sampler`` and judge it against its claims and ``baseline``.
-    Torch's thread count is the study's while it runs, and restored after."""
+def check_sampler(sampler: Any, baseline: Measurement | None = None,
+                  overrides: list[str] | tuple[str, ...] = (), **claims: Any) -> CheckReport:
+    """Run the check study (with Hydra ``overrides``: another model) for ``sampler`` and
+    judge it against its claims and ``baseline``. Torch's thread count is the study's while
+    it runs, and restored after."""
     spec = resolve_for_check(sampler, **claims)
     with torch_threads(torch.get_num_threads()), \
             tempfile.TemporaryDirectory(prefix="convergence-check-") as tmp:
-        cfg = replace(check_study(), samplers=[spec.name], results_dir=tmp)
+        cfg = replace(check_study(overrides), samplers=[spec.name], results_dir=tmp)
         m, rows = measure(spec, cfg)
     if baseline is not None:
         rows += compare(m, baseline)
+    elif overrides:
+        rows.append(Row("baseline", "stored baseline", "none (baselines are of the built-in "
+                        "check study)", None))
     else:
         rows.append(Row("baseline", "stored baseline", "none (convergence baseline save "
                         f"{spec.name})", None))
