@@ -192,7 +192,7 @@ def cmd_check(argv: list[str]) -> int:
     p.add_argument("--order", type=float, help="claimed order (overrides the registered one)")
     p.add_argument("--nfe-per-step", type=float, help="claimed model calls per step")
     p.add_argument("--nfe-offset", type=int, help="claimed extra calls per image")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)   # overrides before or after the options
     import_plugins(args.plugin)
     spec = resolve_for_check(_sampler_arg(args.sampler))
     bad = [o for o in args.overrides if "=" not in o]

@@ -86,7 +86,8 @@ def build_model(model_cfg, width: int, height: int) -> Model:
     if is_model_factory(target):
         model = target(model_cfg, width, height)   # reads model_cfg.params itself
     else:
-        model = denoiser_model(target, _where(target), model_cfg, width, height)
+        where = getattr(model_cfg, "_target_", None) or _where(target)
+        model = denoiser_model(target, str(where), model_cfg, width, height)
     if entry.source != "builtin":
         model.name = str(model_cfg.name)
     model.validate_size(width, height)

@@ -271,7 +271,7 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
             rows.append(Row("limit", f"not judged ({why})", f"{m.limit}: error "
                             f"{m.errors[top]:.1e} at {top} steps", None))
         else:
-            rows += [_limit_row(spec, m), _order_row(spec, m)]
+            rows += [_limit_row(spec, m), _order_row(spec, m), _seed_orders(got.dist, m)]
     elif ref is not None:
         m.limit, m.x_ref = ref, float(ref.partition("@")[2])
         m.errors = _pooled_errors(got.dist, ref)
@@ -279,7 +279,7 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
         rows.append(Row("limit", f"not judged ({model.name} has no exact solution)",
                         f"reference {ref} (error {m.errors[top]:.1e} at {top} steps)", None))
         if spec.nfe_per_step is not None:
-            rows.append(_order_row(spec, m))
+            rows += [_order_row(spec, m), _seed_orders(got.dist, m)]
     elif deterministic and spec.limit != "zero":
         rows.append(Row("order", _claimed_order(spec), f"not measured (claims limit "
                         f"{spec.limit!r}; {model.name} has no exact solution)", None))
@@ -374,6 +374,19 @@ def _order_row(spec: SamplerSpec, m: Measurement) -> Row:
     return Row("order", f"{spec.order:g} +- {ORDER_TOLERANCE}", measured, ok,
                "" if ok else f"order regressed: claimed {spec.order:g}, measured {order:.2f} "
                f"({where}) against {m.limit}")
+
+
+def _seed_orders(dist: pd.DataFrame, m: Measurement) -> Row:
+    """Each seed's own order against the same limit, by the same rule, beside the pooled
+    curve's (reported, not judged: the order row judges the pooled curve)."""
+    d = dist[(dist.metric == "rmse") & (dist.reference == m.limit)]
+    parts = []
+    for seed, g in d.groupby("seed"):
+        order, where = empirical_order(dict(zip(g.steps.astype(int), g.value.astype(float),
+                                                strict=True)), m.x_ref)
+        parts.append(f"seed {int(seed)}: " + (f"{order:.2f}" if order is not None else
+                                              where.partition(" (")[0]))
+    return Row("order per seed", "reported", "; ".join(parts), None)
 
 
 def _again(model: Model, spec: SamplerSpec, cells: list[Cell]) -> np.ndarray:
