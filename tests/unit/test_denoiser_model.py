@@ -13,8 +13,13 @@ from convergence.config.schema import ModelConfig
 from convergence.core.errors import ConvergenceError
 from convergence.core.registries import MODELS
 from convergence.models import build_model, is_model_factory
-from convergence.models.base import Conditioning, GuidedDenoiser, cat_rows, require_guidance, \
-    take_rows
+from convergence.models.base import (
+    Conditioning,
+    GuidedDenoiser,
+    cat_rows,
+    require_guidance,
+    take_rows,
+)
 from convergence.models.denoiser import DenoiserModel, is_denoiser, to_rgb8
 
 
@@ -179,3 +184,30 @@ def test_model_params_compose_from_the_command_line():
 def test_rgb_rounding_matches_the_range():
     x = torch.tensor([[[[0.25]]]], dtype=torch.float64)
     assert to_rgb8(x, (0.0, 1.0))[0, 0, 0, 0] == round(0.25 * 255)
+
+
+def test_an_unconditional_model_refuses_cfg_before_running(tmp_path, user_pkg):
+    """The runner's first step: one line, nothing stored."""
+    from conftest import make_config
+
+    from convergence.run.runner import run_study
+    model = user_pkg("user_models_for_test.shrink", name="u", display_range=[-1, 1])
+    cfg = make_config(tmp_path, cfg=[7.5])
+    with pytest.raises(ConvergenceError, match="model 'u' is unconditional"):
+        run_study(cfg, model)
+    assert not (tmp_path / "results" / "t" / "cells.parquet").exists()
+
+
+def test_check_model_option_becomes_overrides():
+    from convergence.tools.check import model_overrides
+    assert model_overrides(None) == []
+    assert model_overrides("my_pkg:make") == ["model._target_=my_pkg.make"]
+    assert model_overrides("analytic") == ["model.name=analytic"]   # registered
+    assert model_overrides("diffusers_sd15") == ["model=diffusers_sd15"]   # a config file
+
+
+def test_params_of_a_built_in_model_are_one_line(tmp_path):
+    from conftest import make_config
+    with pytest.raises(ConvergenceError, match=r"model.params.sigma_min: the built-in model "
+                       "'analytic' takes no params"):
+        make_config(tmp_path, model={"name": "analytic", "params": {"sigma_min": 0.1}})

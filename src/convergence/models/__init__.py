@@ -8,12 +8,12 @@ a k-diffusion-style denoiser ``D(x, sigma, **cond)`` or a factory of one called 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from convergence.core.errors import ConvergenceError
 from convergence.core.registries import MODELS, register_model
-import inspect
-
 from convergence.models.base import Model
 from convergence.models.denoiser import denoiser_model
 from convergence.models.device import require_cpu, select_device, select_dtype
