@@ -61,7 +61,7 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
               ("metric", "str"), ("a", "float"), ("b", "float"), ("b_lo", "float"),
               ("b_hi", "float"), ("n_seeds", "int"), ("x_lo", "float"), ("x_hi", "float"),
               ("slopes", "str"), ("asymptotic", "bool"), ("order_fit", "float"),
-              ("order", "float")],
+              ("order", "float"), ("seed_orders", "str")],
     "limits": [("sampler", "str"), ("schedule", "str"), ("cfg", "float"), ("metric", "str"),
                ("limit", "str"), ("steps", "int"), ("d_top", "float"), ("slopes", "str"),
                ("approached", "bool"), ("closest", "bool"), ("x_lo", "float"),
