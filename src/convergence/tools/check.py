@@ -120,10 +120,10 @@ class Measurement:
     nfe: dict[int, int]
     limit: str | None = None
     errors: dict[int, float] = field(default_factory=dict)
-    #: steps of a finite reference (``REFERENCE_SAMPLER@N``); inf against an exact limit
-    x_ref: float = math.inf
     keypoints: dict[str, list[int | None]] = field(default_factory=dict)
     images: dict[str, list[float]] = field(default_factory=dict)
+    #: steps of a finite reference (``REFERENCE_SAMPLER@N``); inf against an exact limit
+    x_ref: float = math.inf
 
 
 @dataclass
