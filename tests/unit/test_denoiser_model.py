@@ -202,8 +202,14 @@ def test_check_model_option_becomes_overrides():
     from convergence.tools.check import model_overrides
     assert model_overrides(None) == []
     assert model_overrides("my_pkg:make") == ["model._target_=my_pkg.make"]
-    assert model_overrides("analytic") == ["model.name=analytic"]   # registered
-    assert model_overrides("diffusers_sd15") == ["model=diffusers_sd15"]   # a config file
+    assert model_overrides("analytic") == ["model=analytic"]   # conf/model/analytic.yaml
+    with pytest.raises(ConvergenceError, match=r"unknown --model 'galaxy': give a registered model \(analytic, diffusers"):
+        model_overrides("galaxy")
+    MODELS.register("galaxy_test_model", legacy)
+    try:
+        assert model_overrides("galaxy_test_model") == ["model.name=galaxy_test_model"]
+    finally:
+        MODELS.unregister("galaxy_test_model")
 
 
 def test_params_of_a_built_in_model_are_one_line(tmp_path):

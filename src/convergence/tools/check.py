@@ -45,7 +45,7 @@ from convergence.analysis.distances import compute_distances
 from convergence.analysis.inputs import load_cells
 from convergence.analysis.keypoints import seed_points
 from convergence.analysis.rates import MIN_ORDER, asymptotic_fit, local_slopes
-from convergence.config.compose import compose_config
+from convergence.config.compose import CONF_DIR, compose_config
 from convergence.config.schema import Config
 from convergence.core.errors import ConvergenceError
 from convergence.core.registries import METRICS, MODELS, SAMPLERS
@@ -94,13 +94,19 @@ def check_study(overrides: list[str] | tuple[str, ...] = ()) -> Config:
 
 
 def model_overrides(model: str | None) -> list[str]:
-    """``--model``: a registered model name or a ``model/NAME.yaml`` config (``model=NAME``
-    is left to Hydra), or a ``module:attr`` / dotted path (``model._target_=...``)."""
+    """``--model``: a ``model/NAME.yaml`` config (``model=NAME``), a registered model name
+    (``model.name=NAME``), or a ``module:attr`` / dotted path (``model._target_=...``)."""
     if model is None:
         return []
     if ":" in model or "." in model:
         return [f"model._target_={model.replace(':', '.')}"]
-    return [f"model.name={model}" if model in MODELS else f"model={model}"]
+    if (CONF_DIR / "model" / f"{model}.yaml").exists():
+        return [f"model={model}"]
+    if model not in MODELS:
+        raise ConvergenceError(f"unknown --model {model!r}: give a registered model "
+                               f"({', '.join(MODELS.names())}), a model/NAME.yaml config or "
+                               "module:factory")
+    return [f"model.name={model}"]
 
 
 @dataclass
