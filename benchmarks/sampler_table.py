@@ -36,7 +36,8 @@ def row(name: str) -> str:
     order = by["order"].measured if "order" in by else by["limit"].expected
     limit = m.limit or "-"
     if m.errors:
-        limit += f" ({m.errors[C.STEPS[-1]]:.1e} at {C.STEPS[-1]})"
+        top = max(m.errors)
+        limit += f" ({m.errors[top]:.1e} at {top})"
     verdict = "pass" if report.passed else "FAIL: " + "; ".join(r.check for r in report.failures())
     return (f"| {name} | {spec.family} | {nfe.expected} | {nfe.measured.split(' (')[0]} | "
             f"{C._claimed_order(spec)} | {order} | {limit} | {verdict} |")

@@ -392,7 +392,7 @@ def _seed_orders(dist: pd.DataFrame, m: Measurement) -> Row:
                                                 strict=True)), m.x_ref)
         parts.append(f"seed {int(seed)}: " + (f"{order:.2f}" if order is not None else
                                               where.partition(" (")[0]))
-    return Row("order per seed", "reported", "; ".join(parts), None)
+    return Row("seed orders", "reported", "; ".join(parts), None)
 
 
 def _again(model: Model, spec: SamplerSpec, cells: list[Cell]) -> np.ndarray:
