@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -51,9 +52,42 @@ def test_the_documented_example_runs_and_checks_heun_at_order_two(tmp_path):
     assert abs(orders["euler"] - 1) < 0.1 and abs(orders["heun"] - 2) < 0.15, orders
     for slopes in all_.slopes:
         assert len(slopes.split(",")) >= 3
+    _heun_reaches_the_exact_solution(tmp_path, study, cells)
     # check: heun's order ~2 against heun@1024 (no exact solution), its limit not judged
     assert "heun: all checks passed" in out
     order_line = next(ln for ln in out.splitlines() if ln.startswith("order "))
     measured = float(order_line.split()[4])   # order, 2, +-, 0.25, MEASURED (steps ..) yes
     assert math.isclose(measured, 2.0, abs_tol=0.1), order_line
     assert "not judged (gauss has no exact solution)" in out
+
+
+def _heun_reaches_the_exact_solution(tmp_path: Path, study: Path, cells: pd.DataFrame) -> None:
+    """The harness's heun on the user's model converges to the model's own closed-form ODE
+    solution, D(x(sigma_min)) from the cell's initial noise, at order 2."""
+    import torch
+
+    from convergence.core.store import Store
+    sys.path.insert(0, str(tmp_path / "examples"))
+    try:
+        from gaussian_model import make_denoiser
+    finally:
+        sys.path.remove(str(tmp_path / "examples"))
+    den = make_denoiser(sigma_data=0.5, contrast=0.8)   # the study's params
+    store = Store(study)
+    heun = cells[cells.sampler == "heun"]
+    errors = {}
+    for n in (64, 128, 256):
+        at = heun[heun.steps == n]
+        got = torch.from_numpy(np.stack([store.load_sample(h) for h in at.hash])).double()
+        noise = torch.stack([torch.randn((1, 32, 32), generator=torch.Generator("cpu")
+                                         .manual_seed(int(s)), dtype=torch.float32)
+                             for s in at.seed]).double()
+        x0 = noise * float(at.noise_scale.iloc[0])   # where the sampler started
+        end = den.exact_solution(x0, float(at.sigma_start.iloc[0]), float(at.sigma_min.iloc[0]))
+        want = den(end, torch.full((len(at),), float(at.sigma_min.iloc[0]), dtype=torch.float64))
+        errors[n] = float((got - want).pow(2).mean().sqrt())
+    slopes = [math.log2(errors[a] / errors[b]) for a, b in ((64, 128), (128, 256))]
+    # measured (3 seeds): errors 1.5e-3, 3.6e-4, 8.8e-5 at 64, 128, 256 steps, slopes 2.05 and
+    # 2.03 (float32 samples round at ~1e-7, far below); 0.15 leaves room for other CPUs'
+    # rounding of the same arithmetic
+    assert all(abs(v - 2) < 0.15 for v in slopes), (errors, slopes)
