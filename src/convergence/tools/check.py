@@ -79,7 +79,7 @@ IMAGE_TOLERANCE = 1e-4
 POOL = 8
 #: models without an exact solution: the reference is this trusted second-order sampler at
 #: REFERENCE_FACTOR x the largest step count (its error there is 1/16 of its error at the
-#: largest; the order fit accounts for the finite reference, rates.local_slopes' x_ref)
+#: largest; for itself the order fit accounts for the finite reference, rates' x_ref)
 REFERENCE_SAMPLER = "heun"
 REFERENCE_FACTOR = 4
 #: a cell alone vs the same cell in a batch (float32 as stored): the analytic model is
@@ -220,7 +220,7 @@ def _measured(cfg: Config, model: Model, reference: str | None = None) -> _Measu
 def _reference_run(cfg: Config, model: Model, spec: SamplerSpec) -> str | None:
     """The reference of a deterministic sampler on a model without an exact solution:
     REFERENCE_SAMPLER at REFERENCE_FACTOR x the largest step count, run into the check's
-    store; its name (``heun@512``), or None where no reference applies (stochastic,
+    store; its name (``heun@1024``), or None where no reference applies (stochastic,
     diffusers-scheduler or adaptive samplers, or a claimed limit other than sigma = 0)."""
     if isinstance(model, AnalyticModel) or spec.stochastic or spec.family == "diffusers" \
             or spec.limit != "zero":
@@ -279,7 +279,11 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
         else:
             rows += [_limit_row(spec, m), _order_row(spec, m), _seed_orders(got.dist, m)]
     elif ref is not None:
-        m.limit, m.x_ref = ref, float(ref.partition("@")[2])
+        # heun against its own 4x run: the analysis' finite-reference slopes (x_ref); any
+        # other sampler against it as the limit (heun's own error there is 1/16 of its
+        # error at the largest step count, below a converging sampler's)
+        m.limit = ref
+        m.x_ref = float(ref.partition("@")[2]) if spec.name == REFERENCE_SAMPLER else math.inf
         m.errors = _pooled_errors(got.dist, ref)
         reference = ref
         rows.append(Row("limit", f"not judged ({model.name} has no exact solution)",
@@ -387,7 +391,7 @@ def _seed_orders(dist: pd.DataFrame, m: Measurement) -> Row:
     curve's (reported, not judged: the order row judges the pooled curve)."""
     d = dist[(dist.metric == "rmse") & (dist.reference == m.limit)]
     parts = []
-    for seed, g in d.groupby("seed"):
+    for (_, seed), g in d.groupby(["prompt", "seed"], sort=False):   # one curve each
         order, where = empirical_order(dict(zip(g.steps.astype(int), g.value.astype(float),
                                                 strict=True)), m.x_ref)
         parts.append(f"seed {int(seed)}: " + (f"{order:.2f}" if order is not None else
