@@ -53,12 +53,13 @@ def test_the_documented_example_runs_and_checks_heun_at_order_two(tmp_path):
     for slopes in all_.slopes:
         assert len(slopes.split(",")) >= 3
     _heun_reaches_the_exact_solution(tmp_path, study, cells)
-    # check: heun's order ~2 against heun@1024 (no exact solution), its limit not judged
+    # check: heun reaches the model's own exact limit (its exact_solution), at order ~2
     assert "heun: all checks passed" in out
     order_line = next(ln for ln in out.splitlines() if ln.startswith("order "))
     measured = float(order_line.split()[4])   # order, 2, +-, 0.25, MEASURED (steps ..) yes
     assert math.isclose(measured, 2.0, abs_tol=0.1), order_line
-    assert "not judged (gauss has no exact solution)" in out
+    limit_line = next(ln for ln in out.splitlines() if ln.startswith("limit "))
+    assert "reaches the exact limit" in limit_line and limit_line.rstrip().endswith("yes")
 
 
 def _heun_reaches_the_exact_solution(tmp_path: Path, study: Path, cells: pd.DataFrame) -> None:

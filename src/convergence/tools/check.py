@@ -15,8 +15,9 @@ Checks, each a row of the printed table (what, expected, measured, passed):
 - ``limit``: the deterministic sampler converges to the exact limit of the probability-flow
   ODE on the Karras schedule (D(x(sigma_min)) or x(0), whichever is nearer; x(sigma_min)
   for samplers that claim ``limit="sigma_min"``): the error still falls between the two
-  largest step counts; not judged for those that claim ``limit="none"``. Only the analytic
-  model has an exact solution: on any other model the row says so, and the errors (order,
+  largest step counts; not judged for those that claim ``limit="none"``. Exact limits come
+  from the analytic model or from a user denoiser's own ``exact_solution``
+  (:func:`own_exact_solution`); on any other model the row says so, and the errors (order,
   key points) are measured against :data:`REFERENCE_SAMPLER` at :data:`REFERENCE_FACTOR`
   times the largest step count instead;
 - ``order``: the empirical order against that limit equals the claimed one, judged only
@@ -41,9 +42,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convergence.analysis.distances import compute_distances
+from convergence.analysis import metrics as M
+from convergence.analysis.distances import META, compute_distances
 from convergence.analysis.inputs import load_cells
 from convergence.analysis.keypoints import seed_points
+from convergence.analysis.pictures import displayed
 from convergence.analysis.rates import MIN_ORDER, asymptotic_fit, local_slopes
 from convergence.config.compose import CONF_DIR, compose_config
 from convergence.config.schema import Config
@@ -217,13 +220,48 @@ def _measured(cfg: Config, model: Model, reference: str | None = None) -> _Measu
     return _Measured(cells, dist, samples)
 
 
+def own_exact_solution(model: Model):
+    """The model's own closed-form ODE solution ``exact_solution(x, sigma_from, sigma_to)``
+    (a user denoiser's attribute, models/denoiser.py), or None. Conditional models have
+    none here: the solution would need the prompt's conditioning."""
+    solve = getattr(getattr(model, "denoiser", None), "exact_solution", None)
+    return solve if callable(solve) and not model.conditional else None
+
+
+def _own_exact_distances(model: Model, got: _Measured) -> pd.DataFrame:
+    """Each cell's rmse (unclipped) and rel_rmse (on the displayed picture, as the analysis'
+    key points) to the exact limits the model's own solution gives: x(sigma_min)
+    (exact-end), D(x(sigma_min)) (exact-denoised) and x(0) (exact-zero), from the cell's
+    own initial noise."""
+    solve = own_exact_solution(model)
+    parts = []
+    for i, r in enumerate(got.cells.itertuples()):
+        x0 = model.initial_noise([int(r.seed)], int(r.width), int(r.height)).double() \
+            * float(r.noise_scale)
+        end = solve(x0, float(r.sigma_start), float(r.sigma_min)).double()
+        sigma = torch.full((1,), float(r.sigma_min), dtype=model.sample_dtype)
+        limits = {"exact-end": end, "exact-zero": solve(x0, float(r.sigma_start), 0.0),
+                  "exact-denoised": model.denoise(end.to(model.sample_dtype), sigma, {})}
+        row = got.cells.iloc[[i]]
+        x = got.samples[i:i + 1]
+        for name, ref in limits.items():
+            ref = ref.double().cpu().numpy()
+            for metric, a, b in (("rmse", x, ref), ("rel_rmse", displayed(x, row),
+                                                    displayed(ref, row))):
+                part = row[META].copy()
+                part["reference"], part["ref_hash"] = name, ""
+                part["metric"], part["value"] = metric, float(M.compute(metric, a, b)[0])
+                parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 def _reference_run(cfg: Config, model: Model, spec: SamplerSpec) -> str | None:
     """The reference of a deterministic sampler on a model without an exact solution:
     REFERENCE_SAMPLER at REFERENCE_FACTOR x the largest step count, run into the check's
     store; its name (``heun@1024``), or None where no reference applies (stochastic,
     diffusers-scheduler or adaptive samplers, or a claimed limit other than sigma = 0)."""
-    if isinstance(model, AnalyticModel) or spec.stochastic or spec.family == "diffusers" \
-            or spec.limit != "zero":
+    if isinstance(model, AnalyticModel) or own_exact_solution(model) is not None or \
+            spec.stochastic or spec.family == "diffusers" or spec.limit != "zero":
         return None
     steps = REFERENCE_FACTOR * max(cfg.steps)
     run_study(replace(cfg, samplers=[REFERENCE_SAMPLER], steps=[steps]), model)
@@ -262,7 +300,9 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
     rows.append(_nfe_row(spec, m.nfe))
     deterministic = not spec.stochastic and spec.family != "diffusers"
     reference = "highest"
-    if deterministic and isinstance(model, AnalyticModel):
+    if deterministic and own_exact_solution(model) is not None:
+        got.dist = pd.concat([got.dist, _own_exact_distances(model, got)], ignore_index=True)
+    if deterministic and (isinstance(model, AnalyticModel) or own_exact_solution(model)):
         ends_above_zero = bool(got.cells.stops_above_zero.any())
         names = (["exact-end"] if spec.limit == "sigma_min" or ends_above_zero
                  else ["exact-denoised", "exact-zero"])
