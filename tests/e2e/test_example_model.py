@@ -92,3 +92,30 @@ def _heun_reaches_the_exact_solution(tmp_path: Path, study: Path, cells: pd.Data
     # 2.03 (float32 samples round at ~1e-7, far below); 0.15 leaves room for other CPUs'
     # rounding of the same arithmetic
     assert all(abs(v - 2) < 0.15 for v in slopes), (errors, slopes)
+
+
+def test_check_without_an_exact_solution_uses_heun_at_four_times_the_steps(monkeypatch):
+    """A plain function D(x, sigma) has no exact_solution: the limit is not judged, heun's
+    order is measured against heun@1024 (the analysis' finite-reference slopes)."""
+    import types
+
+    from convergence.core.registries import MODELS
+    from convergence.tools.check import check_sampler
+
+    def shrink(x, sigma):
+        """D of N(0.3, 0.25 I) data."""
+        return 0.3 + 0.25 / (0.25 + sigma.reshape(-1, 1, 1, 1) ** 2) * (x - 0.3)
+    mod = types.ModuleType("plain_denoiser_for_check")
+    mod.shrink = shrink
+    monkeypatch.setitem(sys.modules, "plain_denoiser_for_check", mod)
+    try:
+        report = check_sampler("heun", None, ["model._target_=plain_denoiser_for_check.shrink",
+                                              "model.name=plain", "model.params.channels=1",
+                                              "model.params.display_range=[-1.5,2.1]"])
+    finally:
+        MODELS.unregister("plain")
+    rows = {r.check: r for r in report.rows}
+    assert report.passed, report.summary()
+    assert rows["limit"].passed is None and "plain has no exact solution" in rows["limit"].expected
+    assert "reference heun@1024" in rows["limit"].measured
+    assert rows["order"].passed is True, rows["order"].measured
