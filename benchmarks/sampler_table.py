@@ -1,5 +1,5 @@
 """NFE per step and empirical order of every registered sampler, measured by the
-`convergence check` study (analytic model, 32x32, CFG 1, Karras schedule, steps 4-128,
+`convergence check` study (analytic model, 32x32, CFG 1, Karras schedule, steps 4-256,
 against the exact limit of the probability-flow ODE). Writes the README's table.
 
     .venv/bin/python benchmarks/sampler_table.py [--plugin MODULE] [--out FILE]

@@ -255,22 +255,31 @@ def _sampler_arg(text: str):
 def cmd_check(argv: list[str]) -> int:
     from convergence.core.registry import import_plugins
     from convergence.tools import baseline
-    from convergence.tools.check import check_sampler, resolve_for_check
+    from convergence.tools.check import check_sampler, model_overrides, resolve_for_check
     p = _parser("check", "Check a sampler against its claims and its baseline on a small "
-                "fixed study of the analytic model (docs/plugins.md). Exit status: 0 "
-                "passed, 1 a check failed, 2 bad input.")
+                "fixed study of the analytic model, or of --model and KEY=VALUE overrides "
+                "(docs/plugins.md). Exit status: 0 passed, 1 a check failed, 2 bad input.")
     p.add_argument("sampler", help="a registered name, module:function, or a {_target_: ...} node")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides of the check study, e.g. model.params.sigma_min=0.01")
+    p.add_argument("--model", help="the model to check on: a registered name, a model/NAME.yaml "
+                   "config or module:factory (default: the analytic model)")
     p.add_argument("--baseline", help="baseline file (default: results/baselines/NAME.json "
                    "when it exists)")
     p.add_argument("--no-baseline", action="store_true", help="check the claims only")
     p.add_argument("--order", type=float, help="claimed order (overrides the registered one)")
     p.add_argument("--nfe-per-step", type=float, help="claimed model calls per step")
     p.add_argument("--nfe-offset", type=int, help="claimed extra calls per image")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)   # overrides before or after the options
     import_plugins(args.plugin)
     spec = resolve_for_check(_sampler_arg(args.sampler))
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ConvergenceError(f"check: {bad[0]!r} is not an override; give KEY=VALUE, e.g. "
+                               "model.params.sigma_min=0.01")
+    overrides = model_overrides(args.model) + list(args.overrides)
     base = None
-    if not args.no_baseline:
+    if not args.no_baseline and (args.baseline or not overrides):
         path = Path(args.baseline) if args.baseline else baseline.baseline_path(spec.name)
         if args.baseline or path.exists():
             base = baseline.load(path)
@@ -279,7 +288,7 @@ def cmd_check(argv: list[str]) -> int:
                                        f"not {spec.name!r}")
     claims = {k: v for k, v in (("order", args.order), ("nfe_per_step", args.nfe_per_step),
                                 ("nfe_offset", args.nfe_offset)) if v is not None}
-    report = check_sampler(spec.name, base, **claims)
+    report = check_sampler(spec.name, base, overrides, **claims)
     print(report.table())
     print(report.summary())
     return 0 if report.passed else 1

@@ -328,7 +328,7 @@ def _rate_rows(d: pd.DataFrame, metric: str, ref: str, xname: str, top_x: dict[s
         fit = asymptotic_fit([(u[0], u[1]) for u in units], units[0][2], n_boot)
         return {"level": level, "topic": topic, "seed": seed, "sampler": key[0],
                 "schedule": key[1], "cfg": key[2], "x": xname, "reference": ref,
-                "metric": metric, **fit, "n_seeds": len(units)}
+                "metric": metric, **fit, "n_seeds": len(units), "seed_orders": ""}
 
     # one pass over the rows: curve key -> its units, in the order groupby gives
     curves: dict[tuple, list[tuple[float, tuple]]] = {}
@@ -339,13 +339,26 @@ def _rate_rows(d: pd.DataFrame, metric: str, ref: str, xname: str, top_x: dict[s
             (seed, (u[xname].to_numpy(float), u.value.to_numpy(float), x_ref)))
     rows = []
     per_key: dict[tuple, list] = {}
+    seed_rows: dict[tuple, list] = {}
     for (topic, *key), units in curves.items():
         key = tuple(key)
-        rows += [row("group", topic, seed, key, [unit]) for seed, unit in units]
-        rows.append(row("topic", topic, math.nan, key, [u for _, u in units], n_boot))
+        own = [row("group", topic, seed, key, [unit]) for seed, unit in units]
+        rows += own
+        rows.append({**row("topic", topic, math.nan, key, [u for _, u in units], n_boot),
+                     "seed_orders": _seed_orders(own)})
         per_key.setdefault(key, []).extend(u for _, u in units)
-    rows += [row("all", "all", math.nan, key, per_key[key], n_boot) for key in sorted(per_key)]
+        seed_rows.setdefault(key, []).extend(own)
+    rows += [{**row("all", "all", math.nan, key, per_key[key], n_boot),
+              "seed_orders": _seed_orders(seed_rows[key])} for key in sorted(per_key)]
     return rows
+
+
+def _seed_orders(rows: list[dict]) -> str:
+    """Each curve's own order beside the median curve's: the accepted ones, and how many
+    of the curves the rule accepts ("2.03,2.05 (2 of 3 accepted)"); the median over seeds
+    can hide a seed that is still pre-asymptotic."""
+    ok = [r["order"] for r in rows if r["asymptotic"]]
+    return f"{','.join(f'{o:.2f}' for o in ok)} ({len(ok)} of {len(rows)} accepted)"
 
 
 def compute_rates(a, dist: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:

@@ -69,7 +69,9 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
               ("order", "float"),
               # what b_lo/b_hi are (a bootstrap with >= 5 seeds, else the per-seed range of
               # the fits) and the slope tolerance the rule applied (rates.slope_tolerance)
-              ("interval", "str"), ("tol", "float")],
+              ("interval", "str"), ("tol", "float"),
+              # each seed's own order beside the pooled curve's (seed: order or "-")
+              ("seed_orders", "str")],
     "limits": [("sampler", "str"), ("schedule", "str"), ("cfg", "float"), ("metric", "str"),
                ("limit", "str"), ("steps", "int"), ("d_top", "float"), ("slopes", "str"),
                ("approached", "bool"), ("closest", "bool"), ("x_lo", "float"),

@@ -20,7 +20,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from convergence.config.schema import Config, ModelConfig
+from convergence.config.schema import Config, ModelConfig, structured
 from convergence.config.validate import to_config
 from convergence.core.errors import ConvergenceError
 
@@ -56,8 +56,8 @@ def _check_conf_dir() -> None:
 def register_configs() -> None:
     """The schema Hydra checks the YAML files against."""
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(name="base_config", node=structured(Config))
+    cs.store(group="model", name="base_model", node=structured(ModelConfig))
 
 
 def ready(cfg: DictConfig | dict) -> Config:

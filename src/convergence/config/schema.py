@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -42,9 +42,14 @@ class ModelConfig:
     #: compiled model calls (torch.compile; CUDA graphs on CUDA) on row buckets; off until
     #: a GPU measurement shows a gain (docs/batching.md)
     compile: bool = False
-    #: instead of a registered name: a factory ``fn(model_cfg, width, height) -> Model``
-    #: (Hydra ``_target_``, docs/plugins.md), registered under ``name`` (default: this path)
+    #: instead of a registered name (Hydra ``_target_``, docs/plugins.md): a denoiser
+    #: ``D(x, sigma, **cond)``, a factory of one called with ``params``, or a factory
+    #: ``fn(model_cfg, width, height) -> Model``; named ``name`` (default: this path)
     _target_: Optional[str] = None
+    #: the settings of a ``_target_`` factory (free-form, checked by the factory), and what
+    #: the harness reads of a denoiser: sigma_min, sigma_max, channels, display_range
+    #: ([lo, hi] or derive), conditioning (module:function; null = unconditional)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,3 +204,12 @@ class Config:
     def study_dir(self) -> Path:
         """Where the study's store, tables and report live: ``<results_dir>/<name>``."""
         return Path(self.results_dir) / self.name
+
+
+def structured(schema: type) -> DictConfig:
+    """``schema`` (Config or ModelConfig) as the node Hydra composes on, with
+    ``model.params`` open: ``model.params.KEY=VALUE`` adds a key (a user factory's own
+    settings, checked by that factory) without Hydra's ``+``."""
+    node = OmegaConf.structured(schema)
+    OmegaConf.set_struct(node.params if schema is ModelConfig else node.model.params, False)
+    return node

@@ -97,6 +97,11 @@ def _load_plugins(cfg: Config) -> None:
         name = cfg.model._target_ if cfg.model.name == ModelConfig.name else cfg.model.name
         cfg.model.name = MODELS.from_target({"_target_": cfg.model._target_, "name": name})
     cfg.schedules = [s if isinstance(s, str) else SCHEDULES.from_target(s) for s in cfg.schedules]
+    if cfg.model.params and cfg.model.name in MODELS and \
+            MODELS.entry(cfg.model.name).source == "builtin":
+        raise ConvergenceError(f"model.params.{next(iter(cfg.model.params))}: the built-in model "
+                               f"{cfg.model.name!r} takes no params; they are for a "
+                               "model._target_ (docs/plugins.md, 'Your own model')")
 
 
 def validate(cfg: Config) -> None:

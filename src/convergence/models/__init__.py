@@ -2,15 +2,20 @@
 
 The built-in factories register here (the analytic model, diffusers pipelines); third
 parties add theirs through the ``convergence.models`` entry-point group, plugins or a
-``model._target_`` (docs/plugins.md)."""
+``model._target_`` (docs/plugins.md): a factory ``fn(model_cfg, width, height) -> Model``, or
+a k-diffusion-style denoiser ``D(x, sigma, **cond)`` or a factory of one called with
+``model.params`` (:mod:`convergence.models.denoiser`)."""
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 from convergence.core.errors import ConvergenceError
 from convergence.core.registries import MODELS, register_model
 from convergence.models.base import Model
+from convergence.models.denoiser import denoiser_model
 from convergence.models.device import require_cpu, select_device, select_dtype
 from convergence.models.diffusers_backend import (
     DiffusersModel,
@@ -58,8 +63,35 @@ def _diffusers(model_cfg, width: int, height: int) -> LatentPipelineModel:
     return DiffusersModel(pipe, model_cfg, width, height, device, dtype)
 
 
+def is_model_factory(obj) -> bool:
+    """Whether ``obj`` is a registry factory ``fn(model_cfg, width, height) -> Model`` (its
+    parameters named so), rather than a denoiser or a factory of one."""
+    if inspect.isclass(obj) or not callable(obj):
+        return False
+    try:
+        names = list(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return False
+    return names[:1] == ["model_cfg"] or names[1:3] == ["width", "height"]
+
+
+def _where(obj) -> str:
+    """``module.name`` of a function or class (of an instance: its class), for messages."""
+    named = obj if hasattr(obj, "__qualname__") else type(obj)
+    return f"{named.__module__}.{named.__qualname__}"
+
+
 def build_model(model_cfg, width: int, height: int) -> Model:
-    """Build the configured model and check it can make images of this size."""
-    model = MODELS.get(model_cfg.name)(model_cfg, width, height)
+    """Build the configured model and check it can make images of this size. A model that
+    is not built in is named by the config (``model.name``), whatever its object says."""
+    entry = MODELS.entry(model_cfg.name)
+    target = entry.load()
+    if is_model_factory(target):
+        model = target(model_cfg, width, height)   # reads model_cfg.params itself
+    else:
+        where = getattr(model_cfg, "_target_", None) or _where(target)
+        model = denoiser_model(target, str(where), model_cfg, width, height)
+    if entry.source != "builtin":
+        model.name = str(model_cfg.name)
     model.validate_size(width, height)
     return model

@@ -57,6 +57,9 @@ class Model(ABC):
     #: latent model (:meth:`decode_float`). Key points are measured on the picture clipped
     #: to it. (-inf, inf): no float picture; the analysis measures the PNG
     display_range: tuple[float, float] = (-math.inf, math.inf)
+    #: False for an unconditional model: its conditioning may be None or {}, and
+    #: classifier-free guidance is off (:func:`require_guidance`)
+    conditional: bool = True
 
     @property
     def sample_dtype(self) -> torch.dtype:
@@ -148,15 +151,28 @@ def model_lock(model: Model) -> threading.RLock:
         return lock
 
 
+def require_guidance(model: Model, cfg_scales: list[float]) -> None:
+    """An unconditional model has nothing to guide with: every CFG scale must be 1."""
+    bad = [c for c in cfg_scales if c != 1.0]
+    if not model.conditional and bad:
+        raise ConvergenceError(f"model {model.name!r} is unconditional: classifier-free guidance "
+                               f"is off, so cfg must be [1.0], got cfg={list(cfg_scales)}")
+
+
 def cat_rows(parts: list[Any]) -> Any:
-    """Concatenate conditionings (tensors or dicts of them) along the batch dimension."""
+    """Concatenate conditionings (tensors or dicts of them; None: an unconditional model's)
+    along the batch dimension."""
+    if parts[0] is None:
+        return None
     if isinstance(parts[0], dict):
         return {k: cat_rows([p[k] for p in parts]) for k in parts[0]}
     return torch.cat(parts)
 
 
 def take_rows(cond: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of a conditioning (tensor or dict of tensors)."""
+    """Rows ``start:stop`` of a conditioning (tensor or dict of tensors, or None)."""
+    if cond is None:
+        return None
     if isinstance(cond, dict):
         return {k: take_rows(v, start, stop) for k, v in cond.items()}
     return cond[start:stop]

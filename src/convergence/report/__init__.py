@@ -102,7 +102,8 @@ def _render(study: StudyData, rc: ReportConfig, out: Path) -> Path:
                                              max_rows=rc.max_grid_rows, mark=rc.mark_keypoints), out)
     viewer = _viewer_context(study, out, rc)
     page = render(
-        name=study.name, description=study.study.get("config", {}).get("description", ""),
+        name=study.name, title=_title(study), varied=_varied(study),
+        description=study.study.get("config", {}).get("description", ""),
         summary=_summary(study), metric=study.metric, reference=study.reference,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
@@ -152,6 +153,39 @@ def _marks_note(study: StudyData) -> str:
     if study.keypoints_seed is not None and not study.keypoints_seed.empty:
         return "each seed's own key points: the frames follow the seed shown"
     return "median over seeds, on the first swept step at or after it"
+
+
+def _title(study: StudyData) -> str:
+    """The study as run: its name, the model(s) and size(s) of its cells (a study file's
+    description may name another model than the one the command line chose)."""
+    c = study.cells
+    if not len(c):
+        return f"Convergence report: {study.name}"
+    models = ", ".join(sorted(map(str, c["model"].unique())))
+    sizes = ", ".join(sorted({f"{int(w)}×{int(h)}" for w, h in zip(c["width"], c["height"],
+                                                                      strict=True)}))
+    return f"Convergence report: {study.name} · model {models} · {sizes}"
+
+
+def _varied(study: StudyData) -> str:
+    """What the study varies (the axes with more than one value) and what it holds fixed."""
+    c = study.cells
+    if not len(c):
+        return ""
+    axes = [("sampler", "samplers"), ("schedule", "schedules"), ("steps", "step counts"),
+            ("cfg", "CFG scales"), ("topic", "topics"), ("seed", "seeds")]
+    varied, fixed = [], []
+    for col, label in axes:
+        values = sorted(c[col].unique(), key=lambda v: (isinstance(v, str), v))
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:8])
+        if len(values) > 8:
+            shown += ", …"
+        if len(values) > 1:
+            varied.append(f"{len(values)} {label} ({shown})")
+        else:
+            fixed.append(f"{col} {shown}")
+    return "varies " + ("; ".join(varied) or "nothing") + (" · fixed: " + ", ".join(fixed)
+                                                           if fixed else "")
 
 
 def _summary(study: StudyData) -> str:

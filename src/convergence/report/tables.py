@@ -360,6 +360,7 @@ def rates_table(study: StudyData) -> Table | None:
                           "range": [f"{_fmt_num(lo, 3)}–{_fmt_num(hi, 3)}" if pd.notna(lo) else "–"
                                     for lo, hi in zip(col("x_lo"), col("x_hi"), strict=True)],
                           "local slopes": col("slopes", "").fillna(""),
+                          "each seed's order": col("seed_orders", "").fillna(""),
                           "seeds": allt["n_seeds"]})
     groups = []
     for (x, ref), g in shown.groupby(["x", "reference"], sort=False):

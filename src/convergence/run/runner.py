@@ -29,6 +29,7 @@ from convergence.models.base import (
     Model,
     NonFiniteSample,
     model_lock,
+    require_guidance,
 )
 from convergence.models.device import device_name
 from convergence.run.budget import row_budget
@@ -153,6 +154,7 @@ def run_study(cfg: Config, model: Model | None = None, only: set[str] | None = N
     run just these cell hashes of the plan (the adaptive search's probes, adaptive.py)."""
     keep_freed_memory()  # the model calls' activations: freed and reused, not refaulted
     model = model or build_model(cfg.model, cfg.width, cfg.height)
+    require_guidance(model, cfg.cfg)
     planned = expand(cfg, model.name, model.fingerprint())
     cells = [c for c in select_shard(planned, cfg.shard) if only is None or c.hash in only]
     store = Store(cfg.study_dir())

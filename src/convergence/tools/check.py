@@ -1,5 +1,6 @@
-"""`convergence check SAMPLER`: a small fixed study on the embedded analytic model that
-checks a sampler against its own claims and against a stored baseline.
+"""`convergence check SAMPLER`: a small fixed study on the embedded analytic model (or on
+any model config: ``--model`` / Hydra overrides) that checks a sampler against its own claims
+and against a stored baseline.
 
 The study is ``conf/study/check.yaml`` with the checked sampler in it, run by the ordinary
 runner into a store (a temporary folder) and measured by the analysis' own stages: its exact
@@ -16,7 +17,10 @@ Checks, each a row of the printed table (what, expected, measured, passed):
   ``rates.choose_limit``; x(sigma_min) for samplers that claim ``limit="sigma_min"``):
   the error still falls at the top of the sweep and is well below the gap to the other
   limit; not judged where the limits are not separated ("ambiguous") or for samplers that
-  claim ``limit="none"``;
+  claim ``limit="none"``. Exact limits come from the analytic model or from a user
+  denoiser's own ``exact_solution`` (:func:`own_exact_solution`); on any other model the
+  row says so, and the errors (order, key points) are measured against
+  :data:`REFERENCE_SAMPLER` at :data:`REFERENCE_FACTOR` times the largest step count;
 - ``order``: the empirical order against that limit equals the claimed one where the
   analysis' rule accepts it (``rates.order_accepted``: the local slopes of the last three
   doublings agree); where it does not, the row FAILS when the slopes move away from the
@@ -41,14 +45,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from convergence.analysis.distances import compute_distances
+from convergence.analysis import metrics as M
+from convergence.analysis.distances import META, compute_distances
 from convergence.analysis.inputs import load_cells
 from convergence.analysis.keypoints import seed_points
+from convergence.analysis.pictures import displayed
 from convergence.analysis.rates import SLOPE_WINDOW, asymptotic_fit, choose_limit, local_slopes
-from convergence.config.compose import compose_config
+from convergence.config.compose import CONF_DIR, compose_config
 from convergence.config.schema import Config
 from convergence.core.errors import ConvergenceError
-from convergence.core.registries import SAMPLERS
+from convergence.core.registries import MODELS, SAMPLERS
 from convergence.models import build_model
 from convergence.models.analytic import AnalyticModel
 from convergence.models.base import Model
@@ -77,14 +83,36 @@ KEYPOINT_TOLERANCE = 1
 #: rounding (~2e-8 RMS) and far below any change to a sampler's arithmetic
 IMAGE_TOLERANCE = 1e-4
 POOL = 8
+#: models without an exact solution: the reference is this trusted second-order sampler at
+#: REFERENCE_FACTOR x the largest step count (its error there is 1/16 of its error at the
+#: largest; for itself the order fit accounts for the finite reference, rates' x_ref)
+REFERENCE_SAMPLER = "heun"
+REFERENCE_FACTOR = 4
 #: a cell alone vs the same cell in a batch (float32 as stored): the analytic model is
 #: row-independent to the bit, so any difference is the sampler's
 BATCH_ATOL = 1e-9
 
 
-def check_study() -> Config:
-    """The check study's config (``study=check``) as composed for every command."""
-    return compose_config(["study=check"])
+def check_study(overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The check study's config (``study=check``) as composed for every command, with
+    Hydra ``overrides`` (another model: ``model._target_=...``, ``model.params.x=...``)."""
+    return compose_config(["study=check", *overrides])
+
+
+def model_overrides(model: str | None) -> list[str]:
+    """``--model``: a ``model/NAME.yaml`` config (``model=NAME``), a registered model name
+    (``model.name=NAME``), or a ``module:attr`` / dotted path (``model._target_=...``)."""
+    if model is None:
+        return []
+    if ":" in model or "." in model:
+        return [f"model._target_={model.replace(':', '.')}"]
+    if (CONF_DIR / "model" / f"{model}.yaml").exists():
+        return [f"model={model}"]
+    if model not in MODELS:
+        raise ConvergenceError(f"unknown --model {model!r}: give a registered model "
+                               f"({', '.join(MODELS.names())}), a model/NAME.yaml config or "
+                               "module:factory")
+    return [f"model.name={model}"]
 
 
 @dataclass
@@ -106,6 +134,8 @@ class Measurement:
     errors: dict[int, float] = field(default_factory=dict)
     keypoints: dict[str, list[int | None]] = field(default_factory=dict)
     images: dict[str, list[float]] = field(default_factory=dict)
+    #: steps of a finite reference (``REFERENCE_SAMPLER@N``); inf against an exact limit
+    x_ref: float = math.inf
 
 
 @dataclass
@@ -174,12 +204,71 @@ class _Measured:
     samples: np.ndarray
 
 
-def _measured(cfg: Config, model: Model) -> _Measured:
-    store, cells = load_cells(cfg)
+def _measured(cfg: Config, model: Model, reference: str | None = None) -> _Measured:
+    """The checked sampler's cells and their distances; ``reference`` (``SAMPLER@N``, its
+    cells in the same store) adds the distances to it, measured among all stored cells."""
+    store, every = load_cells(cfg)
+    own = every.sampler.isin(cfg.samplers) & every.steps.isin(cfg.steps)
+    cells = every[own].reset_index(drop=True)
     samples = np.stack([store.load_sample(h) for h in cells.hash]).astype(np.float64)
     exact = model if isinstance(model, AnalyticModel) else None
     dist, _ = compute_distances(cfg.analysis, store, cells, samples, exact)
+    if reference is not None:
+        every = every.reset_index(drop=True)
+        all_samples = np.stack([store.load_sample(h) for h in every.hash]).astype(np.float64)
+        a = replace(cfg.analysis, references=[reference], metrics=["rmse"], image_references=[])
+        to_ref, _ = compute_distances(a, store, every, all_samples, None)
+        to_ref = to_ref[(to_ref.reference == reference) & to_ref.hash.isin(set(cells.hash))]
+        dist = pd.concat([dist, to_ref], ignore_index=True)
     return _Measured(cells, dist, samples)
+
+
+def own_exact_solution(model: Model):
+    """The model's own closed-form ODE solution ``exact_solution(x, sigma_from, sigma_to)``
+    (a user denoiser's attribute, models/denoiser.py), or None. Conditional models have
+    none here: the solution would need the prompt's conditioning."""
+    solve = getattr(getattr(model, "denoiser", None), "exact_solution", None)
+    return solve if callable(solve) and not model.conditional else None
+
+
+def _own_exact_distances(model: Model, got: _Measured) -> pd.DataFrame:
+    """Each cell's rmse (unclipped) and rel_rmse (on the displayed picture, as the analysis'
+    key points) to the exact limits the model's own solution gives: x(sigma_min)
+    (exact-end), D(x(sigma_min)) (exact-denoised) and x(0) (exact-zero), from the cell's
+    own initial noise."""
+    solve = own_exact_solution(model)
+    parts = []
+    for i, r in enumerate(got.cells.itertuples()):
+        x0 = model.initial_noise([int(r.seed)], int(r.width), int(r.height)).double() \
+            * float(r.noise_scale)
+        end = solve(x0, float(r.sigma_start), float(r.sigma_min)).double()
+        sigma = torch.full((1,), float(r.sigma_min), dtype=model.sample_dtype)
+        limits = {"exact-end": end, "exact-zero": solve(x0, float(r.sigma_start), 0.0),
+                  "exact-denoised": model.denoise(end.to(model.sample_dtype), sigma, {})}
+        row = got.cells.iloc[[i]]
+        x = got.samples[i:i + 1]
+        for name, ref in limits.items():
+            ref = ref.double().cpu().numpy()
+            for metric, a, b in (("rmse", x, ref), ("rel_rmse", displayed(x, row),
+                                                    displayed(ref, row))):
+                part = row[META].copy()
+                part["reference"], part["ref_hash"] = name, ""
+                part["metric"], part["value"] = metric, float(M.compute(metric, a, b)[0])
+                parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _reference_run(cfg: Config, model: Model, spec: SamplerSpec) -> str | None:
+    """The reference of a deterministic sampler on a model without an exact solution:
+    REFERENCE_SAMPLER at REFERENCE_FACTOR x the largest step count, run into the check's
+    store; its name (``heun@1024``), or None where no reference applies (stochastic,
+    diffusers-scheduler or adaptive samplers, or a claimed limit other than sigma = 0)."""
+    if isinstance(model, AnalyticModel) or own_exact_solution(model) is not None or \
+            spec.stochastic or spec.family == "diffusers" or spec.limit != "zero":
+        return None
+    steps = REFERENCE_FACTOR * max(cfg.steps)
+    run_study(replace(cfg, samplers=[REFERENCE_SAMPLER], steps=[steps]), model)
+    return f"{REFERENCE_SAMPLER}@{steps}"
 
 
 def _pooled_errors(dist: pd.DataFrame, limit: str) -> dict[int, float]:
@@ -203,7 +292,8 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
     model = build_model(cfg.model, cfg.width, cfg.height)
     steps, skipped = _run(cfg, model)
     cfg = replace(cfg, steps=steps)
-    got = _measured(cfg, model)
+    ref = _reference_run(cfg, model, spec)
+    got = _measured(cfg, model, ref)
     m = Measurement(spec.name, {int(n): int(v) for n, v in got.cells.groupby("steps").nfe.max()
                                 .items()})
     top = max(m.nfe)
@@ -213,7 +303,9 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
     rows.append(_nfe_row(spec, m.nfe))
     deterministic = not spec.stochastic and spec.family != "diffusers"
     reference = "highest"
-    if deterministic and isinstance(model, AnalyticModel):
+    if deterministic and own_exact_solution(model) is not None:
+        got.dist = pd.concat([got.dist, _own_exact_distances(model, got)], ignore_index=True)
+    if deterministic and (isinstance(model, AnalyticModel) or own_exact_solution(model)):
         ends_above_zero = bool(got.cells.stops_above_zero.any())
         names = (["exact-end"] if spec.limit == "sigma_min" or ends_above_zero
                  else ["exact-denoised", "exact-zero"])
@@ -233,7 +325,23 @@ def measure(spec: SamplerSpec, cfg: Config) -> tuple[Measurement, list[Row]]:
             rows.append(Row("limit", f"not judged ({why})", f"{m.limit}: error "
                             f"{m.errors[top]:.1e} at {top} steps", None))
         else:
-            rows += [_limit_row(spec, m, choice), _order_row(spec, m, choice)]
+            rows += [_limit_row(spec, m, choice), _order_row(spec, m, choice),
+                     _seed_orders(got.dist, m)]
+    elif ref is not None:
+        # heun against its own 4x run: the analysis' finite-reference slopes (x_ref); any
+        # other sampler against it as the limit (heun's own error there is 1/16 of its
+        # error at the largest step count, below a converging sampler's)
+        m.limit = ref
+        m.x_ref = float(ref.partition("@")[2]) if spec.name == REFERENCE_SAMPLER else math.inf
+        m.errors = _pooled_errors(got.dist, ref)
+        reference = ref
+        rows.append(Row("limit", f"not judged ({model.name} has no exact solution)",
+                        f"reference {ref} (error {m.errors[top]:.1e} at {top} steps)", None))
+        if spec.nfe_per_step is not None:
+            rows += [_order_row(spec, m), _seed_orders(got.dist, m)]
+    elif deterministic and spec.limit != "zero":
+        rows.append(Row("order", _claimed_order(spec), f"not measured (claims limit "
+                        f"{spec.limit!r}; {model.name} has no exact solution)", None))
     else:
         why = ("stochastic: converges in distribution" if spec.stochastic
                else "diffusers scheduler: chooses its own timesteps")
@@ -282,14 +390,15 @@ def slopes(errors: dict[int, float]) -> list[float]:
     return [float(v) for v in local_slopes(n, [errors[k] for k in n])[1]]
 
 
-def empirical_order(errors: dict[int, float]) -> tuple[float | None, str]:
+def empirical_order(errors: dict[int, float], x_ref: float = math.inf) -> tuple[float | None, str]:
     """(order, step range) where the analysis accepts an order (``rates.asymptotic_fit``,
-    x = steps, against the exact limit); (None, why) otherwise."""
+    x = steps, against the exact limit, or a reference at ``x_ref`` steps); (None, why)
+    otherwise."""
     n = sorted(errors)
     if errors[n[-1]] <= FLOOR:
         return None, f"error {errors[n[-1]]:.1e} at the solver's floor"
     fit = asymptotic_fit([(np.array(n, dtype=np.float64), np.array([errors[k] for k in n]))],
-                         math.inf)
+                         x_ref)
     if not fit["asymptotic"]:
         return None, f"pre-asymptotic (slopes {', '.join(fit['slopes'].split(',')[-3:])})"
     return fit["order"], f"steps {fit['x_lo']:g}-{fit['x_hi']:g}"
@@ -331,7 +440,7 @@ def moving_away(local: list[float], claim: float, tol: float = ORDER_TOLERANCE) 
 
 
 def _order_row(spec: SamplerSpec, m: Measurement, choice: str = "closest") -> Row:
-    order, where = empirical_order(m.errors)
+    order, where = empirical_order(m.errors, m.x_ref)
     measured = f"{order:.2f} ({where})" if order is not None else where
     if spec.order is None or choice == "ambiguous":
         return Row("order", _claimed_order(spec), measured, None)
@@ -347,6 +456,19 @@ def _order_row(spec: SamplerSpec, m: Measurement, choice: str = "closest") -> Ro
     return Row("order", f"{spec.order:g} +- {ORDER_TOLERANCE}", measured, ok,
                "" if ok else f"order regressed: claimed {spec.order:g}, measured {order:.2f} "
                f"({where}) against {m.limit}")
+
+
+def _seed_orders(dist: pd.DataFrame, m: Measurement) -> Row:
+    """Each seed's own order against the same limit, by the same rule, beside the pooled
+    curve's (reported, not judged: the order row judges the pooled curve)."""
+    d = dist[(dist.metric == "rmse") & (dist.reference == m.limit)]
+    parts = []
+    for (_, seed), g in d.groupby(["prompt", "seed"], sort=False):   # one curve each
+        order, where = empirical_order(dict(zip(g.steps.astype(int), g.value.astype(float),
+                                                strict=True)), m.x_ref)
+        parts.append(f"seed {int(seed)}: " + (f"{order:.2f}" if order is not None else
+                                              where.partition(" (")[0]))
+    return Row("seed orders", "reported", "; ".join(parts), None)
 
 
 def _again(model: Model, spec: SamplerSpec, cells: list[Cell]) -> np.ndarray:
@@ -436,16 +558,21 @@ def resolve_for_check(sampler: Any, **claims: Any) -> SamplerSpec:
     return replace(spec, **claims) if claims else spec
 
 
-def check_sampler(sampler: Any, baseline: Measurement | None = None, **claims: Any) -> CheckReport:
-    """Run the check study for ``sampler`` and judge it against its claims and ``baseline``.
-    Torch's thread count is the study's while it runs, and restored after."""
+def check_sampler(sampler: Any, baseline: Measurement | None = None,
+                  overrides: list[str] | tuple[str, ...] = (), **claims: Any) -> CheckReport:
+    """Run the check study (with Hydra ``overrides``: another model) for ``sampler`` and
+    judge it against its claims and ``baseline``. Torch's thread count is the study's while
+    it runs, and restored after."""
     spec = resolve_for_check(sampler, **claims)
     with torch_threads(torch.get_num_threads()), \
             tempfile.TemporaryDirectory(prefix="convergence-check-") as tmp:
-        cfg = replace(check_study(), samplers=[spec.name], results_dir=tmp)
+        cfg = replace(check_study(overrides), samplers=[spec.name], results_dir=tmp)
         m, rows = measure(spec, cfg)
     if baseline is not None:
         rows += compare(m, baseline)
+    elif overrides:
+        rows.append(Row("baseline", "stored baseline", "none (baselines are of the built-in "
+                        "check study)", None))
     else:
         rows.append(Row("baseline", "stored baseline", "none (convergence baseline save "
                         f"{spec.name})", None))
