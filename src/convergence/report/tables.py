@@ -254,19 +254,22 @@ def cheapest_table(study: StudyData) -> Table:
                           "cheapest in NFE": [who(r, "nfe") for r in df.to_dict("records")],
                           "cheapest in seconds": [who(r, "seconds") for r in df.to_dict("records")]})
     note = ("NFE is the portable cost (seconds depend on this machine and model size); "
-            "steps are medians over seeds, with the range over the seeds that reach the point "
-            "and how many do; seconds = NFE × the sampler's measured seconds per NFE. "
+            "steps are medians over seeds (censored where a seed never reaches the point), "
+            "with their distribution-free interval and how many seeds reach it; seconds = NFE × the sampler's measured seconds per NFE. "
             "Definitions: docs/analysis.md.")
     return Table("cheapest", "Which sampler and how many steps, per topic and key point", df,
                  shown, note)
 
 
 def _seed_range(row: pd.Series) -> str:
-    """", seeds 8-20, 14/15 reach it": the spread behind a median over seeds."""
-    if pd.isna(row.get("steps_lo", np.nan)) or pd.isna(row.get("n_seeds", np.nan)):
+    """", interval 8–20 (96 %), 14/15 reach it": the uncertainty of a median over seeds
+    (keypoints.aggregate; an open upper end lies above the sweep)."""
+    if pd.isna(row.get("ci_lo", np.nan)) or pd.isna(row.get("n_seeds", np.nan)):
         return ""
-    lo, hi = _fmt_steps(row["steps_lo"]), _fmt_steps(row["steps_hi"])
-    spread = f"every seed at {lo}" if lo == hi else f"seeds {lo}–{hi}"
+    lo = _fmt_steps(row["ci_lo"])
+    hi = f"> {_fmt_steps(row['sweep_max'])}" if pd.isna(row.get("ci_hi", np.nan)) \
+        else _fmt_steps(row["ci_hi"])
+    spread = f"interval {lo if lo == hi else f'{lo}–{hi}'} ({row['ci_level']:.0%})"
     return f", {spread}, {int(row['n_reached'])}/{int(row['n_seeds'])} reach it"
 
 
