@@ -124,6 +124,7 @@ def _latent_study(tmp_path, decoded: bool):
     return store, pd.DataFrame(rows), np.stack([latent, latent]).astype(np.float64)
 
 
+LPIPS_TOO_SMALL = "lpips: left out, the pictures (16 px) are smaller than AlexNet's 32 px minimum"
 A = AnalysisConfig(metrics=["rel_rmse", "rmse", "psnr", "gmsd"], references=["highest"],
                    image_references=["highest"])
 
@@ -137,7 +138,8 @@ def test_analysis_measures_the_float_image_not_the_png(tmp_path):
     assert v["rel_rmse"] > 0 and v["gmsd"] > 0 and np.isfinite(v["psnr"])
     # the key-point metric sees the picture, the rate metric the (equal) latents
     assert v["rmse"] == 0
-    assert notes == []
+    # 16 px pictures: the indicative point's LPIPS is left out with its one line, nothing else
+    assert notes == [LPIPS_TOO_SMALL]
 
 
 def test_store_without_float_images_falls_back_to_the_png_with_a_note(tmp_path):
@@ -146,7 +148,8 @@ def test_store_without_float_images_falls_back_to_the_png_with_a_note(tmp_path):
     dist, notes = compute_distances(A, store, cells, samples)
     v = dist[(dist.reference == "highest") & (dist.hash == "cell4")].set_index("metric").value
     assert v["rel_rmse"] == 0 and v["psnr"] == np.inf  # the equal PNGs
-    assert len(notes) == 1 and "2 of 2 cells have no float picture" in notes[0]
+    assert len(notes) == 2 and "2 of 2 cells have no float picture" in notes[0]
+    assert notes[1] == LPIPS_TOO_SMALL
 
 
 def test_report_variety_measures_the_float_images(tmp_path):
