@@ -47,6 +47,34 @@ def test_sign_test_and_the_seeds_a_claim_needs():
     assert C.DECIDABLE_PAIRS == 6 and C.sign_p(0, 0) == 1.0
 
 
+def _decision_chance(untied: int, share: float) -> float:
+    """The chance that ``untied`` pairs, each the majority's way with probability ``share``,
+    give a sign test below ALPHA that way: summed over every outcome k with sign_p itself
+    (not the tail quantile seeds_needed uses)."""
+    from scipy.stats import binom
+    return sum(binom.pmf(k, untied, share) for k in range(untied + 1)
+               if k * 2 > untied and C.sign_p(k, untied - k) < C.ALPHA)
+
+
+@pytest.mark.parametrize("n_for,n_against,n_ties", [(10, 4, 1), (11, 4, 0), (5, 2, 8),
+                                                    (4, 9, 2), (12, 3, 0)])
+def test_seeds_needed_is_the_fewest_that_decide_with_80_percent_power(n_for, n_against, n_ties):
+    need = C.seeds_needed(n_for, n_against, n_ties)
+    untied, total = n_for + n_against, n_for + n_against + n_ties
+    share = max(n_for, n_against) / untied
+    m = next(j for j in range(C.DECIDABLE_PAIRS, 10_000) if math.ceil(j * total / untied) == need)
+    assert _decision_chance(m, share) >= C.POWER
+    assert all(_decision_chance(j, share) < C.POWER for j in range(C.DECIDABLE_PAIRS, m))
+
+
+def test_seeds_needed_at_the_edges():
+    assert C.seeds_needed(15, 0, 0) == C.DECIDABLE_PAIRS     # all one way: the fewest
+    assert C.seeds_needed(3, 0, 12) == 30                    # 6 untied at 3 untied in 15
+    assert math.isnan(C.seeds_needed(0, 0, 15))              # ties only: nothing to plan from
+    assert C.seeds_needed(7, 7, 1) == math.inf               # an even split never decides
+    assert C.seeds_needed(10, 4, 1) < C.seeds_needed(9, 5, 1)   # a closer split needs more
+
+
 def dist_rows(values, reference="highest", n=N, cfg=7.5, schedule="discrete"):
     """values: (sampler, steps) -> a list of n distances or one for every seed."""
     rows = []

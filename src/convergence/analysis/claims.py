@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, mannwhitneyu
+from scipy.stats import binom, binomtest, mannwhitneyu
 
 from convergence.analysis.rates import SLOPE_TOL
 from convergence.analysis.tables import columns
@@ -63,6 +63,31 @@ def decidable_pairs(alpha: float = ALPHA) -> int:
 
 
 DECIDABLE_PAIRS = decidable_pairs()
+#: the chance of a decision seeds_needed asks for (the usual 80 % power of a study design)
+POWER = 0.8
+
+
+def seeds_needed(n_for: int, n_against: int, n_ties: int, alpha: float = ALPHA,
+                 power: float = POWER, most: int = 100_000) -> float:
+    """Seeds a study would need for the sign test to decide (p < ``alpha``, in the majority's
+    direction) with probability ``power`` if its seeds split as these did: the same share
+    untied and, among the untied, the same share the majority's way. A planning figure from
+    the split seen, not a bound: few seeds estimate the split loosely. NaN where no pair was
+    untied (no split to plan from), inf for an even split or beyond ``most``."""
+    untied = n_for + n_against
+    if untied == 0:
+        return math.nan
+    share = max(n_for, n_against) / untied
+    if share == 0.5:
+        return math.inf
+    m = np.arange(DECIDABLE_PAIRS, most + 1)
+    # smallest k whose two-sided p, 2 P(X >= k) under 1/2, is below alpha (never equal:
+    # P is a multiple of 2^-m, alpha / 2 is not), and the chance of reaching it at ``share``
+    k = binom.isf(alpha / 2, m, 0.5) + 1
+    enough = np.flatnonzero(binom.sf(k - 1, m, share) >= power)
+    if not len(enough):
+        return math.inf
+    return float(math.ceil(m[enough[0]] * (untied + n_ties) / untied))
 
 
 @dataclass(frozen=True)
@@ -135,8 +160,9 @@ def _row(claim: str, source: str, sampler: str, cfg: float, measurement: str, ce
          anchor: str, value: str, verdict: str, details: str = "", *, schedule: str = "",
          comparison: Comparison | None = None) -> dict:
     c = comparison
-    stats = ((c.against, c.n_for, c.n_against, c.n_ties, c.p) if c is not None
-             else ("", math.nan, math.nan, math.nan, math.nan))
+    stats = ((c.against, c.n_for, c.n_against, c.n_ties, c.p,
+              seeds_needed(c.n_for, c.n_against, c.n_ties)) if c is not None
+             else ("", math.nan, math.nan, math.nan, math.nan, math.nan))
     return dict(zip(columns("claims"), (claim, source, sampler, schedule, cfg, measurement,
                                         cells, anchor, value, verdict, details, *stats),
                     strict=True))

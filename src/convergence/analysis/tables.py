@@ -84,9 +84,11 @@ SCHEMAS: dict[str, list[tuple[str, str]]] = {
                ("cfg", "float"), ("measurement", "str"), ("cells", "str"), ("anchor", "str"),
                ("value", "str"), ("verdict", "str"), ("details", "str"),
                # the comparison that decided the verdict (claims.combine): what against,
-               # seeds (pairs) for and against the claim, ties, the test's p-value
+               # seeds (pairs) for and against the claim, ties, the test's p-value, and the
+               # seeds a study would need to decide it with 80 % power at that split
+               # (claims.seeds_needed; inf: an even split, NaN: no untied pair)
                ("against", "str"), ("n_for", "int"), ("n_against", "int"), ("n_ties", "int"),
-               ("p_value", "float")],
+               ("p_value", "float"), ("seeds_needed", "float")],
     "calibration": [("point", "str"), ("condition", "str"), ("truth", "str"), ("n", "int"),
                     ("positives", "int"), ("tp", "int"), ("fp", "int"), ("fn", "int"),
                     ("tn", "int"), ("balanced_accuracy", "float"), ("precision", "float"),

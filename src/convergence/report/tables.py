@@ -383,6 +383,12 @@ def rates_table(study: StudyData) -> Table | None:
                  "interval). Per-topic and per-seed fits are in rates.csv.", groups)
 
 
+def _seeds_to_decide(n: float) -> str:
+    if pd.isna(n):
+        return ""
+    return "no number (even split)" if math.isinf(n) else f"{int(n)}"
+
+
 def claims_table(study: StudyData) -> Table | None:
     """The guide's claims, one group per claim (its words, source and measurement once),
     one row per sampler and CFG scale: the value, the verdict and a link to the cells."""
@@ -395,9 +401,11 @@ def claims_table(study: StudyData) -> Table | None:
             "" if pd.isna(f) else f"{int(f)}/{int(a)}/{int(t)}, p={p:.2g}"
             for f, a, t, p in zip(c["n_for"], c["n_against"], c["n_ties"], c["p_value"],
                                   strict=True)]
+    if "seeds_needed" in c:   # a planning figure: seeds for 80 % power at the split seen
+        c["seeds to decide"] = [_seeds_to_decide(n) for n in c["seeds_needed"]]
     c = c.fillna("")
     cols = [k for k in ("sampler", "schedule", "cfg", "value", "verdict",
-                        "seeds for/against/tied, p", "details") if k in c]
+                        "seeds for/against/tied, p", "seeds to decide", "details") if k in c]
     groups = []
     for (claim, source, measurement), g in c.groupby(
             [k if k in c else pd.Series("", index=c.index) for k in ("claim", "source", "measurement")],
@@ -415,6 +423,9 @@ def claims_table(study: StudyData) -> Table | None:
                  "One row per sampler, schedule and CFG scale; a verdict is a test over seeds "
                  "(paired by seed between samplers; 'inconclusive' where p >= 0.05), with the "
                  "seeds for and against the claim and the p-value of the comparison that "
-                 "decided it; 'cells' links to the table or figure that holds the cells the "
+                 "decided it, and the seeds a study would need for that comparison to be "
+                 "decided with 80% power if its seeds split as these did (a planning "
+                 "figure, loose with few seeds); 'cells' links to the table or figure that "
+                 "holds the cells the "
                  "verdict was decided on (claims.csv has them in full).",
                  groups)
