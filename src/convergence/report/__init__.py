@@ -17,7 +17,13 @@ from convergence.core.atomic import staged_dir
 from convergence.core.errors import ConvergenceError
 from convergence.report.curves import curve_figure, write_curves
 from convergence.report.data import StudyData, load_study
-from convergence.report.grids import grid_specs, grid_tiles, render_grid, write_grids
+from convergence.report.grids import (
+    grid_specs,
+    grid_tiles,
+    point_measures,
+    render_grid,
+    write_grids,
+)
 from convergence.report.guide import batch_recipes, keypoints_guide_layout, speed_vs_guide
 from convergence.report.html import render
 from convergence.report.tables import (
@@ -105,6 +111,7 @@ def _render(study: StudyData, rc: ReportConfig, out: Path) -> Path:
         name=study.name, title=_title(study), varied=_varied(study),
         description=study.study.get("config", {}).get("description", ""),
         summary=_summary(study), metric=study.metric, reference=study.reference,
+        measures=point_measures(study),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         warnings=_warnings(study), claims=claims, cheapest=cheapest, keypoints=kp_tables,
         speed=speed, batch=batch, rates=rates, curves=curves, grids=grids, viewer=viewer,

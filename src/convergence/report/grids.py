@@ -122,7 +122,7 @@ def keypoint_marks(study: StudyData, spec: GridSpec) -> dict[tuple[str, str, int
     return marks
 
 
-def _point_measures(study: StudyData) -> str:
+def point_measures(study: StudyData) -> str:
     """Which measure decided each point ("key points by lpips (indicative), ...")."""
     kp = study.keypoints
     if kp.empty or "metric" not in kp:
@@ -175,7 +175,7 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     title_lines = fit_lines(spec.prompt, width - 2 * pad, title_f, max_lines=3)
     line_h = title_f.size + pad
     sub = " · ".join([f"topic: {spec.topic}", f"seed {spec.seed}", f"cfg {spec.cfg:g}",
-                      *([_point_measures(study)] if _point_measures(study) else []),
+                      *([point_measures(study)] if point_measures(study) else []),
                       *([part] if part else [])])
     sub_lines = fit_lines(sub, width - 2 * pad, small_f, max_lines=2)
     head_h = pad + len(title_lines) * line_h + len(sub_lines) * (small_f.size + 3) + 2 * pad
