@@ -334,7 +334,10 @@ class Store:
         with self.lock():
             self._adopt()
             df = self.load()
-            names = self._part_names()
+            # only the parts this load read: a writer appends its manifest line under the
+            # lock but renames its part into place after it, so a listing taken now may
+            # name a part whose rows are not in ``df`` (deleting it would lose them)
+            names = list(self._parts)
             if not names and not self.unrecorded:
                 return len(df), 0
             if self.unrecorded:
