@@ -4,7 +4,8 @@ An order is a measurement only where the local slopes of successive doublings ag
 (issue 14). This compares candidate rules on
 
 - the check study's Karras runs of every deterministic built-in sampler (analytic model
-  32x32, CFG 1, steps 4-128, rmse to the exact limit; stored in results/baselines/*.json
+  32x32, CFG 1, the check ladder (4-256), rmse to the exact limit; stored in
+  results/baselines/*.json
   by `convergence baseline save all`), against each sampler's claimed (theoretical) order;
 - the issue's euler-on-discrete curve (local slopes 2.0, 3.2, 5.6, 0.37, 0.64, 1.20, 0.97);
 - optionally the studies given with --study (their distances.parquet: the orders studies
@@ -107,13 +108,18 @@ def main() -> None:
     ap.add_argument("--made-by", default="", help="the command that ran this one (a line)")
     args = ap.parse_args()
     names = [c[0] for c in CANDIDATES]
-    lines = ["check study (Karras, CFG 1, steps 4-128, vs exact limit): order each rule accepts",
-             f"{'sampler':28s} {'claim':>5s}  {'local slopes 4->8 ... 64->128':34s} " + " | ".join(names)]
+    curves = list(check_curves())
+    ladder = sorted({int(k) for _, _, n, _ in curves for k in n})
+    lo, hi = ladder[0], ladder[-1]
+    lines = [f"check study (Karras, CFG 1, steps {lo}-{hi}, vs exact limit): order each rule "
+             "accepts",
+             f"{'sampler':28s} {'claim':>5s}  "
+             f"{f'local slopes {lo}->{ladder[1]} ... {ladder[-2]}->{hi}':40s} " + " | ".join(names)]
     stats = {c: {"accepted": [], "refused": [], "off": []} for c in names}
-    for sampler, claim, n, e in check_curves():
+    for sampler, claim, n, e in curves:
         _, sl = R.local_slopes(n, e)
         got = [judge([(n, e)], math.inf, w, t, k) for _, w, t, k in CANDIDATES]
-        lines.append(f"{sampler:28s} {fmt(claim):>5s}  {' '.join(f'{v:5.2f}' for v in sl):34s} "
+        lines.append(f"{sampler:28s} {fmt(claim):>5s}  {' '.join(f'{v:5.2f}' for v in sl):40s} "
                      + " | ".join(f"{fmt(v):>{len(c)}s}" for c, v in zip(names, got, strict=True)))
         for c, v in zip(names, got, strict=True):
             stats[c]["refused" if v is None else "accepted"].append(sampler)
