@@ -14,8 +14,9 @@ advanced, never the order of its terms, and ``llvm.fma`` rounds once whatever th
 (hardware FMA or the C library's ``fma``). So an element's bits depend on its own row of
 ``a``, on ``b`` and on nothing else: not on the call's size, the row's position, the
 thread count, the CPU's vector width or ATen's kernel variant. The micro-kernel keeps a
-6x8 block of outputs in vector registers (llvmlite IR through numba): on 2 AMD EPYC
-cores it runs at the speed of MKL's ``dgemm`` on the analytic model's shapes
+6x8 block of outputs in vector registers (llvmlite IR through numba, vectors of LANES
+doubles): on 2 AMD EPYC cores it runs at the speed of MKL's ``dgemm`` on the analytic
+model's shapes; on AVX-512 MKL stays faster on calls of few rows
 (``benchmarks/bench_fixed_order.py``).
 """
 
@@ -26,7 +27,7 @@ import threading
 
 import numpy as np
 import torch
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -41,7 +42,12 @@ K_BLOCK = 256
 GROUP_BYTES = 256 * 1024
 
 _I64 = ir.IntType(64)
-_V4 = ir.VectorType(ir.DoubleType(), 4)
+#: doubles per vector register: a panel row is two <4 x double> (AVX2) or one <8 x double>
+#: where the CPU numba compiles for has AVX-512 (twice the work per instruction there).
+#: Each lane is its own element's fma chain, so the width changes speed, never bits.
+LANES = 8 if binding.get_host_cpu_features().get("avx512f", False) else 4
+_HALVES = PANEL // LANES
+_VEC = ir.VectorType(ir.DoubleType(), LANES)
 
 
 def _const(i: int) -> ir.Constant:
@@ -60,17 +66,19 @@ def _tile_kernel(rows: int):
         def codegen(context, builder, signature, args):
             a_addr, lda, b_addr, c_addr, ldc, kc = args
             fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V4, [_V4, _V4, _V4]), "llvm.fma.v4f64")
-            f64p, v4p = ir.DoubleType().as_pointer(), _V4.as_pointer()
+                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
+                f"llvm.fma.v{LANES}f64")
+            f64p, vecp = ir.DoubleType().as_pointer(), _VEC.as_pointer()
             a0 = builder.inttoptr(a_addr, f64p)
             b0 = builder.inttoptr(b_addr, f64p)
             c0 = builder.inttoptr(c_addr, f64p)
 
             def c_half(i: int, h: int):
                 row = builder.gep(c0, [builder.mul(ldc, _const(i))])
-                return builder.bitcast(builder.gep(row, [_const(4 * h)]), v4p)
+                return builder.bitcast(builder.gep(row, [_const(LANES * h)]), vecp)
 
-            start = [builder.load(c_half(i, h), align=8) for i in range(rows) for h in (0, 1)]
+            start = [builder.load(c_half(i, h), align=8) for i in range(rows)
+                     for h in range(_HALVES)]
             entry = builder.block
             loop = builder.append_basic_block("k_loop")
             done = builder.append_basic_block("k_done")
@@ -81,20 +89,21 @@ def _tile_kernel(rows: int):
             k.add_incoming(_const(0), entry)
             acc = []
             for value in start:
-                phi = builder.phi(_V4)
+                phi = builder.phi(_VEC)
                 phi.add_incoming(value, entry)
                 acc.append(phi)
             b_row = builder.gep(b0, [builder.mul(k, _const(PANEL))])
-            b = [builder.load(builder.bitcast(builder.gep(b_row, [_const(4 * h)]), v4p), align=8)
-                 for h in (0, 1)]
-            mask = ir.Constant(ir.VectorType(ir.IntType(32), 4), [0, 0, 0, 0])
+            b = [builder.load(builder.bitcast(builder.gep(b_row, [_const(LANES * h)]), vecp),
+                              align=8) for h in range(_HALVES)]
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
             nxt = []
             for i in range(rows):
                 a = builder.load(builder.gep(a0, [builder.add(builder.mul(lda, _const(i)), k)]))
-                a = builder.insert_element(ir.Constant(_V4, ir.Undefined), a,
+                a = builder.insert_element(ir.Constant(_VEC, ir.Undefined), a,
                                            ir.Constant(ir.IntType(32), 0))
-                a = builder.shuffle_vector(a, ir.Constant(_V4, ir.Undefined), mask)
-                nxt += [builder.call(fma, [a, b[h], acc[2 * i + h]]) for h in (0, 1)]
+                a = builder.shuffle_vector(a, ir.Constant(_VEC, ir.Undefined), mask)
+                nxt += [builder.call(fma, [a, b[h], acc[_HALVES * i + h]])
+                        for h in range(_HALVES)]
             k1 = builder.add(k, _const(1))
             body = builder.block
             k.add_incoming(k1, body)
@@ -105,12 +114,12 @@ def _tile_kernel(rows: int):
             builder.position_at_end(done)
             final = []
             for first, last in zip(start, nxt, strict=True):
-                out = builder.phi(_V4)
+                out = builder.phi(_VEC)
                 out.add_incoming(first, entry)
                 out.add_incoming(last, body)
                 final.append(out)
             for n, out in enumerate(final):
-                builder.store(out, c_half(n // 2, n % 2), align=8)
+                builder.store(out, c_half(n // _HALVES, n % _HALVES), align=8)
             return context.get_dummy_value()
 
         return sig, codegen
