@@ -80,14 +80,17 @@ def seeds_needed(n_for: int, n_against: int, n_ties: int, alpha: float = ALPHA,
     share = max(n_for, n_against) / untied
     if share == 0.5:
         return math.inf
-    m = np.arange(DECIDABLE_PAIRS, most + 1)
-    # smallest k whose two-sided p, 2 P(X >= k) under 1/2, is below alpha (never equal:
-    # P is a multiple of 2^-m, alpha / 2 is not), and the chance of reaching it at ``share``
-    k = binom.isf(alpha / 2, m, 0.5) + 1
-    enough = np.flatnonzero(binom.sf(k - 1, m, share) >= power)
-    if not len(enough):
-        return math.inf
-    return float(math.ceil(m[enough[0]] * (untied + n_ties) / untied))
+    lo = DECIDABLE_PAIRS
+    while lo <= most:   # in growing windows: most answers are small, and isf is not cheap
+        m = np.arange(lo, min(8 * lo, most) + 1)
+        # smallest k whose two-sided p, 2 P(X >= k) under 1/2, is below alpha (never equal:
+        # P is a multiple of 2^-m, alpha / 2 is not), and the chance of reaching it
+        k = binom.isf(alpha / 2, m, 0.5) + 1
+        enough = np.flatnonzero(binom.sf(k - 1, m, share) >= power)
+        if len(enough):
+            return float(math.ceil(m[enough[0]] * (untied + n_ties) / untied))
+        lo = int(m[-1]) + 1
+    return math.inf
 
 
 @dataclass(frozen=True)
