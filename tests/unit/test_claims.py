@@ -230,3 +230,23 @@ def test_every_claim_degrades_on_empty_or_partial_tables():
     s = seeds_table({"dpmpp_2m": 20})  # none of the guide's samplers
     c = C.evaluate_claims(empty, s, empty, metric="rel_rmse", indicative=0.1, few_steps=8)
     assert (c.verdict == UNTESTABLE).all() and len(c) == 7
+
+
+def test_the_report_shows_the_seeds_each_claim_needs(tmp_path):
+    """claims.csv's seeds_needed reaches the report's claims table as 'seeds to decide':
+    the number, 'no number (even split)' for inf, blank where no comparison decided."""
+    from convergence.analysis.tables import columns, conform
+    from convergence.report.data import StudyData
+    from convergence.report.tables import claims_table
+
+    def row(sampler, n_for, n_against, n_ties):
+        c = C.Comparison("euler", n_for, n_against, n_ties)
+        return C._row(C.Q_FEWER, "guide", sampler, 7.5, "converged step", "sampler=x",
+                      "#a", c.text(), c.verdict(), comparison=c)
+
+    rows = [row("heun", 5, 3, 7), row("dpm_2", 7, 7, 1),
+            C._row(C.Q_LATER, "guide", "ddim", 7.5, "m", "", "#a", "", NOT_ON_MODEL)]
+    claims = conform("claims", pd.DataFrame(rows, columns=columns("claims")))
+    study = StudyData(tmp_path, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), None, claims)
+    shown = claims_table(study).shown.set_index("sampler")["seeds to decide"]
+    assert shown.to_dict() == {"heun": "235", "dpm_2": "no number (even split)", "ddim": ""}
