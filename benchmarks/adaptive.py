@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     t_adaptive = time.perf_counter() - t
 
     lines = [f"command: {' '.join(['benchmarks/adaptive.py', *(argv or sys.argv[1:])])}",
-             f"model: analytic {args.size}x{args.size}; metric {ad_cfg.analysis.metric}; "
+             f"model: analytic {args.size}x{args.size}; key points by the analysis' own "
+             f"measures (curves: {ad_cfg.analysis.metric}); "
              f"coarse sweep {coarse_steps(args.top)}; dense sweep 1..{args.top}",
              "", f"{'topic':8s} {'seed':>10s} {'sampler':16s} "
              + " ".join(f"{p + ' d/a':>16s}" for p in ("indicative", "coherent", "converged"))
