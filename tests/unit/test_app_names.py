@@ -127,6 +127,16 @@ def test_unipc_and_uni_pc_are_not_merged_and_k_backend_equivalents():
         resolve_sampler("invokeai:nope")
 
 
+def test_comfyuis_ddim_is_its_euler_and_plain_ddim_stays_ddim():
+    """ComfyUI's sampler_object("ddim") is ksampler("euler"): comfyui:ddim runs k-diffusion's
+    Euler; the plain name stays DDIM (CompVis), as A1111 and InvokeAI mean it."""
+    comfy, plain = resolve_sampler("comfyui:ddim"), resolve_sampler("ddim")
+    assert comfy.spec.function() is resolve_sampler("euler").spec.function()
+    assert plain.spec.family == "compvis" and comfy.spec.name != plain.spec.name
+    with pytest.raises(ConvergenceError, match="ComfyUI's names here: .*ddim"):
+        resolve_sampler("comfyui:nope")
+
+
 def test_invokeai_cell_runs_under_its_qualified_name(model32):
     name = resolve_sampler("euler_k", backend="diffusers").spec.name
     assert name == "invokeai:euler_k"
@@ -143,7 +153,8 @@ def test_samplers_command_lists_every_typed_name_with_its_app(capsys):
     lines = {line.split("  ")[0]: line for line in names.splitlines()}
     for name, app in (("dpmpp_2m_k", "invokeai"), ("DPM++ 2M Karras", "a1111"),
                       ("unipc", "invokeai"), ("uni_pc", "comfyui"), ("DPM2", "a1111"),
-                      ("invokeai:deis", "invokeai"), ("euler", "comfyui")):
+                      ("invokeai:deis", "invokeai"), ("euler", "comfyui"),
+                      ("comfyui:ddim", "comfyui")):
         assert name in lines and app in lines[name], name
     assert "karras" in lines["dpmpp_2m_k"] and "karras" in lines["DPM++ 2M Karras"]
     with pytest.raises(SystemExit) as e:

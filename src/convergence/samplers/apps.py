@@ -145,8 +145,8 @@ INVOKEAI = (
 
 #: ComfyUI's sampler names (KSAMPLER_NAMES + SAMPLER_NAMES' extras) that this project
 #: registers; ``ddim``, ``ddpm`` and ``lcm`` are left out: under those names ComfyUI runs
-#: its own functions (Euler on its ddim schedule, its ddpm and lcm steps), which the
-#: registry's ``ddim`` (CompVis), ``ddpm`` and ``lcm`` (diffusers) are not
+#: its own functions (``ddim`` is its Euler, see COMFYUI_RUNS; its ddpm and lcm steps),
+#: which the registry's ``ddim`` (CompVis), ``ddpm`` and ``lcm`` (diffusers) are not
 COMFYUI = (
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
     "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
@@ -157,6 +157,12 @@ COMFYUI = (
     "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3",
     "sa_solver", "sa_solver_pece", "uni_pc", "uni_pc_bh2",
 )
+
+
+#: ComfyUI names that run another registered sampler there: ``sampler_object("ddim")`` is
+#: ``ksampler("euler", ...)`` (comfy/samplers.py). Reached as ``comfyui:ddim``; the plain
+#: ``ddim`` stays DDIM itself, as A1111 and InvokeAI mean it.
+COMFYUI_RUNS = {"ddim": "euler"}
 
 
 def app_names(app: str) -> tuple[AppName, ...]:

@@ -37,7 +37,16 @@ import torch
 from convergence.core.errors import ConvergenceError
 from convergence.core.registries import SAMPLER_META, SAMPLERS
 from convergence.core.registry import load_object, normalize
-from convergence.samplers.apps import A1111, APPS, COMFYUI, INVOKEAI, AppName, app_names, qualified
+from convergence.samplers.apps import (
+    A1111,
+    APPS,
+    COMFYUI,
+    COMFYUI_RUNS,
+    INVOKEAI,
+    AppName,
+    app_names,
+    qualified,
+)
 from convergence.samplers.diffusers_adapter import adapter
 from convergence.samplers.noise import CellNoise
 from convergence.samplers.schedules import get_sigmas
@@ -336,11 +345,12 @@ def _resolve_qualified(app: str, bare: str) -> ResolvedSampler:
                                    + ", ".join(n.name for n in table))
         return _from_app(named, "diffusers")
     if app == "comfyui":
-        known = {normalize(n): n for n in COMFYUI}
+        known = {normalize(n): n for n in (*COMFYUI, *COMFYUI_RUNS)}
         if normalize(bare) not in known:
             raise ConvergenceError(f"unknown comfyui sampler {bare!r}; ComfyUI's names here: "
-                                   + ", ".join(COMFYUI))
-        return resolve_sampler(known[normalize(bare)])
+                                   + ", ".join((*COMFYUI, *COMFYUI_RUNS)))
+        name = known[normalize(bare)]
+        return resolve_sampler(COMFYUI_RUNS.get(name, name))
     family = {"k-diffusion": "k-diffusion", "diffusers": "diffusers"}[app]
     if bare in SAMPLERS and SAMPLERS.get(bare).family == family:
         return resolve_sampler(SAMPLERS.canonical(bare))
@@ -449,6 +459,8 @@ def sampler_names() -> list[NameRow]:
             if exact[text][1] and text.endswith((" Karras", " Exponential")) and not apps:
                 apps = ("a1111",)  # A1111's later "NAME Karras/Exponential" labels
         rows.append(NameRow(text, apps, _runs(r), r.schedule, _runs(d)))
+    for name, runs in COMFYUI_RUNS.items():
+        rows.append(NameRow(f"comfyui:{name}", ("comfyui",), runs, None, runs))
     for n in (*A1111, *INVOKEAI):
         q = resolve_sampler(f"{n.app}:{n.name}")
         plain = resolve_sampler(n.name)
