@@ -174,9 +174,8 @@ def render_grid(study: StudyData, spec: GridSpec, *, thumb: int = 128, mark: boo
     width = max(grid_w, 480, legend_w if marks else 0)
     title_lines = fit_lines(spec.prompt, width - 2 * pad, title_f, max_lines=3)
     line_h = title_f.size + pad
-    sub = " · ".join([f"topic: {spec.topic}", f"seed {spec.seed}", f"cfg {spec.cfg:g}",
-                      *([point_measures(study)] if point_measures(study) else []),
-                      *([part] if part else [])])
+    sub = " · ".join(p for p in (f"topic: {spec.topic}", f"seed {spec.seed}",
+                                 f"cfg {spec.cfg:g}", point_measures(study), part) if p)
     sub_lines = fit_lines(sub, width - 2 * pad, small_f, max_lines=2)
     head_h = pad + len(title_lines) * line_h + len(sub_lines) * (small_f.size + 3) + 2 * pad
     colhead_h = label_f.size + 2 * pad

@@ -459,13 +459,11 @@ def sampler_names() -> list[NameRow]:
             if exact[text][1] and text.endswith((" Karras", " Exponential")) and not apps:
                 apps = ("a1111",)  # A1111's later "NAME Karras/Exponential" labels
         rows.append(NameRow(text, apps, _runs(r), r.schedule, _runs(d)))
-    for name, runs in COMFYUI_RUNS.items():
-        rows.append(NameRow(f"comfyui:{name}", ("comfyui",), runs, None, runs))
-    for n in (*A1111, *INVOKEAI):
-        q = resolve_sampler(f"{n.app}:{n.name}")
-        plain = resolve_sampler(n.name)
-        if not _same(q, plain):
-            rows.append(NameRow(f"{n.app}:{n.name}", (n.app,), _runs(q), q.schedule, _runs(q)))
+    for app, name in [*(("comfyui", n) for n in COMFYUI_RUNS),
+                      *((n.app, n.name) for n in (*A1111, *INVOKEAI))]:
+        q = resolve_sampler(f"{app}:{name}")
+        if not _same(q, resolve_sampler(name)):
+            rows.append(NameRow(f"{app}:{name}", (app,), _runs(q), q.schedule, _runs(q)))
     return rows
 
 
